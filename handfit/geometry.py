@@ -1,0 +1,64 @@
+"""Rotation helpers over batched tensors (pure functions, autograd-safe)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
+    """Rodrigues. aa: (...,3) axis * angle in radians -> (...,3,3).
+
+    Smooth at zero: uses the Taylor expansion of sin(t)/t and (1-cos t)/t^2 for
+    tiny angles so gradients stay finite at the rest pose.
+    """
+    theta2 = (aa * aa).sum(-1, keepdim=True)  # (...,1)
+    small = theta2 < 1e-8
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = theta2_safe.sqrt()
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2_safe)
+    x, y, z = aa.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(aa.shape[:-1] + (3, 3))
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
+    return eye + a[..., None] * K + b[..., None] * (K @ K)
+
+
+def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`axis_angle_to_matrix`. R: (...,3,3) -> (...,3), angle in [0, pi].
+
+    Goes through a quaternion (Shepperd's method) so it stays exact near pi.
+    """
+    m = R
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cand = torch.stack([
+        torch.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2], m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
+    ], -2)  # (...,4,4): row i is 4*q*q_i for the i-th choice of pivot
+    diag = torch.stack([1 + tr, 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                        1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1)
+    best = diag.argmax(-1)
+    q = torch.gather(cand, -2, best[..., None, None].expand(best.shape + (1, 4))).squeeze(-2)
+    q = torch.nn.functional.normalize(q, dim=-1)
+    q = torch.where(q[..., :1] < 0, -q, q)  # w >= 0 -> angle in [0, pi]
+    w, xyz = q[..., 0], q[..., 1:]
+    s = xyz.norm(dim=-1)
+    angle = 2 * torch.atan2(s, w)
+    scale = torch.where(s < 1e-8, 2 * torch.ones_like(s), angle / s.clamp(min=1e-12))
+    return xyz * scale[..., None]
+
+
+def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
+    """Zhou et al. continuous 6D representation. d6: (...,6) -> (...,3,3)."""
+    a1, a2 = d6[..., :3], d6[..., 3:]
+    b1 = torch.nn.functional.normalize(a1, dim=-1)
+    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack((b1, b2, b3), dim=-2)
+
+
+def matrix_to_rotation_6d(R: torch.Tensor) -> torch.Tensor:
+    """(...,3,3) -> (...,6): the first two rows."""
+    return R[..., :2, :].reshape(R.shape[:-2] + (6,))
