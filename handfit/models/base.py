@@ -124,3 +124,14 @@ class HandModel(nn.Module):
         R = axis_angle_to_matrix(global_orient)  # (B,3,3)
         t = transl[:, None, :]
         return ModelOutput(vertices=v @ R.transpose(1, 2) + t, keypoints=k @ R.transpose(1, 2) + t)
+
+    def export_params(self, params: dict) -> dict:
+        """Parameters of ONE hand as float32 numpy arrays for NPZ/JSON export.
+
+        params: dict of (1,·) tensors (global_orient, pose, shape, transl).
+        Subclasses rename keys to their family's conventions (smplx for MANO).
+        """
+        out = {k: params[k].detach().reshape(-1).float().cpu().numpy() for k in ("global_orient", "pose", "shape", "transl")}
+        out["side"] = self.side
+        out["model"] = self.name
+        return out

@@ -1,0 +1,49 @@
+# handfit: `make demo` fits the example photo, `make test` runs the test suite.
+# Both create .venv (Python 3.11 when available) and install the package first.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= handfit_out
+
+.PHONY: demo test install weights example bench clean help
+
+help:
+	@echo "make demo     create .venv, install, fit examples/hand.jpg into $(OUT)/"
+	@echo "make test     create .venv, install, run the tests"
+	@echo "make weights  retrain the shipped keypoint regressor (weights/)"
+	@echo "make example  re-render examples/hand.jpg"
+	@echo "make bench    run the benchmarks in bench/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: any other version would pull gigabytes of CUDA wheels.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/handfit fit examples/hand.jpg -o $(OUT)
+	@echo "demo: outputs written to $(OUT)/hand/ (result.json, overlay.png, meshes)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+weights: $(STAMP)
+	$(BIN)/python -m handfit.fit.train_regressor --model anny --out weights/regressor_anny.pt
+
+example: $(STAMP)
+	$(BIN)/python examples/make_example.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/render.py
+	$(BIN)/python bench/dev_keypoints.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

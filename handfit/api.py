@@ -1,0 +1,286 @@
+"""The library face: ``handfit.fit(image) -> FitResult`` and ``handfit.fit_batch``.
+
+Pipeline per photo: load -> detect (MediaPipe) -> intrinsics -> initialise
+(regressor or IK) -> keypoint stage -> dense appearance stage -> results.
+Hands of all photos in a call are optimised together, one batch per side.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .errors import HandfitError, NoHandError, UsageError
+from .fit.dense import DenseStage
+from .fit.optimize import KeypointStage
+
+SKIN_RGB = (0.80, 0.62, 0.52)  # flat texture when no appearance is fitted (linear-ish sRGB)
+
+
+@dataclass
+class FitOptions:
+    """Every option of :func:`fit`; the CLI flags map onto these one to one."""
+
+    device: str = "auto"            # auto | cpu | cuda
+    max_hands: int = 2              # hands per photo, highest scores first
+    model: str = "anny"             # anny | mano
+    mano: str | None = None         # path to MANO_RIGHT/LEFT (.pkl/.npz) or a folder holding them
+    focal: float | None = None      # focal length in pixels; overrides EXIF and the default FOV
+    renderer: str = "auto"          # auto | cpu | nvdiffrast
+    appearance: bool = True         # run the dense rendered-appearance stage
+    crop_size: int = 256            # side of the square crop each hand is fitted in
+    texture_size: int = 256         # side of the UV texture
+    keypoint: KeypointStage = field(default_factory=KeypointStage)
+    dense: DenseStage = field(default_factory=DenseStage)
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise UsageError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+        if self.max_hands < 1:
+            raise UsageError("--max-hands must be at least 1")
+        if self.model not in ("anny", "mano"):
+            raise UsageError(f"--model must be anny or mano, not {self.model!r}")
+        if self.mano is not None:
+            self.model = "mano"
+        if self.model == "mano" and self.mano is None:
+            raise UsageError("the MANO model needs --mano PATH (MANO's licence forbids shipping it)")
+        if self.focal is not None and not self.focal > 0:
+            raise UsageError("--focal must be a positive number of pixels")
+        if self.renderer not in ("auto", "cpu", "nvdiffrast"):
+            raise UsageError(f"--renderer must be auto, cpu or nvdiffrast, not {self.renderer!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
+        return torch.device(self.device)
+
+
+@dataclass
+class HandResult:
+    """One fitted hand; every array is numpy, every coordinate in the full photo."""
+
+    side: str                       # "left" | "right"
+    score: float
+    bbox_xyxy: np.ndarray           # (4,) pixels
+    keypoints_2d_detected: np.ndarray  # (21,2) pixels
+    keypoints_2d_fitted: np.ndarray    # (21,2) pixels
+    keypoints_3d: np.ndarray        # (21,3) camera frame, metres
+    world_landmarks: np.ndarray     # (21,3) MediaPipe world landmarks, metres
+    params: dict                    # name -> array: global_orient, pose/hand_pose, shape/betas, transl
+    vertices: np.ndarray            # (V,3) camera frame, metres
+    faces: np.ndarray               # (F,3)
+    uv_coords: np.ndarray           # (T,2)
+    uv_faces: np.ndarray            # (F,3)
+    texture: np.ndarray             # (Ht,Wt,3) uint8
+    init: str                       # "regressor" | "ik"
+    losses: dict                    # stage -> term -> value
+    metrics: dict                   # per-hand measurements (errors, iterations, ...)
+    seconds: float                  # this hand's share of the optimisation time
+
+
+@dataclass
+class FitResult:
+    """All hands fitted in one photo."""
+
+    image_path: str | None
+    width: int
+    height: int
+    K: np.ndarray                   # (3,3) intrinsics of the full photo
+    model: str
+    hands: list
+    image: np.ndarray = field(repr=False, default=None)  # (H,W,3) uint8, EXIF-oriented
+    error: str | None = None        # why the photo could not be read (fit_batch(skip_unreadable=True))
+
+    def to_dict(self, files: list | None = None, overlay: str | None = None) -> dict:
+        """The ``result.json`` document. ``files``: per-hand dicts of relative paths."""
+        hands = []
+        for i, h in enumerate(self.hands):
+            hands.append({
+                "side": h.side, "score": h.score, "bbox_xyxy": h.bbox_xyxy,
+                "keypoints_2d_detected": h.keypoints_2d_detected,
+                "keypoints_2d_fitted": h.keypoints_2d_fitted,
+                "keypoints_3d": h.keypoints_3d,
+                "params": h.params, "init": h.init, "losses": h.losses, "metrics": h.metrics,
+                "seconds": h.seconds,
+                "files": files[i] if files else {},
+            })
+        return {
+            "image": {"path": self.image_path, "width": self.width, "height": self.height},
+            "camera": {"K": self.K},
+            "model": self.model,
+            "hands": hands,
+            "overlay": overlay,
+        }
+
+    def save(self, outdir, stem: str | None = None) -> Path:
+        """Write result.json, per-hand OBJ/MTL/PNG, GLB and NPZ, and overlay.png
+        into ``outdir/<stem>/``; returns that folder."""
+        from .io.save import save_result
+
+        return save_result(self, outdir, stem)
+
+
+# -- pipeline ---------------------------------------------------------------------------
+
+_DETECTORS: dict = {}
+
+
+def _detector(max_hands: int):
+    from .detect import Detector
+
+    if max_hands not in _DETECTORS:
+        _DETECTORS[max_hands] = Detector(max_hands=max_hands)
+    return _DETECTORS[max_hands]
+
+
+@dataclass
+class _Photo:
+    index: int
+    photo: object                   # handfit.io.image.Photo
+    K: np.ndarray
+    detections: list
+
+
+def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool) -> tuple:
+    from .camera import intrinsics
+    from .errors import ImageError
+    from .io.image import load_image
+
+    out, errors = [], {}
+    for i, image in enumerate(images):
+        try:
+            photo = load_image(image)
+        except ImageError as exc:
+            if not skip_unreadable:
+                raise
+            errors[i] = str(exc)
+            continue
+        K = intrinsics(photo.width, photo.height, focal=opts.focal, exif_focal=photo.exif_focal_px)
+        dets = _detector(opts.max_hands).detect(photo.rgb)[: opts.max_hands]
+        out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets))
+    return out, errors
+
+
+def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
+    """Fit every hand of one side across photos in one batch. items: [(photo, det)]."""
+    from .fit.init import initialise, load_regressor
+    from .fit.optimize import fit_keypoints
+    from .models import load_model
+    from .camera import project
+
+    dtype = torch.float32
+    model = load_model(opts.model, side=side, mano_path=opts.mano, device=device, dtype=dtype)
+    K = torch.tensor(np.stack([p.K for p, _ in items]), device=device, dtype=dtype)          # (B,3,3)
+    kp2d = torch.tensor(np.stack([d.keypoints for _, d in items]), device=device, dtype=dtype)  # (B,21,2)
+    world = torch.tensor(np.stack([d.world for _, d in items]), device=device, dtype=dtype)     # (B,21,3)
+    box = np.stack([d.box_xyxy for _, d in items])
+    scale = torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype)
+
+    t0 = time.perf_counter()
+    net = load_regressor(model, device, dtype)
+    params, method = initialise(model, world, kp2d, K, net)
+    with torch.no_grad():
+        init_err = (project(model(**params).keypoints, K) - kp2d).norm(dim=-1).mean(-1)
+    kp_report = fit_keypoints(model, params, K, kp2d, world, scale, opts.keypoint,
+                              on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
+                              if progress else None)
+    dense_report = None
+    texture = None
+    if opts.appearance:
+        from .fit.dense import fit_appearance
+
+        dense_report, tex = fit_appearance(
+            model, params, K, kp2d, scale, [p.photo.rgb for p, _ in items], opts.dense, opts.texture_size,
+            backend=opts.renderer, crop_size=opts.crop_size,
+            on_step=(lambda it, loss: progress("appearance", side, it, opts.dense.iters)) if progress else None)
+        texture = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
+    seconds = (time.perf_counter() - t0) / len(items)
+
+    with torch.no_grad():
+        out = model(**params)
+        uv = project(out.keypoints, K)
+    if texture is None:
+        texture = np.empty((opts.texture_size, opts.texture_size, 3), np.uint8)
+        texture[:] = (np.array(SKIN_RGB) * 255 + 0.5).astype(np.uint8)
+        texture = [texture] * len(items)
+    results = []
+    for b, (photo, det) in enumerate(items):
+        losses = {"keypoint": {k: float(v[b]) for k, v in kp_report.terms.items()}}
+        metrics = {
+            "init_kp2d_px": float(init_err[b]),
+            "kp2d_px": float((uv[b] - kp2d[b]).norm(dim=-1).mean()),
+            "keypoint_iters": kp_report.iters,
+        }
+        if dense_report is not None:
+            losses["appearance"] = {k: float(v[b]) for k, v in dense_report.terms.items()}
+            metrics.update({k: (float(v[b]) if torch.is_tensor(v) else v) for k, v in dense_report.metrics.items()})
+        results.append((photo.index, det, HandResult(
+            side=side, score=float(det.score), bbox_xyxy=np.asarray(det.box_xyxy, np.float64),
+            keypoints_2d_detected=np.asarray(det.keypoints, np.float64),
+            keypoints_2d_fitted=uv[b].double().cpu().numpy(),
+            keypoints_3d=out.keypoints[b].double().cpu().numpy(),
+            world_landmarks=np.asarray(det.world, np.float64),
+            params=model.export_params({k: v[b:b + 1] for k, v in params.items()}),
+            vertices=out.vertices[b].double().cpu().numpy(),
+            faces=model.faces.cpu().numpy(), uv_coords=model.uv_coords.double().cpu().numpy(),
+            uv_faces=model.uv_faces.cpu().numpy(), texture=texture[b], init=method,
+            losses=losses, metrics=metrics, seconds=seconds)))
+    return results
+
+
+def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadable: bool = False,
+              **options) -> list:
+    """Fit every hand in each photo. ``images``: paths, arrays or PIL images.
+
+    All hands of all photos are optimised together (one batch per side), which
+    is what makes ``handfit batch`` fast on a GPU. Returns one FitResult per
+    photo, in order; a photo with no hand has ``hands == []``. With
+    ``skip_unreadable`` an unreadable photo gives a FitResult whose ``error``
+    says why instead of raising ImageError.
+    ``progress(stage, side, iteration, total)`` is called during optimisation.
+    """
+    opts = options.pop("options", None) or FitOptions(**options)
+    device = opts.torch_device()
+    images = list(images)
+    photos, errors = _prepare(images, opts, skip_unreadable)
+    by_side: dict = {"right": [], "left": []}
+    for p in photos:
+        for d in p.detections:
+            by_side[d.side].append((p, d))
+    fitted: dict = {p.index: [] for p in photos}
+    for side, items in by_side.items():
+        if items:
+            for index, det, hand in _fit_side(side, items, opts, device, progress):
+                fitted[index].append((det.score, hand))
+    results = {}
+    for p in photos:
+        hands = [h for _, h in sorted(fitted[p.index], key=lambda x: -x[0])]
+        results[p.index] = FitResult(image_path=str(p.photo.path) if p.photo.path else None, width=p.photo.width,
+                                     height=p.photo.height, K=p.K, model=opts.model, hands=hands, image=p.photo.rgb)
+    for i, msg in errors.items():
+        path = images[i] if isinstance(images[i], (str, Path)) else None
+        results[i] = FitResult(image_path=str(path) if path else None, width=0, height=0, K=np.eye(3),
+                               model=opts.model, hands=[], error=msg)
+    return [results[i] for i in range(len(images))]
+
+
+def fit(image, progress: Callable | None = None, **options) -> FitResult:
+    """Fit every hand in one photo.
+
+    image: a path, an (H,W,3) uint8 array or a PIL image.
+    options: see :class:`FitOptions` (device, max_hands, model, mano, focal,
+    renderer, appearance, crop_size, texture_size, keypoint).
+    Raises ImageError for unreadable input and UsageError for bad options; a
+    photo without hands gives a FitResult with ``hands == []``.
+    """
+    return fit_batch([image], progress=progress, **options)[0]
+
+
+__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "FitOptions", "HandfitError", "NoHandError"]

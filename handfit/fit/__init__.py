@@ -1,0 +1,1 @@
+"""Per-image fitting: initialisation, the keypoint stage and the dense appearance stage."""

@@ -1,0 +1,230 @@
+"""The dense rendered-appearance stage (texture as a supervisory cue).
+
+After the keypoint stage, each hand is cropped to a ``S×S`` window with its
+own intrinsics. The textured, SH-lit mesh is rendered with the differentiable
+rasterizer over the photo and compared with it pixel by pixel, jointly
+optimising pose, shape, translation, the UV texture and the lighting:
+
+    photometric (robust L1 over the hand and a margin) + image-gradient term
+  + silhouette (antialiased coverage vs a colour-model hand mask of the photo)
+  + 2D keypoints (lower weight than in the keypoint stage)
+  + pose limits, pose and shape regularisers
+  + texture total variation and a prior pulling unseen texels to the fill.
+
+The texture starts from the photo: visible pixels are unwrapped into UV
+samples (grazing angles, silhouette pixels and non-skin colours left out),
+splatted into UV space, and unseen texels filled by push-pull towards the
+mean observed skin tone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import render as R
+from ..camera import crop_image, crop_intrinsics, project, square_crop
+from ..render.shading import sh_shading, vertex_normals
+from ..texture.skin import hand_probability
+from ..texture.unwrap import fill_push_pull, splat, unwrap
+from . import losses as L
+from .optimize import StageReport, run_adam
+
+
+@dataclass
+class DenseWeights:
+    """Weights of the dense stage (defaults documented in docs/fitting.md)."""
+
+    photo: float = 1.0        # robust colour error over the hand and a margin
+    grad: float = 0.5         # image-gradient (structure) term
+    silhouette: float = 2.0   # antialiased coverage vs the photo's hand mask
+    kp2d: float = 0.2         # 2D keypoints, lower than the keypoint stage's 1.0
+    pose_limit: float = 10.0
+    pose_l2: float = 1e-3
+    shape: float = 1e-3
+    tex_tv: float = 0.02
+    tex_prior: float = 0.05
+    sh: float = 0.01          # keep the lighting near the initial ambient light
+
+
+@dataclass
+class DenseStage:
+    iters: int = 60
+    lr_orient: float = 0.005
+    lr_pose: float = 0.01
+    lr_shape: float = 0.02
+    lr_transl: float = 0.0005
+    lr_texture: float = 0.02
+    lr_light: float = 0.01
+    tol: float = 1e-3
+    patience: int = 8
+    crop_scale: float = 1.6   # crop side = scale × fitted-keypoint box side
+    margin: int = 8           # pixels around the rendered hand included in the photometric term
+    weights: DenseWeights = field(default_factory=DenseWeights)
+
+
+def ambient_sh(batch: int, device, dtype) -> torch.Tensor:
+    """SH coefficients (B,9,3) giving irradiance 1 in every direction, so that
+    rendered colour = texture: the unwrapped photo reproduces itself."""
+    unit = torch.zeros(1, 9, 3, dtype=dtype)
+    unit[:, 0] = 1.0
+    irradiance = sh_shading(torch.tensor([[0.0, 0.0, 1.0]], dtype=dtype), unit)  # (1,3), same for any normal
+    sh = torch.zeros(batch, 9, 3, device=device, dtype=dtype)
+    sh[:, 0] = 1.0 / irradiance[0, 0]
+    return sh
+
+
+class Scene:
+    """Everything fixed during the dense stage for B hands of one model."""
+
+    def __init__(self, model, K_full, photos, kp2d_full, crop_size, crop_scale, device, dtype, backend):
+        self.model, self.backend = model, backend
+        self.faces = model.faces.to(device=device, dtype=torch.int32)
+        self.uv_faces = model.uv_faces.to(device=device, dtype=torch.int32)
+        self.uv_coords = model.uv_coords.to(device=device, dtype=dtype)
+        S = crop_size
+        self.res = (S, S)
+        crops, imgs, valid, Ks = [], [], [], []
+        kp = kp2d_full.detach().cpu().numpy()
+        for b, rgb in enumerate(photos):
+            lo, hi = kp[b].min(0), kp[b].max(0)
+            c = square_crop(np.concatenate([lo, hi]), scale=crop_scale, out_size=S)
+            img, ok = crop_image(rgb, c)
+            crops.append(c)
+            imgs.append(torch.from_numpy(np.ascontiguousarray(img)).float() / 255)
+            valid.append(torch.from_numpy(np.ascontiguousarray(ok)).bool())
+            Ks.append(torch.as_tensor(crop_intrinsics(K_full[b].detach().cpu().numpy(), c)))
+        self.crops = crops
+        self.target = torch.stack(imgs).to(device=device, dtype=dtype)   # (B,S,S,3)
+        self.valid = torch.stack(valid).to(device)                       # (B,S,S)
+        self.K = torch.stack(Ks).to(device=device, dtype=dtype)          # (B,3,3)
+
+    def render(self, vertices, tex, sh, antialias=True):
+        """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images."""
+        clip = R.camera_to_clip(vertices, self.K, self.res)
+        rast = R.rasterize(clip, self.faces, self.res, backend=self.backend)
+        cover = (rast[..., 3:] > 0).to(vertices.dtype)                   # (B,S,S,1)
+        uv = R.interpolate(self.uv_coords, rast, self.uv_faces)          # (B,S,S,2)
+        albedo = R.texture(tex, uv)                                      # (B,S,S,3)
+        n = vertex_normals(vertices, self.faces.long())
+        nimg = F.normalize(R.interpolate(n, rast, self.faces), dim=-1)
+        colour = albedo * sh_shading(nimg, sh)
+        comp = colour * cover + self.target * (1 - cover)
+        out = {"rast": rast, "clip": clip, "cover": cover[..., 0], "uv": uv, "normals": nimg}
+        if antialias:
+            both = torch.cat([comp, cover], -1)
+            aa = R.antialias(both, rast, clip, self.faces)
+            comp, out["coverage"] = aa[..., :3], aa[..., 3]
+        else:
+            out["coverage"] = cover[..., 0]
+        out["rgb"] = comp
+        return out
+
+
+def initial_texture(scene: Scene, vertices, size: int, skin_p=None):
+    """Unwrap the photo onto the mesh. -> (texture (B,T,T,3), confidence (B,T,T,1), mean skin (B,3))"""
+    with torch.no_grad():
+        B = vertices.shape[0]
+        flat = torch.full((B, 1, 1, 3), 0.5, device=vertices.device, dtype=vertices.dtype)
+        out = scene.render(vertices, flat, ambient_sh(B, vertices.device, vertices.dtype), antialias=False)
+        pts = R.interpolate(vertices, out["rast"], scene.faces)
+        samples = unwrap(scene.target, out["rast"], out["uv"], out["normals"], pts, valid=scene.valid,
+                         colour_weight=skin_p)
+        tex, conf = splat(samples, B, size)
+        mean = torch.stack([
+            (samples.rgb[samples.batch == b] * samples.weight[samples.batch == b, None]).sum(0)
+            / samples.weight[samples.batch == b].sum().clamp(min=1e-6)
+            if bool((samples.batch == b).any()) else vertices.new_tensor([0.8, 0.62, 0.52])
+            for b in range(B)])
+        filled = fill_push_pull(tex, conf, prior=mean, saturate=1.0)
+    return filled, conf, mean
+
+
+def photometric_error(scene: Scene, vertices, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean absolute colour error (0..1 per channel) inside the rendered hand mask,
+    and that mask. -> ((B,), (B,S,S) bool)"""
+    with torch.no_grad():
+        out = scene.render(vertices, tex, sh, antialias=False)
+        m = (out["cover"] > 0.5) & scene.valid
+        err = (out["rgb"] - scene.target).abs().mean(-1)
+        return (err * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1), m
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B,H,W) bool x2 -> (B,)"""
+    inter = (a & b).sum((1, 2)).float()
+    union = (a | b).sum((1, 2)).float().clamp(min=1)
+    return inter / union
+
+
+def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
+                   backend: str = "auto", crop_size: int = 256, on_step=None):
+    """Run the dense stage on B hands of one model; ``params`` is updated in place.
+
+    K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
+    scale (B,) box side in pixels, photos: list of B (H,W,3) uint8 arrays.
+    -> (StageReport with ``metrics``, texture (B,T,T,3) in [0,1])
+    """
+    dev, dt = params["pose"].device, params["pose"].dtype
+    B = params["pose"].shape[0]
+    w = stage.weights
+    with torch.no_grad():
+        kp_fit = project(model(**params).keypoints, K_full)
+    scene = Scene(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
+
+    with torch.no_grad():
+        v0 = model(**params).vertices
+        first = scene.render(v0, torch.full((B, 1, 1, 3), 0.5, device=dev, dtype=dt), ambient_sh(B, dev, dt), False)
+        skin_p = hand_probability(scene.target, first["cover"] > 0.5, scene.valid)  # (B,S,S)
+    tex0, conf, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
+    sh0 = ambient_sh(B, dev, dt)
+    flat = mean_skin[:, None, None, :].expand(B, texture_size, texture_size, 3).contiguous()
+    photo_before, mask_before = photometric_error(scene, v0, flat, sh0)
+    photo_mask = (skin_p > 0.5) & scene.valid
+    iou_before = iou(mask_before, photo_mask)
+    prior_w = (1 - conf.clamp(max=1.0))  # (B,T,T,1): 1 where unseen
+    validf = scene.valid.to(dt)
+
+    def terms(p):
+        out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
+        tex = p["texture"].clamp(0, 1)
+        r = scene.render(out_m.vertices, tex, p["sh"])
+        with torch.no_grad():
+            k = 2 * stage.margin + 1
+            region = F.max_pool2d(r["cover"][:, None], k, 1, stage.margin)[:, 0] * validf
+        uv = project(out_m.keypoints, K_full)
+        return {
+            "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
+            "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
+            "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, validf),
+            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale),
+            "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
+            "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
+            "shape": w.shape * L.shape_loss(p["shape"]),
+            "tex_tv": w.tex_tv * L.texture_tv_loss(tex),
+            "tex_prior": w.tex_prior * L.texture_prior_loss(tex, tex0, prior_w),
+            "sh": w.sh * (p["sh"] - sh0).square().sum((1, 2)),
+        }
+
+    state = {**params, "texture": tex0.clone(), "sh": sh0.clone()}
+    lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
+           "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
+    report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
+                      on_step=on_step)
+    for k in ("global_orient", "pose", "shape", "transl"):
+        params[k] = state[k]
+    tex = state["texture"].clamp(0, 1)
+    v1 = model(**params).vertices.detach()
+    photo_after, mask_after = photometric_error(scene, v1, tex, state["sh"])
+    report.metrics = {
+        "photometric_before": photo_before, "photometric_after": photo_after,
+        "silhouette_iou_before": iou_before, "silhouette_iou_after": iou(mask_after, photo_mask),
+        "dense_iters": report.iters,
+    }
+    report.sh = state["sh"]
+    # The exported texture holds albedo x the fitted light's mean, so the mesh
+    # looks like the photo under neutral viewer lighting.
+    return report, tex

@@ -1,0 +1,128 @@
+"""Batched Adam loops for the fitting stages.
+
+A stage is a function ``terms(params) -> dict[str, (B,) tensor]`` of weighted
+loss terms; :func:`run_adam` minimises their sum for every hand at once and
+stops when every hand's loss has stopped improving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..camera import project
+from . import losses as L
+
+
+@dataclass
+class StageReport:
+    iters: int
+    converged: bool
+    terms: dict            # name -> (B,) final unweighted-by-nothing weighted term values
+    total: torch.Tensor    # (B,) final total loss
+
+
+def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
+             tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
+             on_step: Callable[[int, float], None] | None = None) -> StageReport:
+    """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
+    named in ``lrs`` (name -> learning rate). Others stay fixed.
+
+    Convergence: every hand's total loss improved by less than ``tol`` (relative)
+    over the last ``patience`` iterations.
+    """
+    leaves = {k: params[k].detach().clone().requires_grad_(True) for k in lrs}
+    opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr} for k, lr in lrs.items()])
+    best = None
+    stall = 0
+    it = 0
+    converged = False
+    for it in range(1, max_iters + 1):
+        cur = {**params, **leaves}
+        terms = terms_fn(cur)
+        total = sum(terms.values())  # (B,)
+        opt.zero_grad(set_to_none=True)
+        total.sum().backward()
+        opt.step()
+        t = total.detach()
+        if best is None:
+            best = t.clone()
+        else:
+            improved = t < best * (1 - tol) - 1e-12
+            best = torch.minimum(best, t)
+            stall = 0 if bool(improved.any()) else stall + 1
+        if on_step is not None:
+            on_step(it, float(t.sum()))
+        if it >= min_iters and stall >= patience:
+            converged = True
+            break
+    with torch.no_grad():
+        out = {**params, **{k: v.detach() for k, v in leaves.items()}}
+        terms = terms_fn(out)
+        total = sum(terms.values())
+    params.update(out)
+    return StageReport(iters=it, converged=converged, terms={k: v.detach() for k, v in terms.items()},
+                       total=total.detach())
+
+
+@dataclass
+class KeypointWeights:
+    """Weights of the keypoint stage (defaults documented in docs/fitting.md)."""
+
+    kp2d: float = 1.0         # robust 2D reprojection, residuals in units of the box side
+    kp3d: float = 0.05        # scale-free shape of MediaPipe's world landmarks
+    pose_limit: float = 10.0  # squared hinge outside the anatomical limits
+    pose_l2: float = 1e-3     # weak pull to the rest pose
+    shape: float = 1e-3       # shape coefficients ~ N(0,1)
+
+
+@dataclass
+class KeypointStage:
+    iters: int = 300
+    lr_orient: float = 0.02
+    lr_pose: float = 0.02
+    lr_shape: float = 0.05
+    lr_transl: float = 0.002
+    tol: float = 1e-4
+    patience: int = 20
+    weights: KeypointWeights = field(default_factory=KeypointWeights)
+
+
+def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tensor | None,
+                   scale: torch.Tensor, w: KeypointWeights, kp2d_weight: float | None = None):
+    """Build ``terms(params)`` for the keypoint stage.
+
+    K: (B,3,3); kp2d: (B,21,2) detected pixels; world: (B,21,3) or None;
+    scale: (B,) box side in pixels.
+    """
+    w2d = w.kp2d if kp2d_weight is None else kp2d_weight
+
+    def terms(p):
+        out = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
+        uv = project(out.keypoints, K)
+        t = {
+            "kp2d": w2d * L.keypoint_2d_loss(uv, kp2d, scale),
+            "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
+            "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
+            "shape": w.shape * L.shape_loss(p["shape"]),
+        }
+        if world is not None and w.kp3d > 0:
+            t["kp3d"] = w.kp3d * L.keypoint_3d_loss(out.keypoints, world)
+        return t
+
+    return terms
+
+
+def fit_keypoints(model, params: dict, K, kp2d, world, scale, stage: KeypointStage | None = None,
+                  on_step=None) -> StageReport:
+    """Keypoint stage: Adam over global_orient, pose, shape and transl of B hands.
+
+    ``params`` (dict of (B,·) tensors) is updated in place and the report returned.
+    """
+    stage = stage or KeypointStage()
+    lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
+           "transl": stage.lr_transl}
+    return run_adam(params, lrs, keypoint_terms(model, K, kp2d, world, scale, stage.weights),
+                    max_iters=stage.iters, tol=stage.tol, patience=stage.patience, on_step=on_step)

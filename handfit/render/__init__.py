@@ -1,0 +1,27 @@
+"""Differentiable rasterization on two backends, with nvdiffrast's conventions.
+
+Primitives (see :mod:`handfit.render.ops`)::
+
+    rast = rasterize(pos, tri, (H, W))          # (B,H,W,4) u, v, z/w, id+1
+    col  = interpolate(attr, rast, tri)         # (B,H,W,C)
+    tex  = texture(texture_image, uv_image)     # (B,H,W,C) bilinear
+    img  = antialias(col, rast, pos, tri)       # (B,H,W,C)
+
+``backend="auto"`` runs nvdiffrast on CUDA tensors and our numba + torch
+backend on CPU tensors; ``"cpu"`` / ``"nvdiffrast"`` force one.
+:func:`camera_to_clip` is the only conversion from the OpenCV camera frame to
+clip space; :func:`render_mesh` chains everything for a textured, lit mesh.
+See docs/rendering.md.
+"""
+
+from .clip import camera_to_clip
+from .mesh import render_mesh
+from .ops import BACKENDS, antialias, interpolate, pick_backend, rasterize, texture
+from .shading import default_sh, lambert, sh_basis, sh_lights, sh_shading, vertex_normals
+
+__all__ = [
+    "BACKENDS", "pick_backend",
+    "rasterize", "interpolate", "texture", "antialias",
+    "camera_to_clip", "render_mesh",
+    "vertex_normals", "sh_basis", "sh_shading", "sh_lights", "default_sh", "lambert",
+]

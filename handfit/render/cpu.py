@@ -1,0 +1,194 @@
+"""Our backend: nvdiffrast's four ops in numba + torch.
+
+Each op splits into a discrete part without gradients (numba, in
+:mod:`handfit.render.zbuffer`: which triangle covers a pixel, which silhouette
+edge crosses between two pixels) and a differentiable part in torch that only
+touches the pixels the discrete part selected. The torch part runs on the
+inputs' device and dtype; the numba part always runs on the CPU in float64.
+
+Gradients follow nvdiffrast: the barycentrics (u, v) of ``rasterize`` reach the
+vertex positions, the z/w channel carries none, and ``antialias`` moves
+gradients to the vertices of the silhouette edges it blends across.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_topology_cache: dict = {}
+_topology_lock = threading.Lock()
+
+
+def _numpy_pos(pos: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(pos.detach().to("cpu", torch.float64).numpy())
+
+
+def _numpy_tri(tri: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tri.detach().to("cpu", torch.int64).numpy())
+
+
+def _pixel_centres(pix: torch.Tensor, height: int, width: int, dtype):
+    """Flat pixel indices (into B*H*W) -> batch index, x and y pixel indices."""
+    hw = height * width
+    b = torch.div(pix, hw, rounding_mode="floor")
+    rem = pix - b * hw
+    y = torch.div(rem, width, rounding_mode="floor")
+    x = rem - y * width
+    return b, x.to(dtype), y.to(dtype)
+
+
+def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
+    """See :func:`handfit.render.rasterize`. pos (B,V,4), tri (F,3) -> rast (B,H,W,4)."""
+    from . import zbuffer
+
+    height, width = int(resolution[0]), int(resolution[1])
+    nb, nv = pos.shape[0], pos.shape[1]
+    tri_np = _numpy_tri(tri)
+    planes, boxes = zbuffer.setup_triangles(_numpy_pos(pos), tri_np, height, width)
+    ids_np, depth_np = zbuffer.zbuffer(planes, boxes, height, width)
+
+    ids = torch.from_numpy(ids_np.reshape(-1))
+    pix = torch.from_numpy(np.flatnonzero(ids_np.reshape(-1) >= 0))
+    face = ids[pix].long()
+    depth = torch.from_numpy(depth_np.reshape(-1)[pix.numpy()])
+    dev = pos.device
+    pix, face, depth = pix.to(dev), face.to(dev), depth.to(dev, pos.dtype)
+
+    # Barycentrics of the covered pixels only, differentiably. For a pixel at
+    # NDC (x, y) the 2D cross products of (X_i - x W_i, Y_i - y W_i) are
+    # proportional to the perspective-correct barycentrics.
+    b, px, py = _pixel_centres(pix, height, width, pos.dtype)
+    xn = (2.0 * px + 1.0) / width - 1.0
+    yn = (2.0 * py + 1.0) / height - 1.0
+    vi = torch.from_numpy(tri_np).to(dev)[face]  # (N,3)
+    vi = vi + (b * nv)[:, None]
+    c = pos.reshape(-1, 4).index_select(0, vi.reshape(-1)).view(-1, 3, 4)
+    ex = c[..., 0] - xn[:, None] * c[..., 3]  # (N,3)
+    ey = c[..., 1] - yn[:, None] * c[..., 3]
+    e0 = ex[:, 1] * ey[:, 2] - ey[:, 1] * ex[:, 2]
+    e1 = ex[:, 2] * ey[:, 0] - ey[:, 2] * ex[:, 0]
+    e2 = ex[:, 0] * ey[:, 1] - ey[:, 0] * ex[:, 1]
+    total = e0 + e1 + e2
+    vals = torch.stack([e0 / total, e1 / total, depth, (face + 1).to(pos.dtype)], dim=1)
+    rast = pos.new_zeros(nb * height * width, 4).index_copy(0, pix, vals)
+    return rast.view(nb, height, width, 4)
+
+
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """See :func:`handfit.render.interpolate`. attr (B,T,C) or (T,C) -> (B,H,W,C)."""
+    nb, height, width, _ = rast.shape
+    flat = rast.reshape(-1, 4)
+    tid = flat[:, 3].detach()
+    # > 0.5 and round(): robust to tiny perturbations of the id channel
+    # (e.g. gradcheck's finite differences).
+    pix = torch.nonzero(tid > 0.5).squeeze(1)
+    face = tid[pix].round().long() - 1
+    uv = flat.index_select(0, pix)
+    u, v = uv[:, 0:1], uv[:, 1:2]
+    vi = tri.to(rast.device).long()[face]  # (N,3)
+    if attr.dim() == 2:
+        table = attr
+    elif attr.shape[0] == 1:
+        table = attr[0]
+    else:
+        b = torch.div(pix, height * width, rounding_mode="floor")
+        vi = vi + (b * attr.shape[1])[:, None]
+        table = attr.reshape(-1, attr.shape[-1])
+    a = table.index_select(0, vi.reshape(-1)).view(-1, 3, attr.shape[-1])
+    vals = a[:, 2] + u * (a[:, 0] - a[:, 2]) + v * (a[:, 1] - a[:, 2])
+    out = vals.new_zeros(nb * height * width, attr.shape[-1]).index_copy(0, pix, vals)
+    return out.view(nb, height, width, -1)
+
+
+def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
+            boundary_mode: str = "clamp") -> torch.Tensor:
+    """See :func:`handfit.render.texture`. tex (B,Ht,Wt,C), uv (B,H,W,2) -> (B,H,W,C)."""
+    if tex.shape[0] != uv.shape[0]:
+        tex = tex.expand(uv.shape[0], -1, -1, -1)  # minibatch broadcast, as nvdiffrast
+    img = tex.permute(0, 3, 1, 2)  # (B,C,Ht,Wt)
+    ht, wt = img.shape[2], img.shape[3]
+    mode = "bilinear" if filter_mode == "linear" else "nearest"
+    if boundary_mode == "wrap":
+        # Keep the fractional part, then pad the texture by one texel copied from
+        # the opposite side so bilinear taps across the seam find their partner.
+        uv = uv - torch.floor(uv)
+        img = torch.cat([img[:, :, :, -1:], img, img[:, :, :, :1]], dim=3)
+        img = torch.cat([img[:, :, -1:, :], img, img[:, :, :1, :]], dim=2)
+        # Texel i of the original sits at index i+1 of the padded one.
+        gx = (uv[..., 0] * wt + 1.0) * (2.0 / (wt + 2)) - 1.0
+        gy = (uv[..., 1] * ht + 1.0) * (2.0 / (ht + 2)) - 1.0
+        padding = "border"
+    else:
+        # grid_sample with align_corners=False puts texel centre i at
+        # grid = (2i+1)/Wt - 1, i.e. uv = (i+0.5)/Wt: our convention.
+        gx = uv[..., 0] * 2.0 - 1.0
+        gy = uv[..., 1] * 2.0 - 1.0
+        padding = "border" if boundary_mode == "clamp" else "zeros"
+    grid = torch.stack([gx, gy], dim=-1).to(img.dtype)
+    out = F.grid_sample(img, grid, mode=mode, padding_mode=padding, align_corners=False)
+    return out.permute(0, 2, 3, 1)
+
+
+def opposite_vertices(tri: torch.Tensor) -> np.ndarray:
+    """Cached :func:`zbuffer.opposite_vertices` (keyed on the index values)."""
+    from . import zbuffer
+
+    tri_np = _numpy_tri(tri)
+    key = (tri_np.shape, hashlib.blake2b(tri_np.tobytes(), digest_size=16).digest())
+    with _topology_lock:
+        hit = _topology_cache.get(key)
+    if hit is None:
+        hit = zbuffer.opposite_vertices(tri_np)
+        with _topology_lock:
+            if len(_topology_cache) > 16:
+                _topology_cache.clear()
+            _topology_cache[key] = hit
+    return hit
+
+
+def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor,
+              tri: torch.Tensor) -> torch.Tensor:
+    """See :func:`handfit.render.antialias`. color (B,H,W,C) -> (B,H,W,C)."""
+    from . import zbuffer
+
+    nb, height, width, nc = color.shape
+    nv = pos.shape[1]
+    ids = (rast[..., 3].detach().round().to("cpu", torch.int32) - 1).contiguous().numpy()
+    depth = rast[..., 2].detach().to("cpu", torch.float64).contiguous().numpy()
+    front, back, down, va, vb = zbuffer.silhouette_pairs(
+        ids, depth, _numpy_pos(pos), _numpy_tri(tri), opposite_vertices(tri))
+    dev = color.device
+    front, back, down = (torch.from_numpy(a).to(dev) for a in (front, back, down))
+    b, fx, fy = _pixel_centres(front, height, width, pos.dtype)
+    va = torch.from_numpy(va).to(dev) + b * nv
+    vb = torch.from_numpy(vb).to(dev) + b * nv
+
+    # Where the edge crosses the segment from the front pixel's centre to the
+    # other pixel's, as a fraction of that segment: differentiable in the two
+    # edge vertices.
+    ends = pos.reshape(-1, 4).index_select(0, torch.cat([va, vb])).view(2, -1, 4)
+    sx = (ends[..., 0] / ends[..., 3] + 1.0) * (0.5 * width) - 0.5 - fx  # (2,M)
+    sy = (ends[..., 1] / ends[..., 3] + 1.0) * (0.5 * height) - 0.5 - fy
+    vertical = (down == 1)
+    along = torch.where(vertical, sy, sx)
+    across = torch.where(vertical, sx, sy)
+    hit = (along[0] * (across[1] - across[0]) - across[0] * (along[1] - along[0])) \
+        / (across[1] - across[0])
+    toward = torch.where(back > front, 1.0, -1.0).to(hit.dtype)
+    t = (toward * hit).clamp(0.0, 1.0)
+
+    # Short of the midpoint the front pixel takes in some of the other colour,
+    # past it the other pixel takes in some of the front colour.
+    flat = color.reshape(-1, nc)
+    cf = flat.index_select(0, front)
+    cb = flat.index_select(0, back)
+    w_front = (0.5 - t).clamp(min=0.0)[:, None]
+    w_back = (t - 0.5).clamp(min=0.0)[:, None]
+    delta = torch.cat([w_front * (cb - cf), w_back * (cf - cb)]).to(flat.dtype)
+    out = flat.index_add(0, torch.cat([front, back]), delta)
+    return out.view(nb, height, width, nc)

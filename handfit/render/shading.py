@@ -1,0 +1,135 @@
+"""Vertex normals and diffuse lighting: second-order spherical harmonics and Lambert.
+
+Normals and light directions live in the same frame as the vertices (the
+OpenCV camera frame in handfit: x right, y down, z forward), so the camera
+looks along +z and a surface facing it has normal (0, 0, -1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Real SH basis constants for bands 0..2 (order: Y00, Y1-1, Y10, Y11, Y2-2,
+# Y2-1, Y20, Y21, Y22).
+_C0 = 0.5 / math.sqrt(math.pi)
+_C1 = math.sqrt(3.0 / (4.0 * math.pi))
+_C2 = 0.5 * math.sqrt(15.0 / math.pi)
+_C20 = 0.25 * math.sqrt(5.0 / math.pi)
+_C22 = 0.25 * math.sqrt(15.0 / math.pi)
+
+# Convolution with the clamped cosine divided by pi (Ramamoorthi & Hanrahan,
+# 2001): A_l / pi = 1, 2/3, 1/4 for l = 0, 1, 2. Dividing by pi makes the
+# output the radiance leaving a white Lambertian surface.
+_BAND = (1.0, 2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 0.25, 0.25, 0.25, 0.25, 0.25)
+
+# Frontal light: towards the camera, which looks along +z.
+FRONTAL = (0.0, 0.0, -1.0)
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals.
+
+    Args:
+        vertices: (B,V,3) positions.
+        faces: (F,3) vertex indices, counter-clockwise seen from outside in a
+            right-handed frame (the OpenCV camera frame is right-handed).
+
+    Returns:
+        (B,V,3) unit outward normals (zero for vertices used by no face).
+    """
+    f = faces.to(vertices.device).long()
+    v0 = vertices[:, f[:, 0]]
+    v1 = vertices[:, f[:, 1]]
+    v2 = vertices[:, f[:, 2]]
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area: area weighting
+    n = torch.zeros_like(vertices)
+    for k in range(3):
+        n = n.index_add(1, f[:, k], fn)
+    return F.normalize(n, dim=-1, eps=1e-12)
+
+
+def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+    """(...,3) unit directions -> (...,9) real SH basis values, bands 0-2."""
+    x, y, z = normals.unbind(-1)
+    return torch.stack([
+        torch.full_like(x, _C0),
+        _C1 * y, _C1 * z, _C1 * x,
+        _C2 * x * y, _C2 * y * z, _C20 * (3.0 * z * z - 1.0), _C2 * x * z, _C22 * (x * x - y * y),
+    ], dim=-1)
+
+
+def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+    """Diffuse shading from second-order spherical-harmonic lighting.
+
+    Args:
+        normals: (B,...,3) unit normals, e.g. (B,H,W,3) per pixel or (B,V,3).
+        sh: (B,9,3) or (9,3) SH coefficients of the incoming radiance, 9 per
+            colour channel, in the order of :func:`sh_basis`.
+
+    Returns:
+        (B,...,3) radiance leaving a white Lambertian surface: multiply by the
+        albedo. A uniform light with ``sh[0] = a * 2 sqrt(pi)`` gives ``a``
+        everywhere; see :func:`sh_lights` to build coefficients from lights.
+    """
+    band = normals.new_tensor(_BAND)
+    y = sh_basis(normals) * band
+    sh = sh.to(normals.dtype)
+    if sh.dim() == 2:
+        return torch.einsum("...k,kc->...c", y, sh)
+    return torch.einsum("b...k,bkc->b...c", y, sh)
+
+
+def sh_lights(ambient=0.6, directions=(FRONTAL,), intensities=(0.4,), batch_size: int = 1,
+              device=None, dtype=torch.float32) -> torch.Tensor:
+    """SH coefficients (B,9,3) for an ambient term plus distant lights.
+
+    Args:
+        ambient: float or 3 RGB values; uniform light, shading ``ambient``
+            in every direction.
+        directions: directions *towards* each light (normalised here).
+        intensities: per light, a float or 3 RGB values: a surface facing the
+            light gets about ``intensity`` more (the 9-term SH fit of the
+            clamped cosine is 1.06 at normal incidence, ~0.09 at 90 degrees).
+
+    Returns:
+        (batch_size,9,3) coefficients for :func:`sh_shading`.
+    """
+    sh = torch.zeros(9, 3, dtype=torch.float64)
+    sh[0] = torch.as_tensor(ambient, dtype=torch.float64) / _C0
+    for d, i in zip(directions, intensities):
+        d = F.normalize(torch.as_tensor(d, dtype=torch.float64), dim=0)
+        # A distant light of irradiance pi*i has radiance coefficients pi*i*Y(d).
+        sh += math.pi * sh_basis(d)[:, None] * torch.as_tensor(i, dtype=torch.float64)
+    return sh.to(device=device, dtype=dtype).expand(batch_size, 9, 3).clone()
+
+
+def default_sh(batch_size: int = 1, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The default lighting (B,9,3): ambient 0.6 plus a white light of 0.4 from
+    the camera, so a camera-facing white surface shades to ~1.0, a grazing one
+    to ~0.64 and a back-facing one to ~0.63."""
+    return sh_lights(0.6, (FRONTAL,), (0.4,), batch_size, device, dtype)
+
+
+def lambert(normals: torch.Tensor, light_dir, ambient=0.5, diffuse=0.5) -> torch.Tensor:
+    """Plain Lambert shading ``ambient + diffuse * max(n . l, 0)``.
+
+    Args:
+        normals: (B,...,3) unit normals.
+        light_dir: direction *towards* the light (normalised here): (3,), or
+            (B,3) for one light per batch item, or anything broadcastable to
+            ``normals``.
+        ambient, diffuse: floats, or tensors broadcastable to (B,...,C) for
+            coloured light (e.g. (3,) for RGB).
+
+    Returns:
+        (B,...,1) for scalar ambient/diffuse, else broadcast to (B,...,C).
+    """
+    light = torch.as_tensor(light_dir, dtype=normals.dtype, device=normals.device)
+    if light.dim() == 2 and normals.dim() > 2:
+        light = light.view(light.shape[0], *([1] * (normals.dim() - 2)), 3)
+    light = F.normalize(light, dim=-1)
+    cos = (normals * light).sum(-1, keepdim=True).clamp(min=0.0)
+    return ambient + diffuse * cos

@@ -1,0 +1,91 @@
+"""The CLI's exit codes, outputs and error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from handfit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "hand.jpg"
+
+
+def run_cli(*args, cwd=None):
+    """Run handfit in a subprocess, as a user would. -> CompletedProcess"""
+    return subprocess.run([sys.executable, "-m", "handfit.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_help_and_version():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0 and "fit" in r.output and "batch" in r.output
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "handfit" in r.output
+    r = CliRunner().invoke(main, ["fit", "--help"])
+    assert r.exit_code == 0 and "--no-appearance" in r.output and "--mano" in r.output
+
+
+def test_usage_errors_exit_2(tmp_path):
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert CliRunner().invoke(main, ["fit", str(img), "--max-hands", "0"]).exit_code == 2
+    assert CliRunner().invoke(main, ["fit", str(img), "--device", "tpu"]).exit_code == 2
+    assert CliRunner().invoke(main, ["nonsense"]).exit_code == 2
+    assert CliRunner().invoke(main, ["fit"]).exit_code == 2
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])
+def test_unreadable_input_exit_4(tmp_path, kind):
+    p = tmp_path / "bad.jpg"
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("this is not an image\n")
+    elif kind == "truncated":
+        good = tmp_path / "good.jpg"
+        Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(good)
+        data = good.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    before = p.read_bytes() if p.exists() else None
+    r = run_cli("fit", p, "-o", tmp_path / "out")
+    assert r.returncode == 4, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("handfit: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+    if before is not None:
+        assert p.read_bytes() == before  # nothing lost
+
+
+def test_no_hand_exit_3_writes_empty_result(tmp_path):
+    img = tmp_path / "blank.png"
+    Image.fromarray(np.full((240, 320, 3), 128, np.uint8)).save(img)
+    r = CliRunner().invoke(main, ["fit", str(img), "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 3
+    doc = json.loads((tmp_path / "out" / "blank" / "result.json").read_text())
+    assert doc["hands"] == [] and doc["image"]["width"] == 320
+
+
+@pytest.mark.slow
+def test_fit_example_writes_every_file(tmp_path):
+    r = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path), "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "hand"
+    doc = json.loads((folder / "result.json").read_text())
+    assert len(doc["hands"]) >= 1
+    for h in doc["hands"]:
+        assert h["side"] in ("left", "right")
+        assert np.asarray(h["keypoints_2d_fitted"]).shape == (21, 2)
+        assert np.asarray(h["keypoints_3d"]).shape == (21, 3)
+        for key in ("obj", "mtl", "texture", "glb", "params"):
+            assert (folder / h["files"][key]).is_file(), key
+    assert (folder / doc["overlay"]).is_file()
+    # --json printed the same document to stdout
+    assert json.loads(r.stdout)["model"] == doc["model"]
