@@ -148,7 +148,7 @@ class _Photo:
     detections: list
 
 
-def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool) -> tuple:
+def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detections=None) -> tuple:
     from .camera import intrinsics
     from .errors import ImageError
     from .io.image import load_image
@@ -163,7 +163,8 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool) -> tuple
             errors[i] = str(exc)
             continue
         K = intrinsics(photo.width, photo.height, focal=opts.focal, exif_focal=photo.exif_focal_px)
-        dets = _detector(opts.max_hands).detect(photo.rgb)[: opts.max_hands]
+        dets = detections[i] if detections is not None else _detector(opts.max_hands).detect(photo.rgb)
+        dets = list(dets)[: opts.max_hands]
         out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets))
     return out, errors
 
@@ -236,7 +237,7 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
 
 
 def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadable: bool = False,
-              **options) -> list:
+              detections: list | None = None, **options) -> list:
     """Fit every hand in each photo. ``images``: paths, arrays or PIL images.
 
     All hands of all photos are optimised together (one batch per side), which
@@ -244,12 +245,16 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     photo, in order; a photo with no hand has ``hands == []``. With
     ``skip_unreadable`` an unreadable photo gives a FitResult whose ``error``
     says why instead of raising ImageError.
+    ``detections``: optional, one list of :class:`handfit.detect.Detection`
+    per image, to bring your own detector (or tracker) instead of MediaPipe.
     ``progress(stage, side, iteration, total)`` is called during optimisation.
     """
     opts = options.pop("options", None) or FitOptions(**options)
     device = opts.torch_device()
     images = list(images)
-    photos, errors = _prepare(images, opts, skip_unreadable)
+    if detections is not None and len(detections) != len(images):
+        raise UsageError(f"got {len(detections)} detection lists for {len(images)} images")
+    photos, errors = _prepare(images, opts, skip_unreadable, detections)
     by_side: dict = {"right": [], "left": []}
     for p in photos:
         for d in p.detections:

@@ -31,6 +31,9 @@ def atomic_save(obj, path: Path, save) -> None:
     os.close(fd)
     try:
         save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; cache files are shareable
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -99,21 +99,17 @@ def random_params(model, gen: np.random.Generator, K: np.ndarray, size: tuple, s
 
 
 def facing_camera(model) -> torch.Tensor:
-    """Rotation (3,3) taking the rest hand to fingers-up (−y in camera), palm to the camera (−z)."""
+    """Rotation (3,3) taking the rest hand to fingers up (−y in camera) with the palm to the camera (−z)."""
     with torch.no_grad():
-        p = model.zero_params(1)
-        out = model(**p)
+        out = model(**model.zero_params(1))
         k = out.keypoints[0].double()
-        up = torch.nn.functional.normalize(k[9] - k[0], dim=0)             # wrist -> middle MCP
-        across = torch.nn.functional.normalize(k[5] - k[17], dim=0)        # pinky MCP -> index MCP
-        palm_normal = torch.nn.functional.normalize(torch.cross(across, up, dim=0), dim=0)
-        if model.side == "left":
-            palm_normal = -palm_normal
-        across = torch.cross(up, palm_normal, dim=0)
-        src = torch.stack([across, up, palm_normal], 1)   # columns in model frame
+        up = F.normalize(k[9] - k[0], dim=0)  # wrist -> middle MCP
+        # (index MCP - pinky MCP) x up is the palm normal of a right hand; a
+        # left hand is its mirror image, which flips the cross product.
+        normal = F.normalize(torch.cross(k[5] - k[17], up, dim=0), dim=0) * (1.0 if model.side == "right" else -1.0)
+        up = F.normalize(up - (up @ normal) * normal, dim=0)
+        src = torch.stack([torch.cross(up, normal, dim=0), up, normal], 1)  # a proper frame, columns
         dst = torch.tensor([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]], dtype=torch.float64).T
-        if model.side == "left":
-            dst = dst * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)[None, :]
         return dst @ src.T
 
 
@@ -160,9 +156,9 @@ def render_scene(model, params: dict, K: np.ndarray, size: tuple, texture: np.nd
 
 def default_light(gen: np.random.Generator | None = None) -> torch.Tensor:
     """SH lighting (9,3): ambient plus a key light from the camera side, optionally randomised."""
-    from .render.shading import DEFAULT_SH
+    from .render.shading import default_sh
 
-    sh = DEFAULT_SH.clone().float()
+    sh = default_sh(1)[0]
     if gen is not None:
         sh[1:4] += torch.from_numpy(gen.normal(0, 0.15, (3, 1)).astype(np.float32))
         sh *= float(gen.uniform(0.85, 1.15))

@@ -14,8 +14,11 @@ from handfit.render import rasterize
 from handfit.render.zbuffer import opposite_vertices
 
 
-def naive_rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
+def naive_rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, snap: bool = True) -> torch.Tensor:
     """Every pixel against every triangle, autograd through everything.
+
+    With ``snap`` triangles in front of the camera get their coverage from
+    vertices snapped to 1/16 pixel (like the z-buffer and GPU rasterizers).
 
     pos (B,V,4) clip coordinates, tri (F,3) -> rast (B,H,W,4) with the same
     meaning as :func:`handfit.render.rasterize`. O(B*H*W*F) memory and time.
@@ -39,6 +42,23 @@ def naive_rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.T
     # det(c0, c1, c2) = sum_i e_i W_i is the same for every pixel.
     det = (e * c[..., 3]).sum(-1)
     inside = ((e * det[..., None]) >= 0).all(-1) & (det != 0)
+    if snap:
+        # Triangles in front of the camera: coverage from vertices snapped to
+        # 1/16 px (float32 projection, round half to even), as on the GPU.
+        cw = c.detach().float()
+        sx = torch.round(cw[..., 0] * (1.0 / cw[..., 3]) * (8.0 * width)).double()  # (B,1,F,3)
+        sy = torch.round(cw[..., 1] * (1.0 / cw[..., 3]) * (8.0 * height)).double()
+        qx = (xn * (8.0 * width)).double().round()  # pixel centres lie on the grid
+        qy = (yn * (8.0 * height)).double().round()
+        ex2 = sx - qx
+        ey2 = sy - qy
+        e2 = torch.stack([ex2[..., 1] * ey2[..., 2] - ey2[..., 1] * ex2[..., 2],
+                          ex2[..., 2] * ey2[..., 0] - ey2[..., 2] * ex2[..., 0],
+                          ex2[..., 0] * ey2[..., 1] - ey2[..., 0] * ex2[..., 1]], dim=-1)
+        area = e2.sum(-1)
+        snapped = (cw[..., 3] > 0).all(-1).expand_as(area)
+        inside2 = ((e2 * area[..., None]) >= 0).all(-1) & (area != 0)
+        inside = torch.where(snapped, inside2, inside)
     depth = (e * c[..., 2]).sum(-1) / torch.where(det == 0, torch.ones_like(det), det)
     inside &= (depth >= -1) & (depth <= 1)
     depth = torch.where(inside, depth.detach(), torch.full_like(depth, float("inf")))
@@ -49,6 +69,7 @@ def naive_rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.T
     rast = torch.stack([bary[..., 0], bary[..., 1], depth.gather(-1, best[..., None])[..., 0],
                         (best + 1).to(dt)], dim=-1)
     rast = torch.where(hit[..., None], rast, torch.zeros_like(rast))
+    rast = torch.cat([rast[..., :2].clamp(0, 1), rast[..., 2:3].clamp(-1, 1), rast[..., 3:]], dim=-1)
     return rast.view(pos.shape[0], height, width, 4)
 
 

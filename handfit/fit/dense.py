@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import render as R
 from ..camera import crop_image, crop_intrinsics, project, square_crop
-from ..render.shading import sh_shading, vertex_normals
+from ..render.shading import sh_lights, sh_shading, vertex_normals
 from ..texture.skin import hand_probability
 from ..texture.unwrap import fill_push_pull, splat, unwrap
 from . import losses as L
@@ -67,40 +67,42 @@ class DenseStage:
 
 
 def ambient_sh(batch: int, device, dtype) -> torch.Tensor:
-    """SH coefficients (B,9,3) giving irradiance 1 in every direction, so that
+    """SH coefficients (B,9,3) giving shading 1 in every direction, so that
     rendered colour = texture: the unwrapped photo reproduces itself."""
-    unit = torch.zeros(1, 9, 3, dtype=dtype)
-    unit[:, 0] = 1.0
-    irradiance = sh_shading(torch.tensor([[0.0, 0.0, 1.0]], dtype=dtype), unit)  # (1,3), same for any normal
-    sh = torch.zeros(batch, 9, 3, device=device, dtype=dtype)
-    sh[:, 0] = 1.0 / irradiance[0, 0]
-    return sh
+    return sh_lights(1.0, (), (), batch, device, dtype)
 
 
 class Scene:
-    """Everything fixed during the dense stage for B hands of one model."""
+    """Everything fixed during the dense stage for B hands of one model: the
+    crops of the photo (targets), their validity masks and intrinsics."""
 
-    def __init__(self, model, K_full, photos, kp2d_full, crop_size, crop_scale, device, dtype, backend):
-        self.model, self.backend = model, backend
-        self.faces = model.faces.to(device=device, dtype=torch.int32)
-        self.uv_faces = model.uv_faces.to(device=device, dtype=torch.int32)
-        self.uv_coords = model.uv_coords.to(device=device, dtype=dtype)
-        S = crop_size
-        self.res = (S, S)
+    def __init__(self, model, target, valid, K, backend="auto", crops=None):
+        """target (B,S,S,3) in [0,1]; valid (B,S,S) bool; K (B,3,3) crop intrinsics."""
+        dev, dt = target.device, target.dtype
+        self.model, self.backend, self.crops = model, backend, crops
+        self.faces = model.faces.to(device=dev, dtype=torch.int32)
+        self.uv_faces = model.uv_faces.to(device=dev, dtype=torch.int32)
+        self.uv_coords = model.uv_coords.to(device=dev, dtype=dt)
+        self.target, self.valid, self.K = target, valid, K
+        self.res = tuple(target.shape[1:3])
+
+    @classmethod
+    def from_photos(cls, model, K_full, photos, kp2d_full, crop_size, crop_scale, device, dtype, backend="auto"):
+        """Square crops around each hand's fitted keypoints.
+
+        K_full (B,3,3); photos: B (H,W,3) uint8 arrays; kp2d_full (B,21,2) pixels.
+        """
         crops, imgs, valid, Ks = [], [], [], []
         kp = kp2d_full.detach().cpu().numpy()
         for b, rgb in enumerate(photos):
-            lo, hi = kp[b].min(0), kp[b].max(0)
-            c = square_crop(np.concatenate([lo, hi]), scale=crop_scale, out_size=S)
+            c = square_crop(np.concatenate([kp[b].min(0), kp[b].max(0)]), scale=crop_scale, out_size=crop_size)
             img, ok = crop_image(rgb, c)
             crops.append(c)
             imgs.append(torch.from_numpy(np.ascontiguousarray(img)).float() / 255)
             valid.append(torch.from_numpy(np.ascontiguousarray(ok)).bool())
             Ks.append(torch.as_tensor(crop_intrinsics(K_full[b].detach().cpu().numpy(), c)))
-        self.crops = crops
-        self.target = torch.stack(imgs).to(device=device, dtype=dtype)   # (B,S,S,3)
-        self.valid = torch.stack(valid).to(device)                       # (B,S,S)
-        self.K = torch.stack(Ks).to(device=device, dtype=dtype)          # (B,3,3)
+        return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
+                   torch.stack(Ks).to(device=device, dtype=dtype), backend, crops)
 
     def render(self, vertices, tex, sh, antialias=True):
         """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images."""
@@ -160,6 +162,41 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
+def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior, prior_w, sh0, stage: DenseStage):
+    """``terms(p) -> dict of (B,)`` for the dense stage; p holds global_orient,
+    pose, shape, transl, texture (B,T,T,3) and sh (B,9,3).
+
+    skin_p (B,S,S): the photo's soft hand mask; tex_prior (B,T,T,3) and
+    prior_w (B,T,T,1): the texture prior and where it applies; sh0 (B,9,3)
+    the initial light.
+    """
+    w = stage.weights
+    validf = scene.valid.to(scene.target.dtype)
+    k = 2 * stage.margin + 1
+
+    def terms(p):
+        out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
+        tex = p["texture"].clamp(0, 1)
+        r = scene.render(out_m.vertices, tex, p["sh"])
+        with torch.no_grad():  # the hand and a margin around it
+            region = F.max_pool2d(r["cover"][:, None], k, 1, stage.margin)[:, 0] * validf
+        uv = project(out_m.keypoints, K_full)
+        return {
+            "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
+            "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
+            "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region),
+            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale),
+            "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
+            "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
+            "shape": w.shape * L.shape_loss(p["shape"]),
+            "tex_tv": w.tex_tv * L.texture_tv_loss(tex),
+            "tex_prior": w.tex_prior * L.texture_prior_loss(tex, tex_prior, prior_w),
+            "sh": w.sh * (p["sh"] - sh0).square().sum((1, 2)),
+        }
+
+    return terms
+
+
 def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
                    backend: str = "auto", crop_size: int = 256, on_step=None):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
@@ -170,10 +207,9 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     """
     dev, dt = params["pose"].device, params["pose"].dtype
     B = params["pose"].shape[0]
-    w = stage.weights
     with torch.no_grad():
         kp_fit = project(model(**params).keypoints, K_full)
-    scene = Scene(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
+    scene = Scene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
 
     with torch.no_grad():
         v0 = model(**params).vertices
@@ -186,28 +222,8 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     photo_mask = (skin_p > 0.5) & scene.valid
     iou_before = iou(mask_before, photo_mask)
     prior_w = (1 - conf.clamp(max=1.0))  # (B,T,T,1): 1 where unseen
-    validf = scene.valid.to(dt)
 
-    def terms(p):
-        out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
-        tex = p["texture"].clamp(0, 1)
-        r = scene.render(out_m.vertices, tex, p["sh"])
-        with torch.no_grad():
-            k = 2 * stage.margin + 1
-            region = F.max_pool2d(r["cover"][:, None], k, 1, stage.margin)[:, 0] * validf
-        uv = project(out_m.keypoints, K_full)
-        return {
-            "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
-            "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
-            "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, validf),
-            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale),
-            "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
-            "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
-            "shape": w.shape * L.shape_loss(p["shape"]),
-            "tex_tv": w.tex_tv * L.texture_tv_loss(tex),
-            "tex_prior": w.tex_prior * L.texture_prior_loss(tex, tex0, prior_w),
-            "sh": w.sh * (p["sh"] - sh0).square().sum((1, 2)),
-        }
+    terms = dense_terms(model, scene, K_full, kp2d_full, scale, skin_p, tex0, prior_w, sh0, stage)
 
     state = {**params, "texture": tex0.clone(), "sh": sh0.clone()}
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
@@ -225,6 +241,4 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         "dense_iters": report.iters,
     }
     report.sh = state["sh"]
-    # The exported texture holds albedo x the fitted light's mean, so the mesh
-    # looks like the photo under neutral viewer lighting.
     return report, tex

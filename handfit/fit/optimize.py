@@ -72,8 +72,8 @@ class KeypointWeights:
     """Weights of the keypoint stage (defaults documented in docs/fitting.md)."""
 
     kp2d: float = 1.0         # robust 2D reprojection, residuals in units of the box side
-    kp3d: float = 0.05        # scale-free shape of MediaPipe's world landmarks
-    pose_limit: float = 10.0  # squared hinge outside the anatomical limits
+    kp3d: float = 0.01        # scale-free shape of MediaPipe's world landmarks
+    pose_limit: float = 1.0   # squared hinge outside the anatomical limits
     pose_l2: float = 1e-3     # weak pull to the rest pose
     shape: float = 1e-3       # shape coefficients ~ N(0,1)
 

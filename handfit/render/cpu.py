@@ -42,54 +42,92 @@ def _pixel_centres(pix: torch.Tensor, height: int, width: int, dtype):
     return b, x.to(dtype), y.to(dtype)
 
 
+class RasterCache:
+    """What :func:`rasterize` knows about its output, kept on the returned
+    tensor (``rast._handfit_raster``) so that :func:`interpolate` and
+    :func:`antialias` can skip rescanning the full image and build smaller
+    autograd graphs. Used only while ``rast`` is unmodified (same
+    ``_version``); any derived tensor (``rast.detach()``, ``rast * 1``...)
+    takes the general path.
+    """
+
+    def __init__(self, rast, pix, face, bary, ids_np, depth_np):
+        self.version = rast._version
+        self.pix = pix      # (N,) flat indices (into B*H*W) of covered pixels
+        self.face = face    # (N,) int64 triangle index per covered pixel
+        self.bary = bary    # (N,2) differentiable (u, v) of those pixels
+        self.ids = ids_np   # (B,H,W) int32 numpy, -1 = background
+        self.depth = depth_np  # (B,H,W) float64 numpy z/w
+
+    @staticmethod
+    def of(rast):
+        cache = getattr(rast, "_handfit_raster", None)
+        if cache is not None and cache.version == rast._version:
+            return cache
+        return None
+
+
+def edge_planes(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """(B,V,4) clip positions, (F,3) -> (B,F,3,3): for each triangle the three
+    homogeneous edge functions ``n_k = c_{k+1} x c_{k+2}`` of the columns
+    ``c = (X, Y, W)``. At a pixel with NDC (x, y), ``n_k . (x, y, 1)`` is
+    proportional to the perspective-correct barycentric of vertex k."""
+    c = pos[:, tri.long()][..., [0, 1, 3]]  # (B,F,3,3)
+    return torch.cross(c.roll(-1, dims=2), c.roll(-2, dims=2), dim=-1)
+
+
 def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
     """See :func:`handfit.render.rasterize`. pos (B,V,4), tri (F,3) -> rast (B,H,W,4)."""
     from . import zbuffer
 
     height, width = int(resolution[0]), int(resolution[1])
-    nb, nv = pos.shape[0], pos.shape[1]
+    nb, nf = pos.shape[0], tri.shape[0]
     tri_np = _numpy_tri(tri)
     planes, boxes = zbuffer.setup_triangles(_numpy_pos(pos), tri_np, height, width)
     ids_np, depth_np = zbuffer.zbuffer(planes, boxes, height, width)
 
-    ids = torch.from_numpy(ids_np.reshape(-1))
-    pix = torch.from_numpy(np.flatnonzero(ids_np.reshape(-1) >= 0))
-    face = ids[pix].long()
-    depth = torch.from_numpy(depth_np.reshape(-1)[pix.numpy()])
+    pix_np = np.flatnonzero(ids_np.reshape(-1) >= 0)
     dev = pos.device
-    pix, face, depth = pix.to(dev), face.to(dev), depth.to(dev, pos.dtype)
+    pix = torch.from_numpy(pix_np).to(dev)
+    face = torch.from_numpy(ids_np.reshape(-1)[pix_np].astype(np.int64)).to(dev)
+    depth = torch.from_numpy(depth_np.reshape(-1)[pix_np]).to(dev, pos.dtype)
 
-    # Barycentrics of the covered pixels only, differentiably. For a pixel at
-    # NDC (x, y) the 2D cross products of (X_i - x W_i, Y_i - y W_i) are
-    # proportional to the perspective-correct barycentrics.
+    # Barycentrics of the covered pixels only, differentiably: gather each
+    # pixel's triangle's edge functions (a small per-triangle table, so the
+    # backward pass scatters into B*F rows, not into per-pixel buffers).
     b, px, py = _pixel_centres(pix, height, width, pos.dtype)
-    xn = (2.0 * px + 1.0) / width - 1.0
-    yn = (2.0 * py + 1.0) / height - 1.0
-    vi = torch.from_numpy(tri_np).to(dev)[face]  # (N,3)
-    vi = vi + (b * nv)[:, None]
-    c = pos.reshape(-1, 4).index_select(0, vi.reshape(-1)).view(-1, 3, 4)
-    ex = c[..., 0] - xn[:, None] * c[..., 3]  # (N,3)
-    ey = c[..., 1] - yn[:, None] * c[..., 3]
-    e0 = ex[:, 1] * ey[:, 2] - ey[:, 1] * ex[:, 2]
-    e1 = ex[:, 2] * ey[:, 0] - ey[:, 2] * ex[:, 0]
-    e2 = ex[:, 0] * ey[:, 1] - ey[:, 0] * ex[:, 1]
-    total = e0 + e1 + e2
-    vals = torch.stack([e0 / total, e1 / total, depth, (face + 1).to(pos.dtype)], dim=1)
-    rast = pos.new_zeros(nb * height * width, 4).index_copy(0, pix, vals)
-    return rast.view(nb, height, width, 4)
+    p = torch.stack([(2.0 * px + 1.0) / width - 1.0, (2.0 * py + 1.0) / height - 1.0,
+                     torch.ones_like(px)], dim=1)  # (N,3) NDC of the pixel centres
+    table = edge_planes(pos, tri).reshape(nb * nf, 9)
+    coef = table.index_select(0, face + b * nf).view(-1, 3, 3)
+    e = (coef * p[:, None, :]).sum(-1)  # (N,3)
+    bary = e[:, :2] / e.sum(-1, keepdim=True)
+    # A pixel covered only thanks to vertex snapping lies a hair outside the
+    # exact triangle. Like nvdiffrast, clamp u and v to [0, 1] (the value
+    # only: the gradient is that of the unclamped barycentrics) and z/w to [-1, 1].
+    bary = bary + (bary.detach().clamp(0.0, 1.0) - bary.detach())
+    depth = depth.clamp(-1.0, 1.0)
+    vals = torch.cat([bary, depth[:, None], (face + 1).to(pos.dtype)[:, None]], dim=1)
+    rast = pos.new_zeros(nb * height * width, 4).index_copy(0, pix, vals).view(nb, height, width, 4)
+    rast._handfit_raster = RasterCache(rast, pix, face, bary, ids_np, depth_np)
+    return rast
 
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """See :func:`handfit.render.interpolate`. attr (B,T,C) or (T,C) -> (B,H,W,C)."""
     nb, height, width, _ = rast.shape
-    flat = rast.reshape(-1, 4)
-    tid = flat[:, 3].detach()
-    # > 0.5 and round(): robust to tiny perturbations of the id channel
-    # (e.g. gradcheck's finite differences).
-    pix = torch.nonzero(tid > 0.5).squeeze(1)
-    face = tid[pix].round().long() - 1
-    uv = flat.index_select(0, pix)
-    u, v = uv[:, 0:1], uv[:, 1:2]
+    cache = RasterCache.of(rast)
+    if cache is not None:
+        pix, face, uv = cache.pix, cache.face, cache.bary
+    else:
+        flat = rast.reshape(-1, 4)
+        tid = flat[:, 3].detach()
+        # > 0.5 and round(): robust to tiny perturbations of the id channel
+        # (e.g. gradcheck's finite differences).
+        pix = torch.nonzero(tid > 0.5).squeeze(1)
+        face = tid[pix].round().long() - 1
+        uv = flat.index_select(0, pix)[:, :2]
+    nc = attr.shape[-1]
     vi = tri.to(rast.device).long()[face]  # (N,3)
     if attr.dim() == 2:
         table = attr
@@ -98,11 +136,13 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     else:
         b = torch.div(pix, height * width, rounding_mode="floor")
         vi = vi + (b * attr.shape[1])[:, None]
-        table = attr.reshape(-1, attr.shape[-1])
-    a = table.index_select(0, vi.reshape(-1)).view(-1, 3, attr.shape[-1])
-    vals = a[:, 2] + u * (a[:, 0] - a[:, 2]) + v * (a[:, 1] - a[:, 2])
-    out = vals.new_zeros(nb * height * width, attr.shape[-1]).index_copy(0, pix, vals)
-    return out.view(nb, height, width, -1)
+        table = attr.reshape(-1, nc)
+    a = table.index_select(0, vi.reshape(-1)).view(-1, 3, nc)
+    # u*a0 + v*a1 + (1-u-v)*a2 as one batched product.
+    w = torch.cat([uv, 1.0 - uv.sum(-1, keepdim=True)], dim=1).to(a.dtype)  # (N,3)
+    vals = (w[:, :, None] * a).sum(1)
+    out = vals.new_zeros(nb * height * width, nc).index_copy(0, pix, vals)
+    return out.view(nb, height, width, nc)
 
 
 def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
@@ -158,8 +198,12 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor,
 
     nb, height, width, nc = color.shape
     nv = pos.shape[1]
-    ids = (rast[..., 3].detach().round().to("cpu", torch.int32) - 1).contiguous().numpy()
-    depth = rast[..., 2].detach().to("cpu", torch.float64).contiguous().numpy()
+    cache = RasterCache.of(rast)
+    if cache is not None:
+        ids, depth = cache.ids, cache.depth
+    else:
+        ids = (rast[..., 3].detach().round().to("cpu", torch.int32) - 1).contiguous().numpy()
+        depth = rast[..., 2].detach().to("cpu", torch.float64).contiguous().numpy()
     front, back, down, va, vb = zbuffer.silhouette_pairs(
         ids, depth, _numpy_pos(pos), _numpy_tri(tri), opposite_vertices(tri))
     dev = color.device
@@ -185,8 +229,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor,
     # Short of the midpoint the front pixel takes in some of the other colour,
     # past it the other pixel takes in some of the front colour.
     flat = color.reshape(-1, nc)
-    cf = flat.index_select(0, front)
-    cb = flat.index_select(0, back)
+    cf, cb = flat.index_select(0, torch.cat([front, back])).view(2, -1, nc)
     w_front = (0.5 - t).clamp(min=0.0)[:, None]
     w_back = (t - 0.5).clamp(min=0.0)[:, None]
     delta = torch.cat([w_front * (cb - cf), w_back * (cf - cb)]).to(flat.dtype)

@@ -89,6 +89,8 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     dr = _module()
+    if attr.dim() == 2:
+        attr = attr[None]  # one table for every image: minibatch broadcast
     out, _ = dr.interpolate(_f32(attr), _f32(rast), _i32(tri, rast.device))
     return out.to(torch.promote_types(attr.dtype, rast.dtype))
 

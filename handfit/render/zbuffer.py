@@ -8,13 +8,17 @@ Coordinates
 Pixel ``(x, y)`` (column, row) has its centre at NDC
 ``((2x+1)/W - 1, (2y+1)/H - 1)``, as in nvdiffrast: row 0 is at NDC y = -1.
 
-Visibility uses 2D homogeneous rasterization: with the clip-space columns
-``c_i = (X_i, Y_i, W_i)`` of a triangle and a pixel ``p = (x_ndc, y_ndc, 1)``,
-the three numbers ``e_i = (c_j x c_k) . p`` ((i,j,k) cyclic) are proportional to
-the perspective-correct barycentrics. The pixel lies on the triangle, in front
-of the camera, when all ``e_i`` have the sign of ``det(c_0, c_1, c_2)``. This
-needs no clipping at ``w = 0``; the near/far planes are applied per pixel as
-``-1 <= z/w <= 1``, which is exactly what clipping the triangle would give.
+Triangles in front of the camera (all w > 0) are tested with exact integer
+edge functions of their vertices snapped to 1/16 pixel, as GPU rasterizers
+(nvdiffrast's included) do, so both backends pick the same triangle per
+pixel. Triangles that cross the camera plane (some w <= 0) use 2D homogeneous
+rasterization instead: with the clip-space columns ``c_i = (X_i, Y_i, W_i)``
+and a pixel ``p = (x_ndc, y_ndc, 1)``, the numbers ``e_i = (c_j x c_k) . p``
+((i,j,k) cyclic) are proportional to the perspective-correct barycentrics, and
+the pixel lies on the triangle, in front of the camera, when all ``e_i`` have
+the sign of ``det(c_0, c_1, c_2)``. That needs no clipping at w = 0. In both
+cases the near/far planes are applied per pixel as ``-1 <= z/w <= 1``, which
+is what clipping the triangle against them would give.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ BAND_ROWS = 16
 # centres still counts (floating-point slack, as in nvdiffrast).
 AA_EPS = 0.0625
 
+# Snapped vertex coordinates (1/16 px units) must stay below this for the
+# integer edge functions to be exact in float64; farther-out triangles use
+# the homogeneous float path.
+SNAP_LIMIT = 2.0 ** 22
+
 
 @njit(cache=True, parallel=True)
 def setup_triangles(pos, tri, height, width):
@@ -39,7 +48,8 @@ def setup_triangles(pos, tri, height, width):
     pos: (B,V,4) float64 clip coordinates; tri: (F,3) int32/int64.
     Returns planes (B,F,4,3) -- three edge functions and z/w, each as
     (a, b, c) with value ``a*x + b*y + c`` at pixel index (x, y), edge
-    functions signed so the inside is ``>= 0`` -- and boxes (B,F,4) int32
+    functions signed so the inside is ``>= 0`` (snapped integer ones, or
+    homogeneous ones for triangles crossing w = 0) -- and boxes (B,F,4) int32
     (x0, x1, y0, y1), inclusive; ``x1 < x0`` marks a culled triangle.
     """
     nb = pos.shape[0]
@@ -104,26 +114,69 @@ def setup_triangles(pos, tri, height, width):
         planes[b, f, 3, 2] = dx * ox + dy * oy + dw
         x0, x1, y0, y1 = 0, width - 1, 0, height - 1
         if W0 > 0.0 and W1 > 0.0 and W2 > 0.0:
-            # Pixel-index coordinates of the vertices (pixel centre x at x).
-            hx = 0.5 * width
-            hy = 0.5 * height
-            ax = (X0 / W0 + 1.0) * hx - 0.5
-            bx = (X1 / W1 + 1.0) * hx - 0.5
-            cx = (X2 / W2 + 1.0) * hx - 0.5
-            ay = (Y0 / W0 + 1.0) * hy - 0.5
-            by = (Y1 / W1 + 1.0) * hy - 0.5
-            cy = (Y2 / W2 + 1.0) * hy - 0.5
-            # Clamp before converting to int: nearly-zero w gives huge values.
-            lo = max(min(ax, bx, cx), -1.0)
-            hi = min(max(ax, bx, cx), width + 1.0)
-            x0 = max(int(np.floor(lo)), 0)
-            x1 = min(int(np.ceil(hi)), width - 1)
-            lo = max(min(ay, by, cy), -1.0)
-            hi = min(max(ay, by, cy), height + 1.0)
-            y0 = max(int(np.floor(lo)), 0)
-            y1 = min(int(np.ceil(hi)), height - 1)
+            # Snap the projected vertices to 1/16 pixel, as GPU rasterizers
+            # (nvdiffrast's CudaRaster included) do, so both backends decide
+            # coverage alike. Units: 1/16 px from the image centre, computed in
+            # float32 and rounded half-to-even; pixel centres fall on the grid.
+            qx = np.float32(8 * width)
+            qy = np.float32(8 * height)
+            r0 = np.float32(1.0) / np.float32(W0)
+            r1 = np.float32(1.0) / np.float32(W1)
+            r2 = np.float32(1.0) / np.float32(W2)
+            ax = float(np.rint(np.float32(np.float32(X0) * r0) * qx))
+            bx = float(np.rint(np.float32(np.float32(X1) * r1) * qx))
+            cx = float(np.rint(np.float32(np.float32(X2) * r2) * qx))
+            ay = float(np.rint(np.float32(np.float32(Y0) * r0) * qy))
+            by = float(np.rint(np.float32(np.float32(Y1) * r1) * qy))
+            cy = float(np.rint(np.float32(np.float32(Y2) * r2) * qy))
+            if max(abs(ax), abs(bx), abs(cx), abs(ay), abs(by), abs(cy)) < SNAP_LIMIT:
+                area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)  # exact: small integers
+                if area == 0.0:
+                    continue  # collapsed by snapping: covers nothing (as on the GPU)
+                sg = 1.0 if area > 0.0 else -1.0
+                # Pixel (x, y) sits at (16x + cx0, 16y + cy0) in snapped units.
+                cx0 = 8.0 - 8.0 * width
+                cy0 = 8.0 - 8.0 * height
+                vx = (ax, bx, cx)
+                vy = (ay, by, cy)
+                for k in range(3):
+                    sx0, sy0 = vx[(k + 1) % 3], vy[(k + 1) % 3]
+                    ex = vx[(k + 2) % 3] - sx0
+                    ey = vy[(k + 2) % 3] - sy0
+                    planes[b, f, k, 0] = -sg * 16.0 * ey
+                    planes[b, f, k, 1] = sg * 16.0 * ex
+                    planes[b, f, k, 2] = sg * (ex * (cy0 - sy0) - ey * (cx0 - sx0))
+                lo = (min(ax, bx, cx) - cx0) / 16.0
+                hi = (max(ax, bx, cx) - cx0) / 16.0
+                x0 = max(int(np.ceil(lo)), 0)
+                x1 = min(int(np.floor(hi)), width - 1)
+                lo = (min(ay, by, cy) - cy0) / 16.0
+                hi = (max(ay, by, cy) - cy0) / 16.0
+                y0 = max(int(np.ceil(lo)), 0)
+                y1 = min(int(np.floor(hi)), height - 1)
+            else:
+                # Nearly at w = 0 (huge projections): keep the homogeneous
+                # edge functions but bound the scan by the projection.
+                hx = 0.5 * width
+                hy = 0.5 * height
+                px0 = (X0 / W0 + 1.0) * hx - 0.5
+                px1 = (X1 / W1 + 1.0) * hx - 0.5
+                px2 = (X2 / W2 + 1.0) * hx - 0.5
+                py0 = (Y0 / W0 + 1.0) * hy - 0.5
+                py1 = (Y1 / W1 + 1.0) * hy - 0.5
+                py2 = (Y2 / W2 + 1.0) * hy - 0.5
+                # Clamp before converting to int: nearly-zero w gives huge values.
+                lo = max(min(px0, px1, px2), -1.0)
+                hi = min(max(px0, px1, px2), width + 1.0)
+                x0 = max(int(np.floor(lo)), 0)
+                x1 = min(int(np.ceil(hi)), width - 1)
+                lo = max(min(py0, py1, py2), -1.0)
+                hi = min(max(py0, py1, py2), height + 1.0)
+                y0 = max(int(np.floor(lo)), 0)
+                y1 = min(int(np.ceil(hi)), height - 1)
         # else: the triangle crosses w = 0 and its projection is unbounded; scan
-        # the whole screen (rare: only geometry straddling the camera plane).
+        # the whole screen with the homogeneous edge functions (rare: only
+        # geometry straddling the camera plane).
         boxes[b, f, 0] = x0
         boxes[b, f, 1] = x1
         boxes[b, f, 2] = y0
@@ -196,16 +249,18 @@ def _analyse_pair(b, y, x, down, ids, depth, pos, tri, opp, height, width):
     fy = float(y if front == 0 else y1)
     hx = 0.5 * width
     hy = 0.5 * height
-    # Screen positions of the three vertices relative to the front pixel centre.
-    px = np.empty(3)
-    py = np.empty(3)
-    for k in range(3):
-        vi = tri[f, k]
-        w = pos[b, vi, 3]
-        if not w > 0.0:
-            return -1, 0, 0  # projection undefined: leave this pair alone
-        px[k] = (pos[b, vi, 0] / w + 1.0) * hx - 0.5 - fx
-        py[k] = (pos[b, vi, 1] / w + 1.0) * hy - 0.5 - fy
+    # Screen positions of the three vertices relative to the front pixel
+    # centre (scalars in tuples: no heap allocation in this hot path).
+    i0, i1, i2 = tri[f, 0], tri[f, 1], tri[f, 2]
+    w0, w1, w2 = pos[b, i0, 3], pos[b, i1, 3], pos[b, i2, 3]
+    if not (w0 > 0.0 and w1 > 0.0 and w2 > 0.0):
+        return -1, 0, 0  # projection undefined: leave this pair alone
+    px = ((pos[b, i0, 0] / w0 + 1.0) * hx - 0.5 - fx,
+          (pos[b, i1, 0] / w1 + 1.0) * hx - 0.5 - fx,
+          (pos[b, i2, 0] / w2 + 1.0) * hx - 0.5 - fx)
+    py = ((pos[b, i0, 1] / w0 + 1.0) * hy - 0.5 - fy,
+          (pos[b, i1, 1] / w1 + 1.0) * hy - 0.5 - fy,
+          (pos[b, i2, 1] / w2 + 1.0) * hy - 0.5 - fy)
     own = (px[1] - px[0]) * (py[2] - py[0]) - (px[2] - px[0]) * (py[1] - py[0])
     # Along = the axis joining the two pixels, across = the other one;
     # toward = +1 if the other pixel lies at +along from the front pixel.
