@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 weights: $(STAMP)
-	$(BIN)/python -m handfit.fit.train_regressor --model anny --out weights/regressor_anny.pt
+	$(BIN)/python -m handfit.fitting.train_regressor --model anny --out weights/regressor_anny.pt
 
 example: $(STAMP)
 	$(BIN)/python examples/make_example.py

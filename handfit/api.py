@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from .errors import HandfitError, NoHandError, UsageError
-from .fit.dense import DenseStage
-from .fit.optimize import KeypointStage
+from .fitting.dense import DenseStage
+from .fitting.optimize import KeypointStage
 
 SKIN_RGB = (0.80, 0.62, 0.52)  # flat texture when no appearance is fitted (linear-ish sRGB)
 
@@ -171,8 +171,8 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detectio
 
 def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
     """Fit every hand of one side across photos in one batch. items: [(photo, det)]."""
-    from .fit.init import initialise, load_regressor
-    from .fit.optimize import fit_keypoints
+    from .fitting.init import initialise, load_regressor
+    from .fitting.optimize import fit_keypoints
     from .models import load_model
     from .camera import project
 
@@ -195,7 +195,7 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
     dense_report = None
     texture = None
     if opts.appearance:
-        from .fit.dense import fit_appearance
+        from .fitting.dense import fit_appearance
 
         dense_report, tex = fit_appearance(
             model, params, K, kp2d, scale, [p.photo.rgb for p, _ in items], opts.dense, opts.texture_size,

@@ -49,7 +49,7 @@ def _common(f):
 
 def _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters):
     from .api import FitOptions
-    from .fit.optimize import KeypointStage
+    from .fitting.optimize import KeypointStage
 
     return FitOptions(device=device, max_hands=max_hands, mano=mano, focal=focal, renderer=renderer,
                       appearance=not no_appearance, keypoint=KeypointStage(iters=kp_iters))

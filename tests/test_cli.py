@@ -89,3 +89,12 @@ def test_fit_example_writes_every_file(tmp_path):
     assert (folder / doc["overlay"]).is_file()
     # --json printed the same document to stdout
     assert json.loads(r.stdout)["model"] == doc["model"]
+
+
+def test_library_face():
+    import handfit
+
+    assert callable(handfit.fit) and callable(handfit.fit_batch)
+    import handfit.fitting.losses  # noqa: F401  (importing a subpackage must not shadow the function)
+
+    assert callable(handfit.fit)

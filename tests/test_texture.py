@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from handfit.fit.dense import DenseStage, Scene, ambient_sh, dense_terms, initial_texture
+from handfit.fitting.dense import DenseStage, Scene, ambient_sh, dense_terms, initial_texture
 from handfit.models import load_model
 from handfit.texture.unwrap import UVSamples, fill_push_pull, splat
 

@@ -15,7 +15,7 @@ The loss compares rotations, pose, shape, and — through the model — the
 clean keypoints. Fixed seed: rerunning reproduces the shipped weights on the
 same torch build.
 
-    python -m handfit.fit.train_regressor --model anny --out weights/regressor_anny.pt
+    python -m handfit.fitting.train_regressor --model anny --out weights/regressor_anny.pt
 """
 
 from __future__ import annotations
