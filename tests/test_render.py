@@ -186,18 +186,23 @@ def test_vertex_gradients_match_finite_differences(device):
         r = rasterize(p, TRI.to(device), (H, W), backend="cpu")
         return (interpolate(attr, r, TRI.to(device), backend="cpu") * weights * interior).sum()
 
-    pos = pos0.clone().requires_grad_(True)
-    loss(pos).backward()
-    fd = torch.zeros_like(pos0)
+    def loss_rast(p):  # straight from the (u, v) channels of rast
+        r = rasterize(p, TRI.to(device), (H, W), backend="cpu")
+        return (r[..., :2] * weights * interior).sum()
+
     eps = 1e-6
-    for i in range(3):
-        for k in range(4):
-            d = torch.zeros_like(pos0)
-            d[0, i, k] = eps
-            fd[0, i, k] = (loss(pos0 + d) - loss(pos0 - d)) / (2 * eps)
-    torch.testing.assert_close(pos.grad, fd, atol=1e-6, rtol=1e-5)
-    assert pos.grad[0, :, [0, 1, 3]].abs().min() > 1e-3  # x, y, w all matter
-    assert (pos.grad[0, :, 2] == 0).all()  # z/w carries no gradient (as nvdiffrast)
+    for fn in (loss, loss_rast):
+        pos = pos0.clone().requires_grad_(True)
+        fn(pos).backward()
+        fd = torch.zeros_like(pos0)
+        for i in range(3):
+            for k in range(4):
+                d = torch.zeros_like(pos0)
+                d[0, i, k] = eps
+                fd[0, i, k] = (fn(pos0 + d) - fn(pos0 - d)) / (2 * eps)
+        torch.testing.assert_close(pos.grad, fd, atol=1e-6, rtol=1e-5)
+        assert pos.grad[0, :, [0, 1, 3]].abs().min() > 1e-3  # x, y, w all matter
+        assert (pos.grad[0, :, 2] == 0).all()
 
 
 # --- interpolate -------------------------------------------------------------
@@ -354,7 +359,10 @@ def test_antialias_color_gradcheck(device):
     color = torch.rand(2, 8, 9, 2, dtype=torch.float64, device=device, requires_grad=True)
     out = antialias(color, rast, pos, tri, backend="cpu")
     assert not torch.equal(out, color)  # something is blended
-    assert torch.autograd.gradcheck(lambda c: antialias(c, rast, pos, tri, backend="cpu"), (color,))
+    # fast_mode checks random projections of the Jacobian: 288 inputs would
+    # otherwise need 576 antialias calls.
+    assert torch.autograd.gradcheck(lambda c: antialias(c, rast, pos, tri, backend="cpu"), (color,),
+                                    fast_mode=True)
 
 
 # --- camera_to_clip ----------------------------------------------------------
@@ -401,6 +409,8 @@ def test_backend_selection_errors():
         rasterize(pos, TRI, (4, 4), backend="nvdiffrast")  # CPU tensors
     with pytest.raises(UsageError):
         texture(torch.rand(1, 2, 2, 3), torch.rand(1, 2, 2, 2), filter_mode="linear-mipmap-linear")
+    with pytest.raises(ValueError):
+        rasterize(pos, TRI + 1, (4, 4), backend="cpu")  # index 3 of 3 vertices
 
 
 def test_cached_and_general_paths_agree(device):
@@ -421,3 +431,21 @@ def test_cached_and_general_paths_agree(device):
     covered = rast[..., 3] > 0
     vertex2 = attr.gather(1, tri.long()[rast[..., 3].long().clamp(min=1) - 1][..., 2].view(2, -1, 1).expand(-1, -1, 3))
     torch.testing.assert_close(edited[covered], vertex2.view(2, 12, 12, 3)[covered])
+
+
+def test_nvdiffrast_build_failure_is_a_backend_error(monkeypatch):
+    # CUDA present but the plugin cannot compile: BackendError naming the cause.
+    import nvdiffrast.torch as dr
+
+    from handfit.render import nvdr
+
+    def broken():
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(nvdr, "_dr", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dr.ops, "_get_plugin", broken)
+    monkeypatch.setattr(nvdr, "_missing_tools", lambda: ["ninja"])
+    with pytest.raises(BackendError, match=r"missing ninja.*--renderer cpu"):
+        nvdr.context(torch.device("cuda", 0))
+    assert nvdr._dr is None  # a later call tries again

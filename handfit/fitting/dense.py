@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import render as R
-from ..camera import crop_image, crop_intrinsics, project, square_crop
+from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
 from ..render.shading import sh_lights, sh_shading, vertex_normals
 from ..texture.skin import hand_probability
 from ..texture.unwrap import fill_push_pull, splat, unwrap
@@ -40,9 +40,9 @@ class DenseWeights:
 
     photo: float = 1.0        # robust colour error over the hand and a margin
     grad: float = 0.5         # image-gradient (structure) term
-    silhouette: float = 2.0   # antialiased coverage vs the photo's hand mask
+    silhouette: float = 4.0   # antialiased coverage vs the photo's hand mask
     kp2d: float = 0.2         # 2D keypoints, lower than the keypoint stage's 1.0
-    pose_limit: float = 10.0
+    pose_limit: float = 1.0
     pose_l2: float = 1e-3
     shape: float = 1e-3
     tex_tv: float = 0.02
@@ -52,7 +52,7 @@ class DenseWeights:
 
 @dataclass
 class DenseStage:
-    iters: int = 60
+    iters: int = 120
     lr_orient: float = 0.005
     lr_pose: float = 0.01
     lr_shape: float = 0.02
@@ -60,9 +60,15 @@ class DenseStage:
     lr_texture: float = 0.02
     lr_light: float = 0.01
     tol: float = 1e-3
-    patience: int = 8
+    patience: int = 15
     crop_scale: float = 1.6   # crop side = scale × fitted-keypoint box side
     margin: int = 8           # pixels around the rendered hand included in the photometric term
+    mask_confidence: float = 0.6  # silhouette only where the photo mask is this sure: |2p-1| >= it
+    texture_detail: int = 16  # the optimised texture starts as the unwrap low-passed to this many
+                              # texels a side: a photo-sharp texture unwrapped from a misaligned
+                              # mesh bakes the misalignment in and explains it away
+    kp2d_sigma: float = 0.3   # robust scale of the 2D term (box sides); wider than the keypoint
+                              # stage's 0.1 so the detections keep anchoring the fit
     weights: DenseWeights = field(default_factory=DenseWeights)
 
 
@@ -72,12 +78,28 @@ def ambient_sh(batch: int, device, dtype) -> torch.Tensor:
     return sh_lights(1.0, (), (), batch, device, dtype)
 
 
+def hand_side_of_wrist(kp: np.ndarray, size: int, slack: float = 0.1) -> np.ndarray:
+    """(S,S) bool: pixels on the hand's side of the line through the wrist
+    perpendicular to wrist -> middle MCP, moved ``slack`` palm lengths towards
+    the arm. The mesh is cut at the wrist while the photo's skin goes on up
+    the forearm; without this the silhouette and colour terms drag the wrist
+    along the arm.  kp: (21,2) crop pixels.
+    """
+    d = kp[9] - kp[0]
+    palm = max(float(np.linalg.norm(d)), 1e-6)
+    d = d / palm
+    yy, xx = np.mgrid[0:size, 0:size]
+    along = (xx - kp[0, 0]) * d[0] + (yy - kp[0, 1]) * d[1]
+    return along >= -slack * palm
+
+
 class Scene:
     """Everything fixed during the dense stage for B hands of one model: the
     crops of the photo (targets), their validity masks and intrinsics."""
 
     def __init__(self, model, target, valid, K, backend="auto", crops=None):
-        """target (B,S,S,3) in [0,1]; valid (B,S,S) bool; K (B,3,3) crop intrinsics."""
+        """target (B,S,S,3) in [0,1]; valid (B,S,S) bool, the pixels the image
+        terms may use; K (B,3,3) crop intrinsics."""
         dev, dt = target.device, target.dtype
         self.model, self.backend, self.crops = model, backend, crops
         self.faces = model.faces.to(device=dev, dtype=torch.int32)
@@ -101,6 +123,7 @@ class Scene:
             imgs.append(torch.from_numpy(np.ascontiguousarray(img)).float() / 255)
             valid.append(torch.from_numpy(np.ascontiguousarray(ok)).bool())
             Ks.append(torch.as_tensor(crop_intrinsics(K_full[b].detach().cpu().numpy(), c)))
+            valid[-1] &= torch.from_numpy(hand_side_of_wrist(to_crop(kp[b], c), crop_size))
         return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
                    torch.stack(Ks).to(device=device, dtype=dtype), backend, crops)
 
@@ -145,6 +168,16 @@ def initial_texture(scene: Scene, vertices, size: int, skin_p=None):
     return filled, conf, mean
 
 
+def low_pass(tex: torch.Tensor, detail: int) -> torch.Tensor:
+    """(B,T,T,C) -> same shape, keeping only ~``detail`` texels of detail a side."""
+    T = tex.shape[1]
+    if detail >= T:
+        return tex
+    x = tex.permute(0, 3, 1, 2)
+    x = F.interpolate(F.adaptive_avg_pool2d(x, detail), size=(T, T), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
 def photometric_error(scene: Scene, vertices, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean absolute colour error (0..1 per channel) inside the rendered hand mask,
     and that mask. -> ((B,), (B,S,S) bool)"""
@@ -173,6 +206,10 @@ def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
     k = 2 * stage.margin + 1
+    # The colour-model mask is unreliable where hand and background colours
+    # overlap (skin-coloured backgrounds, shadows); only its confident pixels
+    # take part in the silhouette term.
+    sure = ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(validf.dtype)
 
     def terms(p):
         out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
@@ -184,8 +221,8 @@ def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior
         return {
             "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
             "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
-            "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region),
-            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale),
+            "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region * sure),
+            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale, sigma=stage.kp2d_sigma),
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
             "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
             "shape": w.shape * L.shape_loss(p["shape"]),
@@ -215,7 +252,8 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         v0 = model(**params).vertices
         first = scene.render(v0, torch.full((B, 1, 1, 3), 0.5, device=dev, dtype=dt), ambient_sh(B, dev, dt), False)
         skin_p = hand_probability(scene.target, first["cover"] > 0.5, scene.valid)  # (B,S,S)
-    tex0, conf, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
+    tex_sharp, conf, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
+    tex0 = low_pass(tex_sharp, stage.texture_detail)
     sh0 = ambient_sh(B, dev, dt)
     flat = mean_skin[:, None, None, :].expand(B, texture_size, texture_size, 3).contiguous()
     photo_before, mask_before = photometric_error(scene, v0, flat, sh0)
@@ -232,8 +270,12 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
                       on_step=on_step)
     for k in ("global_orient", "pose", "shape", "transl"):
         params[k] = state[k]
-    tex = state["texture"].clamp(0, 1)
     v1 = model(**params).vertices.detach()
+    # Export: the photo unwrapped onto the final mesh where it is seen, the
+    # fitted (smooth) texture elsewhere.
+    sharp, conf1, _ = initial_texture(scene, v1, texture_size, skin_p)
+    c = conf1.clamp(max=1.0)
+    tex = (c * sharp + (1 - c) * state["texture"].clamp(0, 1)).detach()
     photo_after, mask_after = photometric_error(scene, v1, tex, state["sh"])
     report.metrics = {
         "photometric_before": photo_before, "photometric_after": photo_after,

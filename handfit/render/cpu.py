@@ -28,8 +28,12 @@ def _numpy_pos(pos: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pos.detach().to("cpu", torch.float64).numpy())
 
 
-def _numpy_tri(tri: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(tri.detach().to("cpu", torch.int64).numpy())
+def _numpy_tri(tri: torch.Tensor, num_vertices: int = None) -> np.ndarray:
+    out = np.ascontiguousarray(tri.detach().to("cpu", torch.int64).numpy())
+    # The numba kernels do not bounds-check: refuse bad indices here.
+    if num_vertices is not None and out.size and (out.min() < 0 or out.max() >= num_vertices):
+        raise ValueError(f"triangle indices must lie in [0, {num_vertices}), got [{out.min()}, {out.max()}]")
+    return out
 
 
 def _pixel_centres(pix: torch.Tensor, height: int, width: int, dtype):
@@ -51,10 +55,11 @@ class RasterCache:
     takes the general path.
     """
 
-    def __init__(self, rast, pix, face, bary, ids_np, depth_np):
+    def __init__(self, rast, pix, face, batch, bary, ids_np, depth_np):
         self.version = rast._version
         self.pix = pix      # (N,) flat indices (into B*H*W) of covered pixels
         self.face = face    # (N,) int64 triangle index per covered pixel
+        self.batch = batch  # (N,) int64 batch index per covered pixel
         self.bary = bary    # (N,2) differentiable (u, v) of those pixels
         self.ids = ids_np   # (B,H,W) int32 numpy, -1 = background
         self.depth = depth_np  # (B,H,W) float64 numpy z/w
@@ -65,6 +70,25 @@ class RasterCache:
         if cache is not None and cache.version == rast._version:
             return cache
         return None
+
+
+class _PlaceUV(torch.autograd.Function):
+    """Write the covered pixels' (u, v) into a freshly made rast image whose
+    other channels are already filled; backward reads them back. Avoids
+    zero-filling, copying and concatenating full images."""
+
+    @staticmethod
+    def forward(ctx, bary, pix, base):
+        ctx.save_for_backward(pix)
+        ctx.mark_dirty(base)
+        flat = base.view(-1, 4)
+        flat[pix, 0:2] = bary.detach().to(base.dtype)
+        return base
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pix,) = ctx.saved_tensors
+        return grad.reshape(-1, 4)[pix, 0:2], None, None
 
 
 def edge_planes(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -82,34 +106,29 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
 
     height, width = int(resolution[0]), int(resolution[1])
     nb, nf = pos.shape[0], tri.shape[0]
-    tri_np = _numpy_tri(tri)
-    planes, boxes = zbuffer.setup_triangles(_numpy_pos(pos), tri_np, height, width)
+    planes, boxes = zbuffer.setup_triangles(_numpy_pos(pos), _numpy_tri(tri, pos.shape[1]), height, width)
     ids_np, depth_np = zbuffer.zbuffer(planes, boxes, height, width)
-
-    pix_np = np.flatnonzero(ids_np.reshape(-1) >= 0)
+    np_dtype = np.float64 if pos.dtype == torch.float64 else np.float32
+    base = np.zeros((nb, height, width, 4), np_dtype)
+    pix, face, batch, ndc = zbuffer.covered_pixels(ids_np, depth_np, base)
     dev = pos.device
-    pix = torch.from_numpy(pix_np).to(dev)
-    face = torch.from_numpy(ids_np.reshape(-1)[pix_np].astype(np.int64)).to(dev)
-    depth = torch.from_numpy(depth_np.reshape(-1)[pix_np]).to(dev, pos.dtype)
+    pix, face, batch = (torch.from_numpy(a).to(dev) for a in (pix, face, batch))
+    p = torch.from_numpy(ndc).to(dev, pos.dtype)  # (N,3) pixel centres (x_ndc, y_ndc, 1)
 
     # Barycentrics of the covered pixels only, differentiably: gather each
     # pixel's triangle's edge functions (a small per-triangle table, so the
     # backward pass scatters into B*F rows, not into per-pixel buffers).
-    b, px, py = _pixel_centres(pix, height, width, pos.dtype)
-    p = torch.stack([(2.0 * px + 1.0) / width - 1.0, (2.0 * py + 1.0) / height - 1.0,
-                     torch.ones_like(px)], dim=1)  # (N,3) NDC of the pixel centres
     table = edge_planes(pos, tri).reshape(nb * nf, 9)
-    coef = table.index_select(0, face + b * nf).view(-1, 3, 3)
+    coef = table.index_select(0, face + batch * nf).view(-1, 3, 3)
     e = (coef * p[:, None, :]).sum(-1)  # (N,3)
     bary = e[:, :2] / e.sum(-1, keepdim=True)
     # A pixel covered only thanks to vertex snapping lies a hair outside the
     # exact triangle. Like nvdiffrast, clamp u and v to [0, 1] (the value
-    # only: the gradient is that of the unclamped barycentrics) and z/w to [-1, 1].
+    # only: the gradient is that of the unclamped barycentrics); z/w was
+    # clamped to [-1, 1] by covered_pixels.
     bary = bary + (bary.detach().clamp(0.0, 1.0) - bary.detach())
-    depth = depth.clamp(-1.0, 1.0)
-    vals = torch.cat([bary, depth[:, None], (face + 1).to(pos.dtype)[:, None]], dim=1)
-    rast = pos.new_zeros(nb * height * width, 4).index_copy(0, pix, vals).view(nb, height, width, 4)
-    rast._handfit_raster = RasterCache(rast, pix, face, bary, ids_np, depth_np)
+    rast = _PlaceUV.apply(bary, pix, torch.from_numpy(base).to(dev).to(pos.dtype))
+    rast._handfit_raster = RasterCache(rast, pix, face, batch, bary, ids_np, depth_np)
     return rast
 
 
@@ -118,7 +137,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     nb, height, width, _ = rast.shape
     cache = RasterCache.of(rast)
     if cache is not None:
-        pix, face, uv = cache.pix, cache.face, cache.bary
+        pix, face, batch, uv = cache.pix, cache.face, cache.batch, cache.bary
     else:
         flat = rast.reshape(-1, 4)
         tid = flat[:, 3].detach()
@@ -126,6 +145,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
         # (e.g. gradcheck's finite differences).
         pix = torch.nonzero(tid > 0.5).squeeze(1)
         face = tid[pix].round().long() - 1
+        batch = torch.div(pix, height * width, rounding_mode="floor")
         uv = flat.index_select(0, pix)[:, :2]
     nc = attr.shape[-1]
     vi = tri.to(rast.device).long()[face]  # (N,3)
@@ -134,14 +154,14 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     elif attr.shape[0] == 1:
         table = attr[0]
     else:
-        b = torch.div(pix, height * width, rounding_mode="floor")
-        vi = vi + (b * attr.shape[1])[:, None]
+        vi = vi + (batch * attr.shape[1])[:, None]
         table = attr.reshape(-1, nc)
     a = table.index_select(0, vi.reshape(-1)).view(-1, 3, nc)
     # u*a0 + v*a1 + (1-u-v)*a2 as one batched product.
     w = torch.cat([uv, 1.0 - uv.sum(-1, keepdim=True)], dim=1).to(a.dtype)  # (N,3)
     vals = (w[:, :, None] * a).sum(1)
-    out = vals.new_zeros(nb * height * width, nc).index_copy(0, pix, vals)
+    # In place on a fresh tensor: no second full-image copy.
+    out = vals.new_zeros(nb * height * width, nc).index_copy_(0, pix, vals)
     return out.view(nb, height, width, nc)
 
 
@@ -205,7 +225,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor,
         ids = (rast[..., 3].detach().round().to("cpu", torch.int32) - 1).contiguous().numpy()
         depth = rast[..., 2].detach().to("cpu", torch.float64).contiguous().numpy()
     front, back, down, va, vb = zbuffer.silhouette_pairs(
-        ids, depth, _numpy_pos(pos), _numpy_tri(tri), opposite_vertices(tri))
+        ids, depth, _numpy_pos(pos), _numpy_tri(tri, nv), opposite_vertices(tri))
     dev = color.device
     front, back, down = (torch.from_numpy(a).to(dev) for a in (front, back, down))
     b, fx, fy = _pixel_centres(front, height, width, pos.dtype)

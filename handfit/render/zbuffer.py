@@ -226,6 +226,54 @@ def zbuffer(planes, boxes, height, width):
     return ids, depth
 
 
+@njit(cache=True, parallel=True)
+def covered_pixels(ids, depth, base):
+    """List the covered pixels and fill the non-differentiable channels of rast.
+
+    ids (B,H,W) int32 (-1 = background), depth (B,H,W) z/w from
+    :func:`zbuffer`; base (B,H,W,4) zeros (float32 or float64), whose z/w
+    (clamped to [-1, 1]) and id+1 channels are written here.
+    Returns, per covered pixel in raster order: pix (N,) flat index into
+    B*H*W, face (N,) triangle index, batch (N,) batch index, all int64, and
+    ndc (N,3) float64 = (x_ndc, y_ndc, 1) of the pixel centre.
+    """
+    nb, height, width = ids.shape
+    nrows = nb * height
+    counts = np.zeros(nrows + 1, np.int64)
+    for r in prange(nrows):
+        b = r // height
+        y = r % height
+        n = 0
+        for x in range(width):
+            if ids[b, y, x] >= 0:
+                n += 1
+        counts[r + 1] = n
+    offsets = np.cumsum(counts)
+    total = offsets[-1]
+    pix = np.empty(total, np.int64)
+    face = np.empty(total, np.int64)
+    batch = np.empty(total, np.int64)
+    ndc = np.empty((total, 3))
+    for r in prange(nrows):
+        b = r // height
+        y = r % height
+        i = offsets[r]
+        yn = (2.0 * y + 1.0) / height - 1.0
+        for x in range(width):
+            t = ids[b, y, x]
+            if t >= 0:
+                pix[i] = r * width + x
+                face[i] = t
+                batch[i] = b
+                ndc[i, 0] = (2.0 * x + 1.0) / width - 1.0
+                ndc[i, 1] = yn
+                ndc[i, 2] = 1.0
+                base[b, y, x, 2] = min(max(depth[b, y, x], -1.0), 1.0)
+                base[b, y, x, 3] = t + 1
+                i += 1
+    return pix, face, batch, ndc
+
+
 @njit(cache=True)
 def _analyse_pair(b, y, x, down, ids, depth, pos, tri, opp, height, width):
     """Silhouette edge crossing between pixel (x, y) and its right (down=0) or

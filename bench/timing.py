@@ -1,0 +1,56 @@
+"""Wall-clock time to fit one hand at default settings.
+
+    python bench/timing.py                       # examples/hand.jpg, CPU and CUDA if present
+    python bench/timing.py photo.jpg --repeats 5 --device cpu
+
+The first fit of a process builds caches and JIT-compiles the CPU rasterizer;
+it is reported separately and left out of the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("image", nargs="?", default=str(REPO / "examples" / "hand.jpg"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: every available one)")
+    args = ap.parse_args(argv)
+
+    import handfit
+
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"image {args.image}; torch threads {torch.get_num_threads()}")
+    print("| device | stages | first run s | median s per photo | hands | s per hand |")
+    print("|---|---|---|---|---|---|")
+    for dev in devices:
+        for appearance in (False, True):
+            times = []
+            n = 0
+            for i in range(args.repeats + 1):
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                res = handfit.fit(args.image, device=dev, appearance=appearance)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+                n = len(res.hands)
+            med = statistics.median(times[1:])
+            stages = "keypoint + dense" if appearance else "keypoint only"
+            print(f"| {dev} | {stages} | {times[0]:.2f} | {med:.2f} | {n} | {med / max(n, 1):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
