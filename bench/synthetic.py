@@ -81,7 +81,14 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--chunk", type=int, default=8, help="photos fitted together")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="TERM=W",
+                    help="override a dense-stage weight (handfit.fitting.dense.DenseWeights), e.g. "
+                         "--set silhouette=0 for an ablation; repeatable")
     args = ap.parse_args(argv)
+    from handfit.fitting.dense import DenseStage, DenseWeights
+
+    overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    dense = DenseStage(weights=DenseWeights(**overrides))
 
     import handfit
     from handfit.models import load_model
@@ -111,7 +118,7 @@ def main(argv=None):
         for c in range(0, len(scenes), args.chunk):
             chunk = scenes[c:c + args.chunk]
             results = handfit.fit_batch([s.image for s in chunk], detections=detections[c:c + args.chunk],
-                                        device=args.device, max_hands=1,
+                                        device=args.device, max_hands=1, dense=dense,
                                         appearance=(mode == "dense"), focal=float(chunk[0].K[0, 0]))
             for j, (s, r) in enumerate(zip(chunk, results)):
                 hands = [h for h in r.hands if h.side == s.side]

@@ -98,3 +98,18 @@ def test_library_face():
     import handfit.fitting.losses  # noqa: F401  (importing a subpackage must not shadow the function)
 
     assert callable(handfit.fit)
+
+
+@pytest.mark.slow
+def test_no_appearance_skips_dense_stage(tmp_path):
+    r = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path), "-q", "--no-appearance"])
+    assert r.exit_code == 0, r.output
+    hand = json.loads((tmp_path / "hand" / "result.json").read_text())["hands"][0]
+    assert "appearance" not in hand["losses"] and "dense_iters" not in hand["metrics"]
+    assert "keypoint" in hand["losses"]
+    # The default run does have the dense stage, and it lowers the photometric error.
+    full = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path / "full"), "-q"])
+    assert full.exit_code == 0, full.output
+    hand = json.loads((tmp_path / "full" / "hand" / "result.json").read_text())["hands"][0]
+    assert hand["metrics"]["dense_iters"] >= 1
+    assert hand["metrics"]["photometric_after"] < hand["metrics"]["photometric_before"]
