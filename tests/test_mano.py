@@ -13,6 +13,7 @@ import pickle
 import sys
 import types
 
+from pathlib import Path
 import numpy as np
 import pytest
 import torch
@@ -383,3 +384,25 @@ def test_restricted_unpickler_refuses_odd_globals():
         loads_restricted(b"cposix\nsystem\n(S'true'\ntR.")
     assert loads_restricted(pickle.dumps({"a": np.arange(3.0)}, protocol=2))["a"].tolist() == [0.0, 1.0, 2.0]
     assert loads_restricted(pickle.dumps(np.float32(2.5), protocol=2)) == 2.5
+
+
+@pytest.mark.slow
+def test_fit_with_mano_end_to_end(mano_files, tmp_path):
+    """Everything above the model layer runs with MANO: IK init, both stages, exports."""
+    import json
+
+    from click.testing import CliRunner
+
+    from handfit.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "hand.jpg"
+    r = CliRunner().invoke(main, ["fit", str(example), "-o", str(tmp_path), "-q",
+                                  "--mano", str(mano_files["root"] / "npz")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "hand" / "result.json").read_text())
+    assert doc["model"] == "mano"
+    hand = doc["hands"][0]
+    assert hand["init"] == "ik"  # no shipped regressor matches MANO
+    assert {"global_orient", "hand_pose", "betas", "transl"} <= set(hand["params"])
+    params = np.load(tmp_path / "hand" / hand["files"]["params"])
+    assert params["hand_pose"].shape[-1] == 45
