@@ -84,11 +84,13 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="TERM=W",
                     help="override a dense-stage weight (handfit.fitting.dense.DenseWeights), e.g. "
                          "--set silhouette=0 for an ablation; repeatable")
+    ap.add_argument("--background", default="photo", choices=["photo", "inpainted"],
+                    help="what the dense stage composites its render over (DenseStage.background)")
     args = ap.parse_args(argv)
     from handfit.fitting.dense import DenseStage, DenseWeights
 
     overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    dense = DenseStage(weights=DenseWeights(**overrides))
+    dense = DenseStage(background=args.background, weights=DenseWeights(**overrides))
 
     import handfit
     from handfit.models import load_model

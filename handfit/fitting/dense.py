@@ -67,6 +67,8 @@ class DenseStage:
     texture_detail: int = 16  # the optimised texture starts as the unwrap low-passed to this many
                               # texels a side: a photo-sharp texture unwrapped from a misaligned
                               # mesh bakes the misalignment in and explains it away
+    background: str = "photo"  # what the render is composited over: "photo", or "inpainted"
+                               # (the photo with its confident hand pixels filled from around them)
     kp2d_sigma: float = 0.3   # robust scale of the 2D term (box sides); wider than the keypoint
                               # stage's 0.1 so the detections keep anchoring the fit
     weights: DenseWeights = field(default_factory=DenseWeights)
@@ -137,7 +139,8 @@ class Scene:
         n = vertex_normals(vertices, self.faces.long())
         nimg = F.normalize(R.interpolate(n, rast, self.faces), dim=-1)
         colour = albedo * sh_shading(nimg, sh)
-        comp = colour * cover + self.target * (1 - cover)
+        bg = self.target if getattr(self, "background", None) is None else self.background
+        comp = colour * cover + bg * (1 - cover)
         out = {"rast": rast, "clip": clip, "cover": cover[..., 0], "uv": uv, "normals": nimg}
         if antialias:
             both = torch.cat([comp, cover], -1)
@@ -216,7 +219,10 @@ def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior
         tex = p["texture"].clamp(0, 1)
         r = scene.render(out_m.vertices, tex, p["sh"])
         with torch.no_grad():  # the hand and a margin around it
-            region = F.max_pool2d(r["cover"][:, None], k, 1, stage.margin)[:, 0] * validf
+            region = F.max_pool2d(r["cover"][:, None], k, 1, stage.margin)[:, 0]
+            if stage.background == "inpainted":  # uncovered hand pixels count too
+                region = torch.maximum(region, (skin_p > 0.5).to(region.dtype) * sure)
+            region = region * validf
         uv = project(out_m.keypoints, K_full)
         return {
             "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
@@ -252,6 +258,10 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         v0 = model(**params).vertices
         first = scene.render(v0, torch.full((B, 1, 1, 3), 0.5, device=dev, dtype=dt), ambient_sh(B, dev, dt), False)
         skin_p = hand_probability(scene.target, first["cover"] > 0.5, scene.valid)  # (B,S,S)
+        if stage.background == "inpainted":
+            hole = ((skin_p > 0.5) | (first["cover"] > 0.5)).to(dt)[..., None]
+            bg = fill_push_pull(scene.target * (1 - hole), 1 - hole)
+            scene.background = bg
     tex_sharp, conf, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
     tex0 = low_pass(tex_sharp, stage.texture_detail)
     sh0 = ambient_sh(B, dev, dt)
