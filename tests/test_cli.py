@@ -113,3 +113,17 @@ def test_no_appearance_skips_dense_stage(tmp_path):
     hand = json.loads((tmp_path / "full" / "hand" / "result.json").read_text())["hands"][0]
     assert hand["metrics"]["dense_iters"] >= 1
     assert hand["metrics"]["photometric_after"] < hand["metrics"]["photometric_before"]
+
+
+@pytest.mark.slow
+def test_batch_skips_unreadable_files(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "hand.jpg").write_bytes(EXAMPLE.read_bytes())
+    (folder / "broken.jpg").write_text("not an image")
+    r = run_cli("batch", folder, "-o", tmp_path / "out", "-q", "--no-appearance")
+    assert r.returncode == 0, r.stderr
+    assert "skipped" in r.stderr and "broken.jpg" in r.stderr
+    doc = json.loads((tmp_path / "out" / "hand" / "result.json").read_text())
+    assert len(doc["hands"]) == 1
+    assert not (tmp_path / "out" / "broken").exists()
