@@ -108,6 +108,7 @@ class Scene:
         self.uv_faces = model.uv_faces.to(device=dev, dtype=torch.int32)
         self.uv_coords = model.uv_coords.to(device=dev, dtype=dt)
         self.target, self.valid, self.K = target, valid, K
+        self.background = target  # what the render is composited over (DenseStage.background)
         self.res = tuple(target.shape[1:3])
 
     @classmethod
@@ -139,8 +140,7 @@ class Scene:
         n = vertex_normals(vertices, self.faces.long())
         nimg = F.normalize(R.interpolate(n, rast, self.faces), dim=-1)
         colour = albedo * sh_shading(nimg, sh)
-        bg = self.target if getattr(self, "background", None) is None else self.background
-        comp = colour * cover + bg * (1 - cover)
+        comp = colour * cover + self.background * (1 - cover)
         out = {"rast": rast, "clip": clip, "cover": cover[..., 0], "uv": uv, "normals": nimg}
         if antialias:
             both = torch.cat([comp, cover], -1)
@@ -162,11 +162,10 @@ def initial_texture(scene: Scene, vertices, size: int, skin_p=None):
         samples = unwrap(scene.target, out["rast"], out["uv"], out["normals"], pts, valid=scene.valid,
                          colour_weight=skin_p)
         tex, conf = splat(samples, B, size)
-        mean = torch.stack([
-            (samples.rgb[samples.batch == b] * samples.weight[samples.batch == b, None]).sum(0)
-            / samples.weight[samples.batch == b].sum().clamp(min=1e-6)
-            if bool((samples.batch == b).any()) else vertices.new_tensor([0.8, 0.62, 0.52])
-            for b in range(B)])
+        # Weighted mean of the samples, read off the splat (its bilinear weights sum to one per sample).
+        total = conf.sum((1, 2))  # (B,1)
+        mean = (tex * conf).sum((1, 2)) / total.clamp(min=1e-6)
+        mean = torch.where(total > 0, mean, vertices.new_tensor([0.8, 0.62, 0.52]))
         filled = fill_push_pull(tex, conf, prior=mean, saturate=1.0)
     return filled, conf, mean
 
@@ -251,11 +250,12 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     dev, dt = params["pose"].device, params["pose"].dtype
     B = params["pose"].shape[0]
     with torch.no_grad():
-        kp_fit = project(model(**params).keypoints, K_full)
+        out0 = model(**params)
+        v0 = out0.vertices
+        kp_fit = project(out0.keypoints, K_full)
     scene = Scene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
 
     with torch.no_grad():
-        v0 = model(**params).vertices
         first = scene.render(v0, torch.full((B, 1, 1, 3), 0.5, device=dev, dtype=dt), ambient_sh(B, dev, dt), False)
         skin_p = hand_probability(scene.target, first["cover"] > 0.5, scene.valid)  # (B,S,S)
         if stage.background == "inpainted":
@@ -292,5 +292,4 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         "silhouette_iou_before": iou_before, "silhouette_iou_after": iou(mask_after, photo_mask),
         "dense_iters": report.iters,
     }
-    report.sh = state["sh"]
     return report, tex

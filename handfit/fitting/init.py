@@ -75,8 +75,19 @@ def regressor_path(model_name: str) -> Path:
     return WEIGHTS_DIR / f"regressor_{model_name}.pt"
 
 
+_REGRESSORS: dict = {}
+
+
 def load_regressor(model, device, dtype=torch.float32) -> KeypointRegressor | None:
-    """The shipped regressor for ``model`` or None when there is none matching it."""
+    """The shipped regressor for ``model`` or None when there is none matching it
+    (read once per process, model, device and dtype)."""
+    key = (model.name, model.pose_dim, model.shape_dim, str(device), dtype)
+    if key not in _REGRESSORS:
+        _REGRESSORS[key] = _read_regressor(model, device, dtype)
+    return _REGRESSORS[key]
+
+
+def _read_regressor(model, device, dtype) -> KeypointRegressor | None:
     path = regressor_path(model.name)
     if not path.is_file():
         return None

@@ -20,8 +20,9 @@ from . import losses as L
 class StageReport:
     iters: int
     converged: bool
-    terms: dict            # name -> (B,) final unweighted-by-nothing weighted term values
+    terms: dict            # name -> (B,) final weighted term values
     total: torch.Tensor    # (B,) final total loss
+    metrics: dict = field(default_factory=dict)  # stage-specific measurements, name -> (B,) or scalar
 
 
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
