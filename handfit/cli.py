@@ -21,6 +21,12 @@ def _fail(exc) -> "NoReturn":  # noqa: F821
     sys.exit(code)
 
 
+# Stage defaults shown in --help without importing torch at start-up; a test
+# checks them against handfit.fitting.dense.DenseStage.
+DENSE_ITERS = 120
+PHOTO_MASK = "consensus"
+
+
 def _common(f):
     opts = [
         click.option("-o", "--out", "outdir", default="handfit_out", show_default=True, type=click.Path(file_okay=False),
@@ -40,6 +46,15 @@ def _common(f):
         click.option("--no-appearance", is_flag=True, help="Skip the dense rendered-appearance stage (keypoint fit only)."),
         click.option("--kp-iters", default=300, show_default=True, type=click.IntRange(min=1),
                      help="Maximum iterations of the keypoint stage (it stops earlier on convergence)."),
+        click.option("--dense-iters", default=DENSE_ITERS, show_default=True, type=click.IntRange(min=1),
+                     help="Maximum iterations of the dense appearance stage (it stops earlier on convergence)."),
+        click.option("--photo-mask", default=PHOTO_MASK, show_default=True,
+                     type=click.Choice(["consensus", "grabcut", "colour"]),
+                     help="How the photo's hand mask for the silhouette term is made (docs/fitting.md)."),
+        click.option("--weight", "weights", multiple=True, metavar="TERM=W", callback=_parse_weights,
+                     help="Override a loss weight, e.g. --weight silhouette=0 (dense stage) or "
+                          "--weight kp.kp3d=0.1 (keypoint stage, prefix 'kp.'). Repeatable. Terms and "
+                          "defaults: docs/fitting.md."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]
     for o in reversed(opts):
@@ -47,12 +62,42 @@ def _common(f):
     return f
 
 
-def _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters):
-    from .api import FitOptions
-    from .fitting.optimize import KeypointStage
+def _parse_weights(ctx, param, values):
+    """TERM=W pairs -> ({dense term: w}, {keypoint term: w}); unknown terms are usage errors."""
+    from dataclasses import fields
 
+    from .fitting.dense import DenseWeights
+    from .fitting.optimize import KeypointWeights
+
+    names = {"dense": {f.name for f in fields(DenseWeights)}, "kp": {f.name for f in fields(KeypointWeights)}}
+    out = {"dense": {}, "kp": {}}
+    for item in values:
+        term, sep, w = item.partition("=")
+        stage, _, term = term.strip().rpartition(".")
+        stage = stage or "dense"
+        try:
+            value = float(w)
+        except ValueError:
+            value = None
+        if not sep or value is None or value < 0 or stage not in names or term not in names[stage]:
+            known = ", ".join(sorted(names["dense"])) + "; kp." + ", kp.".join(sorted(names["kp"]))
+            raise click.BadParameter(f"{item!r}: expected TERM=W with W >= 0 and TERM one of {known}")
+        out[stage][term] = value
+    return out
+
+
+def _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters=None,
+             photo_mask=None, weights=None):
+    from .api import FitOptions
+    from .fitting.dense import DenseStage, DenseWeights
+    from .fitting.optimize import KeypointStage, KeypointWeights
+
+    weights = weights or {"dense": {}, "kp": {}}
+    dense = DenseStage(iters=dense_iters or DENSE_ITERS, photo_mask=photo_mask or PHOTO_MASK,
+                       weights=DenseWeights(**weights["dense"]))
     return FitOptions(device=device, max_hands=max_hands, mano=mano, focal=focal, renderer=renderer,
-                      appearance=not no_appearance, keypoint=KeypointStage(iters=kp_iters))
+                      appearance=not no_appearance,
+                      keypoint=KeypointStage(iters=kp_iters, weights=KeypointWeights(**weights["kp"])), dense=dense)
 
 
 class _Progress:
@@ -99,13 +144,15 @@ def main():
 @click.argument("image", type=click.Path(dir_okay=False))
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Also print result.json to stdout.")
-def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, quiet, as_json):
+def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
+        weights, quiet, as_json):
     """Fit every hand in IMAGE and write OUT/<stem>/ (result.json, meshes, overlay.png)."""
     from .errors import HandfitError
 
     progress = _Progress(not quiet)
     try:
-        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters)
+        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
+                        weights)
         from . import api
 
         result = api.fit(image, progress=progress, options=opts)
@@ -129,7 +176,8 @@ def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, 
 @_common
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Photos optimised together (all their hands form one batch per side).")
-def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, quiet, batch_size):
+def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
+          weights, quiet, batch_size):
     """Fit every photo in FOLDER, batching hands across photos (fast on a GPU).
 
     Unreadable files are reported and skipped; the exit code is 0 if any hand
@@ -144,7 +192,8 @@ def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearanc
     if not paths:
         _fail(HandfitError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}"))
     try:
-        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters)
+        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
+                        weights)
     except HandfitError as exc:
         _fail(exc)
     fitted = readable = 0

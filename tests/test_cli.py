@@ -40,6 +40,20 @@ def test_usage_errors_exit_2(tmp_path):
     assert CliRunner().invoke(main, ["fit", str(img), "--device", "tpu"]).exit_code == 2
     assert CliRunner().invoke(main, ["nonsense"]).exit_code == 2
     assert CliRunner().invoke(main, ["fit"]).exit_code == 2
+    for bad in ("nosuchterm=1", "silhouette", "silhouette=-1", "silhouette=abc", "kp.photo=1"):
+        r = CliRunner().invoke(main, ["fit", str(img), "--weight", bad])
+        assert r.exit_code == 2 and "--weight" in r.output, bad
+
+
+def test_weight_options_reach_the_stages():
+    from handfit.cli import DENSE_ITERS, PHOTO_MASK, _options, _parse_weights
+    from handfit.fitting.dense import DenseStage, DenseWeights
+
+    assert (DENSE_ITERS, PHOTO_MASK) == (DenseStage().iters, DenseStage().photo_mask)  # --help shows the truth
+    w = _parse_weights(None, None, ("silhouette=0", "kp.kp3d=0.5", "photo=2"))
+    opts = _options("cpu", 2, None, None, "auto", False, 300, 50, "colour", w)
+    assert opts.dense.weights == DenseWeights(silhouette=0.0, photo=2.0)
+    assert opts.keypoint.weights.kp3d == 0.5 and opts.dense.iters == 50 and opts.dense.photo_mask == "colour"
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])

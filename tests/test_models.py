@@ -18,6 +18,7 @@ from handfit.cache import cache_dir
 from handfit.errors import UsageError
 from handfit.models import KEYPOINT_NAMES, load_model
 from handfit.models import lbs
+from handfit.models.anny import AnnyHand
 
 FINGERS = {"thumb": (1, 2, 3, 4), "index": (5, 6, 7, 8), "middle": (9, 10, 11, 12),
            "ring": (13, 14, 15, 16), "pinky": (17, 18, 19, 20)}
@@ -149,8 +150,49 @@ def test_keypoints_follow_pose_and_shape(anny):
     bent = dict(z, pose=m.pose_upper[None].clone() * 0.5)
     k2 = m(**bent).keypoints
     assert (k2[0, 8] - k0[0, 8]).norm() > 0.02                 # the index tip moved
-    tips = m(**bent).vertices[0, m.tip_vertices]
-    torch.testing.assert_close(k2[0, [4, 8, 12, 16, 20]], tips)
+    raw = AnnyHand("right", keypoint_offsets=None).double()
+    tips = raw(**bent).vertices[0, raw.tip_vertices]
+    torch.testing.assert_close(raw(**bent).keypoints[0, [4, 8, 12, 16, 20]], tips)
+
+
+def test_shipped_keypoint_calibration_is_applied(anny):
+    """The default model reads weights/keypoints_anny.pt: its keypoints differ from
+    the raw skeleton's by the offsets, carried rigidly by their bones."""
+    m = anny["right"]
+    assert m.keypoints_calibrated
+    assert 0.001 < m.keypoint_offsets.norm(dim=-1).max() < 0.03      # millimetres to centimetres
+    raw = AnnyHand("right", keypoint_offsets=None).double()
+    z = m.zero_params(1, dtype=torch.float64)
+    for pose in (z["pose"], m.pose_upper[None] * 0.6, m.pose_lower[None] * 0.6):
+        p = dict(z, pose=pose)
+        a, b = m(**p), raw(**p)
+        # the same mesh, translated so that each model's wrist keypoint is at transl
+        shift = a.vertices[0, 0] - b.vertices[0, 0]
+        torch.testing.assert_close(a.vertices[0], b.vertices[0] + shift)
+        # every keypoint is offset by exactly |offset| (mean shape: palm scale 1)
+        d = (a.keypoints[0] - (b.keypoints[0] + shift)).norm(dim=-1)
+        torch.testing.assert_close(d, m.keypoint_offsets.double().norm(dim=-1), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_keypoint_offsets_follow_the_bones(side):
+    """A (21,3) offset on the index tip follows the distal phalanx when it bends."""
+    off = torch.zeros(21, 3, dtype=torch.float64)
+    off[8] = torch.tensor([0.0, 0.0, 0.01], dtype=torch.float64)   # 1 cm towards the back of the hand
+    m = AnnyHand(side, keypoint_offsets=off).double()
+    raw = AnnyHand(side, keypoint_offsets=None).double()
+    z = m.zero_params(1, dtype=torch.float64)
+    straight = m(**z)
+    bent_pose = z["pose"].clone()
+    bent_pose[0, m.pose_names.index("finger2-3") * 3] = 1.0       # flex the index DIP
+    for pose in (z["pose"], bent_pose):
+        a, b = m(**dict(z, pose=pose)), raw(**dict(z, pose=pose))
+        assert abs(float((a.keypoints[0, 8] - b.keypoints[0, 8]).norm()) - 0.01) < 1e-6
+    # bending changes the offset's direction: it is not a constant shift
+    bent = m(**dict(z, pose=bent_pose))
+    d0 = straight.keypoints[0, 8] - raw(**z).keypoints[0, 8]
+    d1 = bent.keypoints[0, 8] - raw(**dict(z, pose=bent_pose)).keypoints[0, 8]
+    assert float((d0 - d1).norm()) > 0.005
 
 
 # -- pose limits ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .. import render as R
 from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
 from ..render.shading import sh_lights, sh_shading, vertex_normals
-from ..texture.skin import hand_probability
+from ..texture.skin import hand_probability, hand_probability_grabcut
 from ..texture.unwrap import fill_push_pull, splat, unwrap
 from . import losses as L
 from .optimize import StageReport, run_adam
@@ -42,6 +42,7 @@ class DenseWeights:
     grad: float = 0.5         # image-gradient (structure) term
     silhouette: float = 4.0   # antialiased coverage vs the photo's hand mask
     kp2d: float = 0.2         # 2D keypoints, lower than the keypoint stage's 1.0
+    kp_trust: float = 100.0   # squared hinge keeping each 2D keypoint within trust_radius of its detection
     pose_limit: float = 1.0
     pose_l2: float = 1e-3
     shape: float = 1e-3
@@ -69,6 +70,10 @@ class DenseStage:
                               # mesh bakes the misalignment in and explains it away
     background: str = "photo"  # what the render is composited over: "photo", or "inpainted"
                                # (the photo with its confident hand pixels filled from around them)
+    photo_mask: str = "consensus"  # the photo's hand mask: "colour", "grabcut" or "consensus"
+                                   # (see photo_hand_mask)
+    trust_radius: float = 0.03  # box sides around each detected keypoint the dense stage may move freely in:
+                                # about MediaPipe's typical error once the keypoints are calibrated
     kp2d_sigma: float = 0.3   # robust scale of the 2D term (box sides); wider than the keypoint
                               # stage's 0.1 so the detections keep anchoring the fit
     weights: DenseWeights = field(default_factory=DenseWeights)
@@ -197,6 +202,29 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
+def photo_hand_mask(scene: Scene, render_mask, kp2d_full, kind: str = "consensus") -> torch.Tensor:
+    """Soft hand mask (B,S,S) of the photo crops, seeded by the mesh's render_mask (B,S,S).
+
+    "colour": one Gaussian per class; "grabcut": colour mixtures and a graph cut,
+    with the detected skeleton (kp2d_full (B,21,2)) as sure hand; "consensus":
+    GrabCut's mask where the two agree and 0.5 (not used) where they do not.
+    Each fails differently (the colour model on skin-coloured backgrounds,
+    GrabCut on low-contrast edges), so their agreement is the reliable part.
+    """
+    if kind not in ("colour", "grabcut", "consensus"):
+        raise ValueError(f"photo_mask must be colour, grabcut or consensus, not {kind!r}")
+    colour = hand_probability(scene.target, render_mask, scene.valid)
+    if kind == "colour":
+        return colour
+    det = kp2d_full.detach().cpu().numpy()
+    skel = torch.stack([torch.as_tensor(to_crop(det[b], c)) for b, c in enumerate(scene.crops)])
+    gc = hand_probability_grabcut(scene.target, render_mask, scene.valid, skel)
+    if kind == "grabcut":
+        return gc
+    agree = (gc > 0.5) == (colour > 0.5)
+    return torch.where(agree, gc, torch.full_like(gc, 0.5)) * scene.valid.to(gc.dtype)
+
+
 def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior, prior_w, sh0, stage: DenseStage):
     """``terms(p) -> dict of (B,)`` for the dense stage; p holds global_orient,
     pose, shape, transl, texture (B,T,T,3) and sh (B,9,3).
@@ -228,6 +256,7 @@ def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior
             "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
             "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region * sure),
             "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale, sigma=stage.kp2d_sigma),
+            "kp_trust": w.kp_trust * L.keypoint_trust_loss(uv, kp2d_full, scale, stage.trust_radius),
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
             "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
             "shape": w.shape * L.shape_loss(p["shape"]),
@@ -257,7 +286,7 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
 
     with torch.no_grad():
         first = scene.render(v0, torch.full((B, 1, 1, 3), 0.5, device=dev, dtype=dt), ambient_sh(B, dev, dt), False)
-        skin_p = hand_probability(scene.target, first["cover"] > 0.5, scene.valid)  # (B,S,S)
+        skin_p = photo_hand_mask(scene, first["cover"] > 0.5, kp2d_full, stage.photo_mask)  # (B,S,S)
         if stage.background == "inpainted":
             hole = ((skin_p > 0.5) | (first["cover"] > 0.5)).to(dt)[..., None]
             bg = fill_push_pull(scene.target * (1 - hole), 1 - hole)

@@ -28,6 +28,17 @@ def keypoint_2d_loss(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tens
     return r.mean(-1)
 
 
+def keypoint_trust_loss(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor,
+                        radius: float) -> torch.Tensor:
+    """Squared hinge on how far each 2D keypoint leaves a ball around its target.
+
+    pred, target: (B,K,2) pixels; scale: (B,) hand box side in pixels;
+    radius: ball radius in box sides (free inside) -> (B,)
+    """
+    r = (pred - target).norm(dim=-1) / scale[:, None]                 # (B,K)
+    return torch.relu(r - radius).square().mean(-1)
+
+
 def _normalise(k: torch.Tensor) -> torch.Tensor:
     """Root-relative keypoints divided by their RMS distance to the root. k: (B,21,3)."""
     rel = k - k[:, :1]

@@ -48,6 +48,9 @@ ARTICULATED = tuple(range(2, 21))
 # MediaPipe keypoint -> bone whose head it is (None: a fingertip vertex).
 KEYPOINT_BONES = (1, 2, 3, 4, None, 6, 7, 8, None, 10, 11, 12, None, 14, 15, 16, None, 18, 19, 20, None)
 DISTAL_BONES = (4, 8, 12, 16, 20)   # thumb .. pinky
+# The bone that carries each keypoint when posed: its own for bone heads, the
+# distal phalanx for fingertips.
+KEYPOINT_POSE_BONES = tuple(b if b is not None else DISTAL_BONES[(i - 4) // 4] for i, b in enumerate(KEYPOINT_BONES))
 
 # Anatomical limits per articulated bone: (lower, upper) of the rotation about the
 # bone's x (flexion, + curls towards the palm), y (twist about the bone) and z
@@ -305,12 +308,27 @@ def _fingertip_vertices(verts: torch.Tensor, joints: torch.Tensor, frames: torch
 # ---------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------
+KEYPOINT_OFFSETS_FILE = Path(__file__).resolve().parents[2] / "weights" / "keypoints_anny.pt"
+
+
+def shipped_keypoint_offsets() -> torch.Tensor | None:
+    """The (21,3) keypoint calibration in ``weights/keypoints_anny.pt``, or None."""
+    if not KEYPOINT_OFFSETS_FILE.is_file():
+        return None
+    return torch.load(KEYPOINT_OFFSETS_FILE, map_location="cpu", weights_only=True)["offsets"].float()
+
+
 class AnnyHand(HandModel):
     """Anny's hand with a 57-value pose (19 bones x axis-angle) and a 10-value shape."""
 
     name = "anny"
 
-    def __init__(self, side: str = "right", data: dict | None = None):
+    def __init__(self, side: str = "right", data: dict | None = None,
+                 keypoint_offsets: torch.Tensor | None | str = "shipped"):
+        """keypoint_offsets: (21,3) metres in the right hand's rest frame, added to
+        each keypoint's rest point before posing (see :func:`keypoint_rest_points`);
+        "shipped" reads ``weights/keypoints_anny.pt`` if present, None means the raw
+        skeleton (bone heads and fingertip vertices)."""
         super().__init__()
         if side not in ("right", "left"):
             raise ValueError(f"side must be 'right' or 'left', not {side!r}")
@@ -342,6 +360,16 @@ class AnnyHand(HandModel):
         self.register_buffer("pose_lower", torch.tensor(lower))
         self.register_buffer("pose_upper", torch.tensor(upper))
         self.register_buffer("_articulated", torch.tensor(ARTICULATED), persistent=False)
+        if isinstance(keypoint_offsets, str):
+            keypoint_offsets = shipped_keypoint_offsets()
+        self.keypoints_calibrated = keypoint_offsets is not None
+        off = torch.zeros(21, 3) if keypoint_offsets is None else torch.as_tensor(keypoint_offsets).float()
+        if off.shape != (21, 3):
+            raise ValueError(f"keypoint_offsets must be (21,3), got {tuple(off.shape)}")
+        self.register_buffer("keypoint_offsets", off)
+        self.register_buffer("_kp_bones", torch.tensor(KEYPOINT_POSE_BONES), persistent=False)
+        # Offsets scale with the hand: palm length (wrist -> middle MCP) of the mean shape.
+        self.palm_length = float((self.j_template[KEYPOINT_BONES[9]] - self.j_template[KEYPOINT_BONES[0]]).norm())
 
     def extra_repr(self) -> str:
         return f"side={self.side}, V={self.v_template.shape[0]}, pose_dim={self.pose_dim}, shape_dim={self.shape_dim}"
@@ -363,11 +391,27 @@ class AnnyHand(HandModel):
 
     def _forward_right(self, pose: torch.Tensor, shape: torch.Tensor) -> ModelOutput:
         verts, joints, frames = self.rest(shape)
-        v, j = lbs.lbs(verts, joints, frames, self.pose_rotmats(pose), self.weights, self.parents)
-        return ModelOutput(vertices=v, keypoints=self._keypoints(v, j))
+        local = lbs.conjugate_rotations(frames, self.pose_rotmats(pose))   # (B,21,3,3)
+        rot, transl = lbs.rigid_chain(local, joints, self.parents)          # (B,21,3,3), (B,21,3)
+        v = lbs.skin(verts, self.weights, rot, transl)                      # (B,V,3)
+        pts = self.keypoint_rest_points(verts, joints)                      # (B,21,3)
+        b = self._kp_bones
+        return ModelOutput(vertices=v, keypoints=lbs.transform_points(rot[:, b], transl[:, b], pts))
 
-    def _keypoints(self, verts: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
-        """verts (B,V,3), posed bone heads (B,21,3) -> (B,21,3) MediaPipe order."""
+    def keypoint_rest_points(self, verts: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+        """Where the 21 keypoints sit on the shaped rest hand, each rigidly attached
+        to one bone (``KEYPOINT_POSE_BONES``).
+
+        verts (B,V,3), joints (B,21,3) rest bone heads -> (B,21,3) MediaPipe order:
+        bone heads and fingertip vertices, moved by ``keypoint_offsets`` scaled by
+        the hand's palm length. The offsets make the keypoints mean what
+        MediaPipe's landmarks mean (see :mod:`handfit.models.calibrate`): Anny's
+        bone heads sit centimetres from where MediaPipe and human annotators
+        put the wrist and knuckles.
+        """
         tips = iter(self.tip_vertices)
-        cols = [joints[:, b] if b is not None else verts[:, next(tips)] for b in KEYPOINT_BONES]
-        return torch.stack(cols, 1)
+        raw = torch.stack([joints[:, b] if b is not None else verts[:, next(tips)] for b in KEYPOINT_BONES], 1)
+        if not self.keypoints_calibrated:
+            return raw
+        palm = (raw[:, 9] - raw[:, 0]).norm(dim=-1)[:, None, None] / self.palm_length   # (B,1,1)
+        return raw + self.keypoint_offsets.to(raw.dtype) * palm

@@ -8,6 +8,7 @@ occluders and background out of the texture and the photometric loss.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +60,69 @@ def hand_probability(photo: torch.Tensor, render_mask: torch.Tensor, valid: torc
         logit = (lh - lb).clamp(-30, 30) + torch.log(torch.tensor(prior_hand / (1 - prior_hand)))
         out[b] = torch.sigmoid(logit).reshape(H, W) * vb.reshape(H, W)
     return out
+
+
+@torch.no_grad()
+def hand_probability_grabcut(photo: torch.Tensor, render_mask: torch.Tensor, valid: torch.Tensor | None = None,
+                             skeleton: torch.Tensor | None = None, near: int = 12, iters: int = 4,
+                             sure: float = 0.9) -> torch.Tensor:
+    """Soft hand mask of the photo by GrabCut (colour mixtures + a contrast-sensitive
+    graph cut), seeded by the fitted mesh: its rendered mask is probably hand, a
+    ``near``-pixel band around it probably background, the rest background.
+    With ``skeleton``, the detected bones (thin lines) and the palm's core are
+    surely hand: a skin-coloured background (a face behind the hand) then
+    cannot swallow a finger.
+
+    photo: (B,H,W,3) in [0,1]; render_mask: (B,H,W) bool; valid: (B,H,W) bool;
+    skeleton: (B,21,2) detected keypoints in these pixels.
+    -> (B,H,W) in [0,1]: ``sure`` for hand, 1 - ``sure`` for background, softened
+    over one pixel at the boundary.
+    """
+    import cv2
+
+    B, H, W, _ = photo.shape
+    seeds = render_mask.detach().cpu().numpy() > 0.5                          # (B,H,W)
+    bones = np.zeros((B, H, W), np.uint8)
+    if skeleton is not None:
+        for b in range(B):
+            _draw_skeleton(bones[b], skeleton[b].detach().cpu().numpy(), 1)
+    m = torch.from_numpy(seeds | (bones > 0)).float()[:, None]
+    band = (F.max_pool2d(m, 2 * near + 1, 1, near)[:, 0] > 0.5).numpy()   # near the mesh or the skeleton
+    img8 = (photo.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    out = np.zeros((B, H, W), np.float32)
+    for b in range(B):
+        lab = np.full((H, W), cv2.GC_BGD, np.uint8)
+        lab[band[b]] = cv2.GC_PR_BGD
+        lab[seeds[b]] = cv2.GC_PR_FGD
+        if valid is not None:  # left-out pixels (off the photo, up the forearm): no constraint
+            inv = ~valid[b].cpu().numpy()
+            lab[inv & (lab == cv2.GC_BGD)] = cv2.GC_PR_BGD
+        lab[bones[b] > 0] = cv2.GC_FGD
+        hand = (lab == cv2.GC_PR_FGD) | (lab == cv2.GC_FGD)
+        if not hand.any() or hand.all():
+            continue
+        cv2.setRNGSeed(0)  # GrabCut's k-means initialisation: the same mask on every run
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(np.ascontiguousarray(img8[b][..., ::-1]), lab, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+        out[b] = ((lab == cv2.GC_FGD) | (lab == cv2.GC_PR_FGD)).astype(np.float32)
+    p = torch.from_numpy(out).to(photo)
+    p = F.avg_pool2d(p[:, None], 3, 1, 1, count_include_pad=False)[:, 0]  # boundary pixels are less sure
+    p = (1 - sure) + (2 * sure - 1) * p
+    if valid is not None:
+        p = p * valid.to(p.dtype)
+    return p
+
+
+def _draw_skeleton(lab, kp, value) -> None:
+    """Mark the bones of a (21,2) skeleton and the palm's core in ``lab`` (H,W) uint8."""
+    import cv2
+
+    from ..models.base import SKELETON
+
+    palm = kp[[0, 1, 5, 9, 13, 17]]
+    side = float(np.ptp(kp, 0).max())
+    width = max(1, int(round(side * 0.015)))
+    for a, b in SKELETON:
+        cv2.line(lab, tuple(np.round(kp[a]).astype(int)), tuple(np.round(kp[b]).astype(int)), int(value), width)
+    core = palm.mean(0) + 0.5 * (palm - palm.mean(0))
+    cv2.fillConvexPoly(lab, np.round(core).astype(np.int32), int(value))
