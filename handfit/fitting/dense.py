@@ -213,9 +213,10 @@ def photo_hand_mask(scene: Scene, render_mask, kp2d_full, kind: str = "consensus
     """
     if kind not in ("colour", "grabcut", "consensus"):
         raise ValueError(f"photo_mask must be colour, grabcut or consensus, not {kind!r}")
-    colour = hand_probability(scene.target, render_mask, scene.valid)
-    if kind == "colour":
-        return colour
+    if kind != "grabcut":
+        colour = hand_probability(scene.target, render_mask, scene.valid)
+        if kind == "colour":
+            return colour
     det = kp2d_full.detach().cpu().numpy()
     skel = torch.stack([torch.as_tensor(to_crop(det[b], c)) for b, c in enumerate(scene.crops)])
     gc = hand_probability_grabcut(scene.target, render_mask, scene.valid, skel)

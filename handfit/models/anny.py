@@ -411,7 +411,5 @@ class AnnyHand(HandModel):
         """
         tips = iter(self.tip_vertices)
         raw = torch.stack([joints[:, b] if b is not None else verts[:, next(tips)] for b in KEYPOINT_BONES], 1)
-        if not self.keypoints_calibrated:
-            return raw
         palm = (raw[:, 9] - raw[:, 0]).norm(dim=-1)[:, None, None] / self.palm_length   # (B,1,1)
         return raw + self.keypoint_offsets.to(raw.dtype) * palm

@@ -91,9 +91,10 @@ def _batch(rows, side, dtype=torch.float64):
 
 
 def residual_fn(rows, dtype=torch.float64):
-    """``f(offsets (21,3)) -> (N,21)``: 2D distance, in hand-box units, between the
-    detections and the model's keypoints with those offsets, for the scenes'
-    true parameters (rows ordered right hands first)."""
+    """-> (f, box): ``f(offsets (21,3)) -> (N,21)``, the 2D distance in hand-box
+    units between the detections and the model's keypoints with those offsets,
+    for the scenes' true parameters; box (N,1) the hand-box sides in pixels.
+    Both ordered right hands first."""
     from ..camera import project
     from .anny import AnnyHand
 
@@ -103,29 +104,28 @@ def residual_fn(rows, dtype=torch.float64):
         if b is None:
             continue
         P, K, det, box = b
-        raw = AnnyHand(side, keypoint_offsets=None).to(dtype)
-        cal = AnnyHand(side, keypoint_offsets=torch.zeros(21, 3)).to(dtype)
-        with torch.no_grad():
-            v_raw = raw(**P).vertices[:, :1]                              # (N,1,3)
-        parts.append((cal, P, K, det, box, v_raw))
+        model = AnnyHand(side, keypoint_offsets=torch.zeros(21, 3)).to(dtype)
+        with torch.no_grad():  # zero offsets: rooted at the raw wrist, as the scenes were rendered
+            v_raw = model(**P).vertices[:, :1]                            # (N,1,3)
+        parts.append((model, P, K, det, box, v_raw))
 
     def f(offsets):
         out = []
-        for cal, P, K, det, box, v_raw in parts:
-            cal.keypoint_offsets = offsets
-            o = cal(**P)
+        for model, P, K, det, box, v_raw in parts:
+            model.keypoint_offsets = offsets
+            o = model(**P)
             # The calibrated model roots at its own wrist: move it back onto the rendered mesh.
             uv = project(o.keypoints + (v_raw - o.vertices[:, :1]), K)    # (N,21,2)
             out.append((uv - det).norm(dim=-1) / box[:, None])
         return torch.cat(out)
 
-    return f
+    return f, torch.cat([p[4] for p in parts])[:, None]
 
 
 def solve(rows, iters: int = 500, sigma: float = 0.05, l2: float = 1e-2, lr: float = 5e-4) -> torch.Tensor:
     """Offsets (21,3) metres minimising a Geman-McClure (scale ``sigma`` box sides)
     of the residuals, with a small pull towards zero (``l2`` per cm²)."""
-    f = residual_fn(rows)
+    f, _ = residual_fn(rows)
     offsets = torch.zeros(21, 3, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([offsets], lr=lr)
     for _ in range(iters):
@@ -168,9 +168,7 @@ def main(argv=None):
     with torch.no_grad():
         zero = torch.zeros(21, 3, dtype=torch.float64)
         for name, rs in (("train", train), ("held_out", held)):
-            box = torch.tensor([r["box"] for r in rs if r["side"] == "right"] +
-                               [r["box"] for r in rs if r["side"] == "left"], dtype=torch.float64)[:, None]
-            f = residual_fn(rs)
+            f, box = residual_fn(rs)
             r0, r1 = f(zero), f(offsets)
             report[name] = {"hands": len(rs), "px_before": float((r0 * box).mean()), "px_after": float((r1 * box).mean()),
                             "box_before": float(r0.mean()), "box_after": float(r1.mean())}

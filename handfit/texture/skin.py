@@ -124,5 +124,6 @@ def _draw_skeleton(lab, kp, value) -> None:
     width = max(1, int(round(side * 0.015)))
     for a, b in SKELETON:
         cv2.line(lab, tuple(np.round(kp[a]).astype(int)), tuple(np.round(kp[b]).astype(int)), int(value), width)
-    core = palm.mean(0) + 0.5 * (palm - palm.mean(0))
+    centre = palm.mean(0)
+    core = centre + 0.5 * (palm - centre)
     cv2.fillConvexPoly(lab, np.round(core).astype(np.int32), int(value))
