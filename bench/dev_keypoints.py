@@ -21,6 +21,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _overrides import add_set_option, dense_stage  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev"
 SETS = ["freihand", "onehand10k", "panoptic", "tfjs_models"]
@@ -49,7 +51,9 @@ def main(argv=None):
     ap.add_argument("--modes", default="keypoint,dense", help="comma list of keypoint,dense")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, help="also write the per-image rows here")
+    add_set_option(ap)
     args = ap.parse_args(argv)
+    dense = dense_stage(args.set)
     if not args.data.is_dir():
         sys.exit(f"dev data not found at {args.data}")
 
@@ -61,7 +65,8 @@ def main(argv=None):
         row = {"set": s, "image": img.name}
         for mode in modes:
             t = time.perf_counter()
-            res = handfit.fit(img, device=args.device, appearance=(mode == "dense"), max_hands=2)
+            res = handfit.fit(img, device=args.device, appearance=(mode == "dense"), max_hands=2,
+                               dense=dense)
             row[f"{mode}_seconds"] = time.perf_counter() - t
             det_e, fit_e, photo = [], [], []
             for gh in gt["hands"]:

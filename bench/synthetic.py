@@ -26,15 +26,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _number(v: str):
-    for kind in (int, float):
-        try:
-            return kind(v)
-        except ValueError:
-            pass
-    return v
+sys.path.insert(0, str(REPO / "bench"))
+from _overrides import add_set_option, dense_stage  # noqa: E402
 
 
 def procrustes(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -90,18 +83,9 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--chunk", type=int, default=8, help="photos fitted together")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--set", action="append", default=[], metavar="TERM=W",
-                    help="override a dense-stage weight (handfit.fitting.dense.DenseWeights) or a numeric "
-                         "DenseStage setting, e.g. --set silhouette=0 for an ablation; repeatable")
-    ap.add_argument("--background", default="photo", choices=["photo", "inpainted"],
-                    help="what the dense stage composites its render over (DenseStage.background)")
+    add_set_option(ap)
     args = ap.parse_args(argv)
-    from handfit.fitting.dense import DenseStage, DenseWeights
-
-    overrides = {k: _number(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    wnames = set(DenseWeights.__dataclass_fields__)
-    dense = DenseStage(background=args.background, weights=DenseWeights(**{k: v for k, v in overrides.items() if k in wnames}),
-                       **{k: v for k, v in overrides.items() if k not in wnames})
+    dense = dense_stage(args.set)
 
     import handfit
     from handfit.models import load_model

@@ -24,6 +24,7 @@ def _fail(exc) -> "NoReturn":  # noqa: F821
 # Stage defaults shown in --help without importing torch at start-up; a test
 # checks them against handfit.fitting.dense.DenseStage.
 DENSE_ITERS = 120
+TEXTURE_ITERS = 40
 PHOTO_MASK = "consensus"
 
 
@@ -47,7 +48,11 @@ def _common(f):
         click.option("--kp-iters", default=300, show_default=True, type=click.IntRange(min=1),
                      help="Maximum iterations of the keypoint stage (it stops earlier on convergence)."),
         click.option("--dense-iters", default=DENSE_ITERS, show_default=True, type=click.IntRange(min=1),
-                     help="Maximum iterations of the dense appearance stage (it stops earlier on convergence)."),
+                     help="Maximum iterations of the dense stage's geometry phase: pose, shape, light and a "
+                          "coarse albedo against the photo (it stops earlier on convergence)."),
+        click.option("--texture-iters", default=TEXTURE_ITERS, show_default=True, type=click.IntRange(min=0),
+                     help="Iterations of the dense stage's texture phase: the full UV texture and light "
+                          "fitted to the photo on the final mesh."),
         click.option("--photo-mask", default=PHOTO_MASK, show_default=True,
                      type=click.Choice(["consensus", "grabcut", "colour"]),
                      help="How the photo's hand mask for the silhouette term is made (docs/fitting.md)."),
@@ -87,13 +92,15 @@ def _parse_weights(ctx, param, values):
 
 
 def _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters=None,
-             photo_mask=None, weights=None):
+             texture_iters=None, photo_mask=None, weights=None):
     from .api import FitOptions
     from .fitting.dense import DenseStage, DenseWeights
     from .fitting.optimize import KeypointStage, KeypointWeights
 
     weights = weights or {"dense": {}, "kp": {}}
-    dense = DenseStage(iters=dense_iters or DENSE_ITERS, photo_mask=photo_mask or PHOTO_MASK,
+    dense = DenseStage(iters=dense_iters or DENSE_ITERS,
+                       texture_iters=TEXTURE_ITERS if texture_iters is None else texture_iters,
+                       photo_mask=photo_mask or PHOTO_MASK,
                        weights=DenseWeights(**weights["dense"]))
     return FitOptions(device=device, max_hands=max_hands, mano=mano, focal=focal, renderer=renderer,
                       appearance=not no_appearance,
@@ -144,15 +151,15 @@ def main():
 @click.argument("image", type=click.Path(dir_okay=False))
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Also print result.json to stdout.")
-def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
-        weights, quiet, as_json):
+def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
+        texture_iters, photo_mask, weights, quiet, as_json):
     """Fit every hand in IMAGE and write OUT/<stem>/ (result.json, meshes, overlay.png)."""
     from .errors import HandfitError
 
     progress = _Progress(not quiet)
     try:
-        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
-                        weights)
+        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
+                        texture_iters, photo_mask, weights)
         from . import api
 
         result = api.fit(image, progress=progress, options=opts)
@@ -176,8 +183,8 @@ def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, 
 @_common
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Photos optimised together (all their hands form one batch per side).")
-def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
-          weights, quiet, batch_size):
+def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
+          texture_iters, photo_mask, weights, quiet, batch_size):
     """Fit every photo in FOLDER, batching hands across photos (fast on a GPU).
 
     Unreadable files are reported and skipped; the exit code is 0 if any hand
@@ -192,8 +199,8 @@ def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearanc
     if not paths:
         _fail(HandfitError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}"))
     try:
-        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters, photo_mask,
-                        weights)
+        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
+                        texture_iters, photo_mask, weights)
     except HandfitError as exc:
         _fail(exc)
     fitted = readable = 0

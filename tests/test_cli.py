@@ -46,14 +46,17 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_weight_options_reach_the_stages():
-    from handfit.cli import DENSE_ITERS, PHOTO_MASK, _options, _parse_weights
+    from handfit.cli import DENSE_ITERS, PHOTO_MASK, TEXTURE_ITERS, _options, _parse_weights
     from handfit.fitting.dense import DenseStage, DenseWeights
 
-    assert (DENSE_ITERS, PHOTO_MASK) == (DenseStage().iters, DenseStage().photo_mask)  # --help shows the truth
+    assert (DENSE_ITERS, TEXTURE_ITERS, PHOTO_MASK) == (DenseStage().iters, DenseStage().texture_iters,
+                                                        DenseStage().photo_mask)  # --help shows the truth
     w = _parse_weights(None, None, ("silhouette=0", "kp.kp3d=0.5", "photo=2"))
-    opts = _options("cpu", 2, None, None, "auto", False, 300, 50, "colour", w)
+    opts = _options("cpu", 2, None, None, "auto", False, 300, 50, 7, "colour", w)
     assert opts.dense.weights == DenseWeights(silhouette=0.0, photo=2.0)
     assert opts.keypoint.weights.kp3d == 0.5 and opts.dense.iters == 50 and opts.dense.photo_mask == "colour"
+    assert opts.dense.texture_iters == 7
+    assert _options("cpu", 2, None, None, "auto", False, 300, None, 0).dense.texture_iters == 0
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])

@@ -11,10 +11,21 @@ optimising pose, shape, translation, the UV texture and the lighting:
   + pose limits, pose and shape regularisers
   + texture total variation and a prior pulling unseen texels to the fill.
 
-The texture starts from the photo: visible pixels are unwrapped into UV
-samples (grazing angles, silhouette pixels and non-skin colours left out),
-splatted into UV space, and unseen texels filled by push-pull towards the
-mean observed skin tone.
+It runs in two phases:
+
+1. **Geometry**: pose, shape, translation, the lighting and a *coarse* albedo
+   (``texture_detail`` texels a side, initialised from the photo unwrapped onto
+   the keypoint-fit mesh) against all terms above. The albedo is kept coarse
+   on purpose: a free full-resolution texture re-paints the photo onto a
+   misaligned mesh and so explains the misalignment away (on the synthetic
+   benchmark a free texture kept only a third of the geometric gain that a
+   fixed correct one gave; see docs/fitting.md).
+2. **Texture**: with the geometry fixed (rasterized once), the ``T×T`` UV
+   texture and the lighting are fitted to the photo. The texture starts from
+   the photo unwrapped onto the final mesh and divided by the fitted shading
+   (grazing angles, silhouette pixels and non-skin colours left out); unseen
+   texels are filled by push-pull towards the coarse albedo and held there by
+   the prior term.
 """
 
 from __future__ import annotations
@@ -53,7 +64,8 @@ class DenseWeights:
 
 @dataclass
 class DenseStage:
-    iters: int = 120
+    iters: int = 120          # geometry phase (stops earlier on convergence)
+    texture_iters: int = 40   # texture phase, geometry fixed
     lr_orient: float = 0.005
     lr_pose: float = 0.01
     lr_shape: float = 0.02
@@ -65,9 +77,8 @@ class DenseStage:
     crop_scale: float = 1.6   # crop side = scale × fitted-keypoint box side
     margin: int = 8           # pixels around the rendered hand included in the photometric term
     mask_confidence: float = 0.6  # silhouette only where the photo mask is this sure: |2p-1| >= it
-    texture_detail: int = 16  # the optimised texture starts as the unwrap low-passed to this many
-                              # texels a side: a photo-sharp texture unwrapped from a misaligned
-                              # mesh bakes the misalignment in and explains it away
+    texture_detail: int = 4   # texels a side of the albedo optimised with the geometry: a sharper
+                              # one, unwrapped from a misaligned mesh, bakes the misalignment in
     background: str = "photo"  # what the render is composited over: "photo", or "inpainted"
                                # (the photo with its confident hand pixels filled from around them)
     photo_mask: str = "consensus"  # the photo's hand mask: "colour", "grabcut" or "consensus"
@@ -135,36 +146,51 @@ class Scene:
         return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
                    torch.stack(Ks).to(device=device, dtype=dtype), backend, crops)
 
-    def render(self, vertices, tex, sh, antialias=True):
-        """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images."""
+    def rasterize(self, vertices) -> dict:
+        """vertices (B,V,3) camera frame -> the geometry buffers, (B,S,S,·):
+        rast, clip (B,V,4), cover, uv, normals (unit, camera frame)."""
         clip = R.camera_to_clip(vertices, self.K, self.res)
         rast = R.rasterize(clip, self.faces, self.res, backend=self.backend)
-        cover = (rast[..., 3:] > 0).to(vertices.dtype)                   # (B,S,S,1)
         uv = R.interpolate(self.uv_coords, rast, self.uv_faces)          # (B,S,S,2)
-        albedo = R.texture(tex, uv)                                      # (B,S,S,3)
         n = vertex_normals(vertices, self.faces.long())
-        nimg = F.normalize(R.interpolate(n, rast, self.faces), dim=-1)
-        colour = albedo * sh_shading(nimg, sh)
-        comp = colour * cover + self.background * (1 - cover)
-        out = {"rast": rast, "clip": clip, "cover": cover[..., 0], "uv": uv, "normals": nimg}
+        nimg = F.normalize(R.interpolate(n, rast, self.faces), dim=-1)   # (B,S,S,3)
+        return {"rast": rast, "clip": clip, "cover": (rast[..., 3] > 0).to(vertices.dtype), "uv": uv,
+                "normals": nimg}
+
+    def shade(self, g: dict, tex, sh, antialias=True) -> dict:
+        """Colour the buffers ``g`` of :meth:`rasterize` with texture (B,T,T,3)
+        and SH light (B,9,3), over the background. Adds to ``g``: shading
+        (B,S,S,3), rgb (B,S,S,3) and coverage (B,S,S), antialiased if asked."""
+        cover = g["cover"][..., None]
+        shading = sh_shading(g["normals"], sh)
+        comp = R.texture(tex, g["uv"]) * shading * cover + self.background * (1 - cover)
+        out = {**g, "shading": shading}
         if antialias:
-            both = torch.cat([comp, cover], -1)
-            aa = R.antialias(both, rast, clip, self.faces)
+            aa = R.antialias(torch.cat([comp, cover], -1), g["rast"], g["clip"], self.faces)
             comp, out["coverage"] = aa[..., :3], aa[..., 3]
         else:
-            out["coverage"] = cover[..., 0]
+            out["coverage"] = g["cover"]
         out["rgb"] = comp
         return out
 
+    def render(self, vertices, tex, sh, antialias=True):
+        """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images (see rasterize and shade)."""
+        return self.shade(self.rasterize(vertices), tex, sh, antialias)
 
-def initial_texture(scene: Scene, vertices, size: int, skin_p=None):
-    """Unwrap the photo onto the mesh. -> (texture (B,T,T,3), confidence (B,T,T,1), mean skin (B,3))"""
+
+def initial_texture(scene: Scene, vertices, size: int, skin_p=None, sh=None, prior=None):
+    """Unwrap the photo onto the mesh: its colours divided by the shading of
+    light ``sh`` (B,9,3) (ambient if None) are the albedo samples. Unseen
+    texels are filled towards ``prior`` (B,T',T',3) if given, else the mean.
+    -> (texture (B,T,T,3), confidence (B,T,T,1), mean albedo (B,3))"""
     with torch.no_grad():
         B = vertices.shape[0]
-        flat = torch.full((B, 1, 1, 3), 0.5, device=vertices.device, dtype=vertices.dtype)
-        out = scene.render(vertices, flat, ambient_sh(B, vertices.device, vertices.dtype), antialias=False)
-        pts = R.interpolate(vertices, out["rast"], scene.faces)
-        samples = unwrap(scene.target, out["rast"], out["uv"], out["normals"], pts, valid=scene.valid,
+        g = scene.rasterize(vertices)
+        photo = scene.target
+        if sh is not None:
+            photo = photo / sh_shading(g["normals"], sh).clamp(min=0.2)
+        pts = R.interpolate(vertices, g["rast"], scene.faces)
+        samples = unwrap(photo.clamp(0, 1), g["rast"], g["uv"], g["normals"], pts, valid=scene.valid,
                          colour_weight=skin_p)
         tex, conf = splat(samples, B, size)
         # Weighted mean of the samples, read off the splat (its bilinear weights sum to one per sample).
@@ -172,16 +198,25 @@ def initial_texture(scene: Scene, vertices, size: int, skin_p=None):
         mean = (tex * conf).sum((1, 2)) / total.clamp(min=1e-6)
         mean = torch.where(total > 0, mean, vertices.new_tensor([0.8, 0.62, 0.52]))
         filled = fill_push_pull(tex, conf, prior=mean, saturate=1.0)
+        if prior is not None:  # holes take the prior instead of the push-pull fill
+            up = resize_texture(prior, size)
+            c = conf.clamp(max=1.0)
+            filled = c * filled + (1 - c) * up
     return filled, conf, mean
 
 
-def low_pass(tex: torch.Tensor, detail: int) -> torch.Tensor:
-    """(B,T,T,C) -> same shape, keeping only ~``detail`` texels of detail a side."""
-    T = tex.shape[1]
-    if detail >= T:
+def coarse(tex: torch.Tensor, detail: int) -> torch.Tensor:
+    """(B,T,T,C) -> (B,d,d,C), its area average on a ``detail``-texel grid."""
+    if detail >= tex.shape[1]:
         return tex
-    x = tex.permute(0, 3, 1, 2)
-    x = F.interpolate(F.adaptive_avg_pool2d(x, detail), size=(T, T), mode="bilinear", align_corners=False)
+    return F.adaptive_avg_pool2d(tex.permute(0, 3, 1, 2), detail).permute(0, 2, 3, 1).contiguous()
+
+
+def resize_texture(tex: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,t,t,C) -> (B,size,size,C), bilinear (the sampling R.texture does)."""
+    if tex.shape[1] == size:
+        return tex
+    x = F.interpolate(tex.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).contiguous()
 
 
@@ -226,31 +261,35 @@ def photo_hand_mask(scene: Scene, render_mask, kp2d_full, kind: str = "consensus
     return torch.where(agree, gc, torch.full_like(gc, 0.5)) * scene.valid.to(gc.dtype)
 
 
-def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior, prior_w, sh0, stage: DenseStage):
-    """``terms(p) -> dict of (B,)`` for the dense stage; p holds global_orient,
-    pose, shape, transl, texture (B,T,T,3) and sh (B,9,3).
+def image_region(cover, valid, skin_p, sure, stage: DenseStage):
+    """(B,S,S) weights of the image terms: the rendered hand and a margin
+    around it, inside the photo (plus the confident photo hand when the
+    background is inpainted, so uncovered hand pixels count too)."""
+    with torch.no_grad():
+        region = F.max_pool2d(cover[:, None], 2 * stage.margin + 1, 1, stage.margin)[:, 0]
+        if stage.background == "inpainted":
+            region = torch.maximum(region, (skin_p > 0.5).to(region.dtype) * sure)
+        return region * valid
 
-    skin_p (B,S,S): the photo's soft hand mask; tex_prior (B,T,T,3) and
-    prior_w (B,T,T,1): the texture prior and where it applies; sh0 (B,9,3)
-    the initial light.
+
+def geometry_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage):
+    """``terms(p) -> dict of (B,)`` for the geometry phase; p holds
+    global_orient, pose, shape, transl, texture (B,d,d,3), the coarse albedo,
+    and sh (B,9,3).
+
+    skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light.
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
-    k = 2 * stage.margin + 1
-    # The colour-model mask is unreliable where hand and background colours
-    # overlap (skin-coloured backgrounds, shadows); only its confident pixels
-    # take part in the silhouette term.
+    # The photo mask is unreliable where hand and background colours overlap
+    # (skin-coloured backgrounds, shadows); only its confident pixels take
+    # part in the silhouette term.
     sure = ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(validf.dtype)
 
     def terms(p):
         out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
-        tex = p["texture"].clamp(0, 1)
-        r = scene.render(out_m.vertices, tex, p["sh"])
-        with torch.no_grad():  # the hand and a margin around it
-            region = F.max_pool2d(r["cover"][:, None], k, 1, stage.margin)[:, 0]
-            if stage.background == "inpainted":  # uncovered hand pixels count too
-                region = torch.maximum(region, (skin_p > 0.5).to(region.dtype) * sure)
-            region = region * validf
+        r = scene.render(out_m.vertices, p["texture"].clamp(0, 1), p["sh"])
+        region = image_region(r["cover"], validf, skin_p, sure, stage)
         uv = project(out_m.keypoints, K_full)
         return {
             "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
@@ -261,6 +300,28 @@ def dense_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, tex_prior
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
             "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
             "shape": w.shape * L.shape_loss(p["shape"]),
+            "sh": w.sh * (p["sh"] - sh0).square().sum((1, 2)),
+        }
+
+    return terms
+
+
+def texture_terms(scene: Scene, g: dict, skin_p, tex_prior, prior_w, sh0, stage: DenseStage):
+    """``terms(p) -> dict of (B,)`` for the texture phase over the fixed
+    geometry buffers ``g`` (:meth:`Scene.rasterize`); p holds texture
+    (B,T,T,3) and sh (B,9,3). tex_prior (B,T,T,3) and prior_w (B,T,T,1): the
+    texture prior and where it applies (unseen texels)."""
+    w = stage.weights
+    validf = scene.valid.to(scene.target.dtype)
+    sure = ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(validf.dtype)
+    region = image_region(g["cover"], validf, skin_p, sure, stage)
+
+    def terms(p):
+        tex = p["texture"].clamp(0, 1)
+        r = scene.shade(g, tex, p["sh"], antialias=False)
+        return {
+            "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
+            "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
             "tex_tv": w.tex_tv * L.texture_tv_loss(tex),
             "tex_prior": w.tex_prior * L.texture_prior_loss(tex, tex_prior, prior_w),
             "sh": w.sh * (p["sh"] - sh0).square().sum((1, 2)),
@@ -275,7 +336,8 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
     scale (B,) box side in pixels, photos: list of B (H,W,3) uint8 arrays.
-    -> (StageReport with ``metrics``, texture (B,T,T,3) in [0,1])
+    ``on_step(it, total)`` is called after every iteration of both phases.
+    -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
     dev, dt = params["pose"].device, params["pose"].dtype
     B = params["pose"].shape[0]
@@ -286,40 +348,49 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     scene = Scene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
 
     with torch.no_grad():
-        first = scene.render(v0, torch.full((B, 1, 1, 3), 0.5, device=dev, dtype=dt), ambient_sh(B, dev, dt), False)
+        first = scene.rasterize(v0)
         skin_p = photo_hand_mask(scene, first["cover"] > 0.5, kp2d_full, stage.photo_mask)  # (B,S,S)
         if stage.background == "inpainted":
             hole = ((skin_p > 0.5) | (first["cover"] > 0.5)).to(dt)[..., None]
-            bg = fill_push_pull(scene.target * (1 - hole), 1 - hole)
-            scene.background = bg
-    tex_sharp, conf, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
-    tex0 = low_pass(tex_sharp, stage.texture_detail)
+            scene.background = fill_push_pull(scene.target * (1 - hole), 1 - hole)
     sh0 = ambient_sh(B, dev, dt)
-    flat = mean_skin[:, None, None, :].expand(B, texture_size, texture_size, 3).contiguous()
+    tex_sharp, _, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
+    flat = mean_skin[:, None, None, :].contiguous()
     photo_before, mask_before = photometric_error(scene, v0, flat, sh0)
     photo_mask = (skin_p > 0.5) & scene.valid
     iou_before = iou(mask_before, photo_mask)
-    prior_w = (1 - conf.clamp(max=1.0))  # (B,T,T,1): 1 where unseen
 
-    terms = dense_terms(model, scene, K_full, kp2d_full, scale, skin_p, tex0, prior_w, sh0, stage)
-
-    state = {**params, "texture": tex0.clone(), "sh": sh0.clone()}
+    # Phase 1: geometry, light and the coarse albedo.
+    state = {**params, "texture": coarse(tex_sharp, stage.texture_detail), "sh": sh0.clone()}
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
+    terms = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage)
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
                       on_step=on_step)
     for k in ("global_orient", "pose", "shape", "transl"):
         params[k] = state[k]
-    v1 = model(**params).vertices.detach()
-    # Export: the photo unwrapped onto the final mesh where it is seen, the
-    # fitted (smooth) texture elsewhere.
-    sharp, conf1, _ = initial_texture(scene, v1, texture_size, skin_p)
-    c = conf1.clamp(max=1.0)
-    tex = (c * sharp + (1 - c) * state["texture"].clamp(0, 1)).detach()
-    photo_after, mask_after = photometric_error(scene, v1, tex, state["sh"])
+    albedo = state["texture"].detach().clamp(0, 1)
+
+    # Phase 2: the full texture (and light) on the fixed final mesh.
+    with torch.no_grad():
+        v1 = model(**params).vertices
+        g = scene.rasterize(v1)
+    sh1 = state["sh"].detach()
+    tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=albedo)
+    tex_prior = resize_texture(albedo, texture_size)
+    prior_w = 1 - conf1.clamp(max=1.0)  # (B,T,T,1): 1 where unseen
+    tstate = {"texture": tex1, "sh": sh1.clone()}
+    done = report.iters
+    tex_report = run_adam(tstate, {"texture": stage.lr_texture, "sh": stage.lr_light},
+                          texture_terms(scene, g, skin_p, tex_prior, prior_w, sh1, stage),
+                          max_iters=stage.texture_iters, tol=stage.tol, patience=stage.patience,
+                          on_step=None if on_step is None else (lambda it, t: on_step(done + it, t)))
+    tex = tstate["texture"].detach().clamp(0, 1)
+    photo_after, mask_after = photometric_error(scene, v1, tex, tstate["sh"])
+    report.terms.update({k: v for k, v in tex_report.terms.items() if k.startswith("tex_")})
     report.metrics = {
         "photometric_before": photo_before, "photometric_after": photo_after,
         "silhouette_iou_before": iou_before, "silhouette_iou_after": iou(mask_after, photo_mask),
-        "dense_iters": report.iters,
+        "dense_iters": report.iters, "texture_iters": tex_report.iters,
     }
     return report, tex
