@@ -261,6 +261,14 @@ def photo_hand_mask(scene: Scene, render_mask, kp2d_full, kind: str = "consensus
     return torch.where(agree, gc, torch.full_like(gc, 0.5)) * scene.valid.to(gc.dtype)
 
 
+def confident(skin_p, stage: DenseStage) -> torch.Tensor:
+    """(B,S,S) 1 where the photo mask is sure either way. The mask is
+    unreliable where hand and background colours overlap (skin-coloured
+    backgrounds, shadows); only its confident pixels take part in the
+    silhouette term."""
+    return ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(skin_p.dtype)
+
+
 def image_region(cover, valid, skin_p, sure, stage: DenseStage):
     """(B,S,S) weights of the image terms: the rendered hand and a margin
     around it, inside the photo (plus the confident photo hand when the
@@ -281,10 +289,7 @@ def geometry_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, sh0, s
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
-    # The photo mask is unreliable where hand and background colours overlap
-    # (skin-coloured backgrounds, shadows); only its confident pixels take
-    # part in the silhouette term.
-    sure = ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(validf.dtype)
+    sure = confident(skin_p, stage)
 
     def terms(p):
         out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
@@ -313,8 +318,7 @@ def texture_terms(scene: Scene, g: dict, skin_p, tex_prior, prior_w, sh0, stage:
     texture prior and where it applies (unseen texels)."""
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
-    sure = ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(validf.dtype)
-    region = image_region(g["cover"], validf, skin_p, sure, stage)
+    region = image_region(g["cover"], validf, skin_p, confident(skin_p, stage), stage)
 
     def terms(p):
         tex = p["texture"].clamp(0, 1)
