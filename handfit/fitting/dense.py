@@ -178,14 +178,15 @@ class Scene:
         return self.shade(self.rasterize(vertices), tex, sh, antialias)
 
 
-def initial_texture(scene: Scene, vertices, size: int, skin_p=None, sh=None, prior=None):
+def initial_texture(scene: Scene, vertices, size: int, skin_p=None, sh=None, prior=None, g=None):
     """Unwrap the photo onto the mesh: its colours divided by the shading of
     light ``sh`` (B,9,3) (ambient if None) are the albedo samples. Unseen
     texels are filled towards ``prior`` (B,T',T',3) if given, else the mean.
+    ``g``: the mesh's buffers from :meth:`Scene.rasterize`, if already made.
     -> (texture (B,T,T,3), confidence (B,T,T,1), mean albedo (B,3))"""
     with torch.no_grad():
         B = vertices.shape[0]
-        g = scene.rasterize(vertices)
+        g = scene.rasterize(vertices) if g is None else g
         photo = scene.target
         if sh is not None:
             photo = photo / sh_shading(g["normals"], sh).clamp(min=0.2)
@@ -220,11 +221,11 @@ def resize_texture(tex: torch.Tensor, size: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def photometric_error(scene: Scene, vertices, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean absolute colour error (0..1 per channel) inside the rendered hand mask,
-    and that mask. -> ((B,), (B,S,S) bool)"""
+def photometric_error(scene: Scene, g: dict, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean absolute colour error (0..1 per channel) inside the rendered hand mask
+    of the buffers ``g`` (:meth:`Scene.rasterize`), and that mask. -> ((B,), (B,S,S) bool)"""
     with torch.no_grad():
-        out = scene.render(vertices, tex, sh, antialias=False)
+        out = scene.shade(g, tex, sh, antialias=False)
         m = (out["cover"] > 0.5) & scene.valid
         err = (out["rgb"] - scene.target).abs().mean(-1)
         return (err * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1), m
@@ -358,9 +359,9 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
             hole = ((skin_p > 0.5) | (first["cover"] > 0.5)).to(dt)[..., None]
             scene.background = fill_push_pull(scene.target * (1 - hole), 1 - hole)
     sh0 = ambient_sh(B, dev, dt)
-    tex_sharp, _, mean_skin = initial_texture(scene, v0, texture_size, skin_p)
+    tex_sharp, _, mean_skin = initial_texture(scene, v0, texture_size, skin_p, g=first)
     flat = mean_skin[:, None, None, :].contiguous()
-    photo_before, mask_before = photometric_error(scene, v0, flat, sh0)
+    photo_before, mask_before = photometric_error(scene, first, flat, sh0)
     photo_mask = (skin_p > 0.5) & scene.valid
     iou_before = iou(mask_before, photo_mask)
 
@@ -380,8 +381,8 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         v1 = model(**params).vertices
         g = scene.rasterize(v1)
     sh1 = state["sh"].detach()
-    tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=albedo)
     tex_prior = resize_texture(albedo, texture_size)
+    tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=tex_prior, g=g)
     prior_w = 1 - conf1.clamp(max=1.0)  # (B,T,T,1): 1 where unseen
     tstate = {"texture": tex1, "sh": sh1.clone()}
     done = report.iters
@@ -390,7 +391,7 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
                           max_iters=stage.texture_iters, tol=stage.tol, patience=stage.patience,
                           on_step=None if on_step is None else (lambda it, t: on_step(done + it, t)))
     tex = tstate["texture"].detach().clamp(0, 1)
-    photo_after, mask_after = photometric_error(scene, v1, tex, tstate["sh"])
+    photo_after, mask_after = photometric_error(scene, g, tex, tstate["sh"])
     report.terms.update({k: v for k, v in tex_report.terms.items() if k.startswith("tex_")})
     report.metrics = {
         "photometric_before": photo_before, "photometric_after": photo_after,
