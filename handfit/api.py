@@ -197,10 +197,11 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
     if opts.appearance:
         from .fitting.dense import fit_appearance
 
+        steps = opts.dense.iters + opts.dense.texture_iters  # both phases' caps
         dense_report, tex = fit_appearance(
             model, params, K, kp2d, scale, [p.photo.rgb for p, _ in items], opts.dense, opts.texture_size,
             backend=opts.renderer, crop_size=opts.crop_size,
-            on_step=(lambda it, loss: progress("appearance", side, it, opts.dense.iters + opts.dense.texture_iters)) if progress else None)
+            on_step=(lambda it, loss: progress("appearance", side, it, steps)) if progress else None)
         texture = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
     seconds = (time.perf_counter() - t0) / len(items)
 
