@@ -12,7 +12,7 @@ OUT    ?= handfit_out
 help:
 	@echo "make demo     create .venv, install, fit examples/hand.jpg into $(OUT)/"
 	@echo "make test     create .venv, install, run the tests"
-	@echo "make weights  recalibrate the keypoints and retrain the regressor (weights/)"
+	@echo "make weights  recalibrate the keypoints and retrain the regressor (handfit/weights/)"
 	@echo "make example  re-render examples/hand.jpg"
 	@echo "make bench    run the benchmarks in bench/"
 
@@ -36,8 +36,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 weights: $(STAMP)
-	$(BIN)/python -m handfit.models.calibrate --scenes 1200 --out weights/keypoints_anny.pt
-	$(BIN)/python -m handfit.fitting.train_regressor --model anny --out weights/regressor_anny.pt
+	$(BIN)/python -m handfit.train.calibrate --scenes 1200 --out handfit/weights/keypoints_anny.pt
+	$(BIN)/python -m handfit.train.regressor --model anny --out handfit/weights/regressor_anny.pt
 
 example: $(STAMP)
 	$(BIN)/python examples/make_example.py

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handfit import render as R  # noqa: E402
-from handfit.render.primitives import ellipsoid  # noqa: E402
+from handfit.train.shapes import ellipsoid  # noqa: E402
 
 
 def mesh_scene(res: int, batch: int, device):

@@ -89,7 +89,7 @@ def main(argv=None):
 
     import handfit
     from handfit.models import load_model
-    from handfit.synth import make_scene
+    from handfit.train.synth import make_scene
 
     scenes = []
     for i in range(args.scenes):

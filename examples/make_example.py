@@ -28,7 +28,7 @@ def main(argv=None):
 
     from handfit.detect import Detector
     from handfit.models import load_model
-    from handfit.synth import make_scene
+    from handfit.train.synth import make_scene
 
     scene = make_scene(load_model("anny", side=args.side), args.seed, size=(480, 640))
     iio.imwrite(args.out, scene.image, quality=92)

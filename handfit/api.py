@@ -17,7 +17,7 @@ import torch
 
 from .errors import HandfitError, NoHandError, UsageError
 from .fitting.dense import DenseStage
-from .fitting.optimize import KeypointStage
+from .fitting.keypoint import KeypointStage
 
 SKIN_RGB = (0.80, 0.62, 0.52)  # flat texture when no appearance is fitted (linear-ish sRGB)
 
@@ -172,7 +172,7 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detectio
 def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
     """Fit every hand of one side across photos in one batch. items: [(photo, det)]."""
     from .fitting.init import initialise, load_regressor
-    from .fitting.optimize import fit_keypoints
+    from .fitting.keypoint import fit_keypoints
     from .models import load_model
     from .camera import project
 

@@ -72,7 +72,7 @@ def _parse_weights(ctx, param, values):
     from dataclasses import fields
 
     from .fitting.dense import DenseWeights
-    from .fitting.optimize import KeypointWeights
+    from .fitting.keypoint import KeypointWeights
 
     names = {"dense": {f.name for f in fields(DenseWeights)}, "kp": {f.name for f in fields(KeypointWeights)}}
     out = {"dense": {}, "kp": {}}
@@ -95,7 +95,7 @@ def _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, 
              texture_iters=None, photo_mask=None, weights=None):
     from .api import FitOptions
     from .fitting.dense import DenseStage, DenseWeights
-    from .fitting.optimize import KeypointStage, KeypointWeights
+    from .fitting.keypoint import KeypointStage, KeypointWeights
 
     weights = weights or {"dense": {}, "kp": {}}
     dense = DenseStage(iters=dense_iters or DENSE_ITERS,

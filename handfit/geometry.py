@@ -1,4 +1,7 @@
-"""Rotation helpers over batched tensors (pure functions, autograd-safe)."""
+"""Rotation helpers over batched tensors (pure functions, autograd-safe).
+
+The one home of rotation maths: axis-angle, 6D, Kabsch and the projection
+onto SO(3) are written here and nowhere else."""
 
 from __future__ import annotations
 
@@ -62,3 +65,28 @@ def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
 def matrix_to_rotation_6d(R: torch.Tensor) -> torch.Tensor:
     """(...,3,3) -> (...,6): the first two rows."""
     return R[..., :2, :].reshape(R.shape[:-2] + (6,))
+
+
+def kabsch(src: torch.Tensor, dst: torch.Tensor, center: bool = True) -> torch.Tensor:
+    """Rotation R (B,3,3) minimising sum_i |R src_i - dst_i|^2 (proper, det +1).
+
+    src, dst: (B,N,3) corresponding points. With ``center`` both sets are
+    centred first (the best rotation about their centroids); without it they
+    are taken about the origin.
+    """
+    if center:
+        src = src - src.mean(-2, keepdim=True)
+        dst = dst - dst.mean(-2, keepdim=True)
+    H = src.transpose(-1, -2) @ dst                                    # (B,3,3)
+    U, _, Vt = torch.linalg.svd(H)
+    d = torch.sign(torch.linalg.det(Vt.transpose(-1, -2) @ U.transpose(-1, -2)))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return Vt.transpose(-1, -2) @ D @ U.transpose(-1, -2)
+
+
+def project_so3(M: torch.Tensor) -> torch.Tensor:
+    """The rotation nearest to each matrix (Frobenius norm). M: (...,3,3) -> (...,3,3)."""
+    U, _, Vt = torch.linalg.svd(M)
+    d = torch.sign(torch.linalg.det(U @ Vt))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return U @ D @ Vt

@@ -6,7 +6,7 @@ import torch
 
 from handfit.camera import project
 from handfit.fitting.init import init_translation, inverse_kinematics, load_regressor, regress
-from handfit.fitting.train_regressor import sample_batch
+from handfit.train.regressor import sample_batch
 from handfit.models import load_model
 
 
@@ -28,7 +28,7 @@ def test_shipped_regressor_beats_rest_pose():
     for side in ("right", "left"):
         model = load_model("anny", side=side)
         net = load_regressor(model, "cpu")
-        assert net is not None, "weights/regressor_anny.pt missing or mismatched"
+        assert net is not None, "handfit/weights/regressor_anny.pt missing or mismatched"
         x, R, pose, shape, kp = sample_batch(load_model("anny"), 64, torch.Generator().manual_seed(7))
         if side == "left":  # the same hands, mirrored
             x, kp = x * torch.tensor([-1.0, 1, 1]), kp * torch.tensor([-1.0, 1, 1])

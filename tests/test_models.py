@@ -156,7 +156,7 @@ def test_keypoints_follow_pose_and_shape(anny):
 
 
 def test_shipped_keypoint_calibration_is_applied(anny):
-    """The default model reads weights/keypoints_anny.pt: its keypoints differ from
+    """The default model reads handfit/weights/keypoints_anny.pt: its keypoints differ from
     the raw skeleton's by the offsets, carried rigidly by their bones."""
     m = anny["right"]
     assert m.keypoints_calibrated
@@ -265,7 +265,8 @@ def test_matches_anny_forward(anny):
     """Our cached model + LBS against anny's own (warp) forward, for random shapes and poses."""
     anny_pkg = pytest.importorskip("anny")
     from handfit.geometry import axis_angle_to_matrix
-    from handfit.models.anny import ARTICULATED, _kabsch
+    from handfit.geometry import kabsch
+    from handfit.models.anny import ARTICULATED
 
     dt = torch.float64
     hand = anny["right"]
@@ -285,7 +286,7 @@ def test_matches_anny_forward(anny):
         D[:, list(ARTICULATED), :3, :3] = axis_angle_to_matrix(pose.reshape(n, -1, 3))
         posed = ref(pose_parameters=D, phenotype_kwargs=ph, pose_parameterization="local-bone")
         wrist = rest["rest_bone_heads"][:, 1:2]
-        Q = _kabsch(rest["rest_vertices"] - wrist, hand.v_template)      # into handfit's frame
+        Q = kabsch(rest["rest_vertices"] - wrist, hand.v_template.expand_as(rest["rest_vertices"]), center=False)      # into handfit's frame
         align = lambda x: (x - wrist) @ Q.transpose(1, 2)                 # noqa: E731
         target = align(posed["vertices"])
         # 1) our LBS on anny's exact rest state: equal up to round-off

@@ -9,8 +9,8 @@ import torch
 
 from handfit.camera import project
 from handfit.models import load_model
-from handfit.synth import make_scene
-from handfit.texture.skin import hand_probability, hand_probability_grabcut
+from handfit.train.synth import make_scene
+from handfit.fitting.photo_mask import hand_probability, hand_probability_grabcut
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from handfit.render import default_sh, render_mesh
-from handfit.render.primitives import ellipsoid
+from handfit.train.shapes import ellipsoid
 
 RES = (40, 48)
 

@@ -119,7 +119,7 @@ def test_zbuffer_matches_reference_across_the_camera_plane():
 
 
 def test_opposite_vertices_brute_force():
-    from handfit.render.primitives import ellipsoid
+    from handfit.train.shapes import ellipsoid
 
     _, faces, _, _ = ellipsoid(rings=5, segments=6)
     tri = faces.numpy()

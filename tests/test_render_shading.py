@@ -7,7 +7,7 @@ import math
 import torch
 
 from handfit.render import default_sh, lambert, sh_lights, sh_shading, vertex_normals
-from handfit.render.primitives import ellipsoid
+from handfit.train.shapes import ellipsoid
 
 
 def test_ellipsoid_is_closed_and_outward(dtype):

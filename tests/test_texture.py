@@ -91,7 +91,7 @@ def test_unwrap_divides_out_known_shading(model):
 def test_dense_loss_zero_at_truth_and_grows_with_pose_error(model):
     T = 64
     gen = np.random.default_rng(0)
-    from handfit.synth import skin_texture
+    from handfit.train.synth import skin_texture
 
     tex = torch.from_numpy(skin_texture(gen, T))[None]
     scene, p = _scene(model, tex)
@@ -125,7 +125,7 @@ def test_image_terms_alone_pull_a_perturbed_pose_back(model):
     """The dense stage with the keypoint terms off: silhouette and shading on
     their own must bring a perturbed hand closer to the truth."""
     from handfit.render.shading import default_sh
-    from handfit.synth import skin_texture
+    from handfit.train.synth import skin_texture
 
     T = 64
     tex = torch.from_numpy(skin_texture(np.random.default_rng(3), T))[None]

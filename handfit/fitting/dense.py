@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from .. import render as R
 from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
 from ..render.shading import sh_lights, sh_shading, vertex_normals
-from ..texture.skin import hand_probability, hand_probability_grabcut
+from .photo_mask import hand_probability, hand_probability_grabcut
 from ..texture.unwrap import fill_push_pull, splat, unwrap
 from . import losses as L
-from .optimize import StageReport, run_adam
+from .adam import StageReport, run_adam
 
 
 @dataclass

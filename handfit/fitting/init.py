@@ -1,6 +1,6 @@
 """Initial pose, shape and camera translation for each detected hand.
 
-* With a trained regressor in ``weights/`` (``regressor_<model>.pt``), a small
+* With a trained regressor in ``handfit/weights/`` (``regressor_<model>.pt``), a small
   MLP maps MediaPipe's world landmarks to global orientation, pose and shape.
 * Without one (e.g. MANO before a regressor is trained for it), a short
   inverse-kinematics fit against the same landmarks stands in; the result's
@@ -10,15 +10,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 
 import torch
 from torch import nn
 
-from ..geometry import matrix_to_axis_angle, rotation_6d_to_matrix
+from ..geometry import kabsch, matrix_to_axis_angle, rotation_6d_to_matrix
 from . import losses as L
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 PALM = [0, 5, 9, 13, 17]  # wrist and the four finger MCPs: the rigid part of the hand
 
 
@@ -71,27 +70,39 @@ class KeypointRegressor(nn.Module):
         return rotation_6d_to_matrix(d6), pose, shape
 
 
-def regressor_path(model_name: str) -> Path:
-    return WEIGHTS_DIR / f"regressor_{model_name}.pt"
+def regressor_file(model_name: str) -> str:
+    """File name of the shipped regressor for a hand model, in ``handfit/weights/``."""
+    return f"regressor_{model_name}.pt"
 
 
 _REGRESSORS: dict = {}
+_REGRESSORS_LOCK = threading.Lock()
 
 
 def load_regressor(model, device, dtype=torch.float32) -> KeypointRegressor | None:
     """The shipped regressor for ``model`` or None when there is none matching it
-    (read once per process, model, device and dtype)."""
+    (read once per process, model, device and dtype; see :func:`clear_regressors`)."""
     key = (model.name, model.pose_dim, model.shape_dim, str(device), dtype)
-    if key not in _REGRESSORS:
-        _REGRESSORS[key] = _read_regressor(model, device, dtype)
-    return _REGRESSORS[key]
+    with _REGRESSORS_LOCK:
+        if key not in _REGRESSORS:
+            _REGRESSORS[key] = _read_regressor(model, device, dtype)
+        return _REGRESSORS[key]
+
+
+def clear_regressors() -> None:
+    """Forget the regressors read so far (e.g. after retraining one)."""
+    with _REGRESSORS_LOCK:
+        _REGRESSORS.clear()
 
 
 def _read_regressor(model, device, dtype) -> KeypointRegressor | None:
-    path = regressor_path(model.name)
-    if not path.is_file():
+    from ..weights import load_weights
+
+    # MANO has no shipped regressor: that is expected, not worth a warning.
+    ckpt = load_weights(regressor_file(model.name), "the keypoint regressor (initialisation falls back to IK)",
+                        warn=model.name == "anny")
+    if ckpt is None:
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
     if meta["pose_dim"] != model.pose_dim or meta["shape_dim"] != model.shape_dim:
         return None
@@ -105,17 +116,6 @@ def mirror_rotation(R: torch.Tensor) -> torch.Tensor:
     """M R M with M = diag(-1,1,1): the same rotation seen in the mirrored world. (B,3,3)"""
     M = R.new_tensor([-1.0, 1.0, 1.0])
     return R * M[:, None] * M[None, :]
-
-
-def kabsch(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """Rotation R (B,3,3) minimising |R src - dst| for centred point sets (B,N,3)."""
-    a = src - src.mean(1, keepdim=True)
-    b = dst - dst.mean(1, keepdim=True)
-    H = a.transpose(1, 2) @ b  # (B,3,3)
-    U, _, Vt = torch.linalg.svd(H)
-    d = torch.sign(torch.linalg.det(Vt.transpose(1, 2) @ U.transpose(1, 2)))
-    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
-    return Vt.transpose(1, 2) @ D @ U.transpose(1, 2)
 
 
 def init_translation(kp3d: torch.Tensor, kp2d: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

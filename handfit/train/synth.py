@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from ..geometry import axis_angle_to_matrix, matrix_to_axis_angle
 
 SKIN_TONES = np.array([  # sRGB in [0,1], light to dark
     [0.93, 0.78, 0.68], [0.87, 0.69, 0.58], [0.80, 0.60, 0.48], [0.70, 0.50, 0.38],
@@ -22,7 +22,7 @@ SKIN_TONES = np.array([  # sRGB in [0,1], light to dark
 
 
 @dataclass
-class Scene:
+class SynthScene:
     image: np.ndarray       # (H,W,3) uint8
     mask: np.ndarray        # (H,W) bool, visible hand pixels (occluder removed)
     K: np.ndarray           # (3,3)
@@ -114,11 +114,11 @@ def facing_camera(model) -> torch.Tensor:
 
 
 def render_scene(model, params: dict, K: np.ndarray, size: tuple, texture: np.ndarray, bg: np.ndarray,
-                 sh: torch.Tensor | None = None, occluder: dict | None = None) -> Scene:
+                 sh: torch.Tensor | None = None, occluder: dict | None = None) -> SynthScene:
     """Render one hand over a background. size = (H,W)."""
-    from . import render as R
-    from .camera import project
-    from .render.shading import sh_shading, vertex_normals
+    from .. import render as R
+    from ..camera import project
+    from ..render.shading import sh_shading, vertex_normals
 
     H, W = size
     p = {k: v[None] for k, v in params.items()}
@@ -149,14 +149,14 @@ def render_scene(model, params: dict, K: np.ndarray, size: tuple, texture: np.nd
         mask = mask & ~occ
         occluded = True
     img8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return Scene(image=img8, mask=mask, K=K, params=params, vertices=out.vertices[0].numpy(),
+    return SynthScene(image=img8, mask=mask, K=K, params=params, vertices=out.vertices[0].numpy(),
                  keypoints=out.keypoints[0].numpy(), keypoints_2d=kp2d, texture=texture, side=model.side,
                  occluded=occluded)
 
 
 def default_light(gen: np.random.Generator | None = None) -> torch.Tensor:
     """SH lighting (9,3): ambient plus a key light from the camera side, optionally randomised."""
-    from .render.shading import default_sh
+    from ..render.shading import default_sh
 
     sh = default_sh(1)[0]
     if gen is not None:
@@ -165,9 +165,9 @@ def default_light(gen: np.random.Generator | None = None) -> torch.Tensor:
     return sh
 
 
-def make_scene(model, seed: int, size=(480, 640), occlusion: bool = False, fov_deg: float = 60.0) -> Scene:
+def make_scene(model, seed: int, size=(480, 640), occlusion: bool = False, fov_deg: float = 60.0) -> SynthScene:
     """A full random scene for ``seed``."""
-    from .camera import default_focal
+    from ..camera import default_focal
 
     gen = np.random.default_rng(seed)
     H, W = size

@@ -1,4 +1,4 @@
-"""Train the keypoint regressor shipped in ``weights/regressor_<model>.pt``.
+"""Train the keypoint regressor shipped in ``handfit/weights/regressor_<model>.pt``.
 
 It learns MediaPipe-world-landmarks -> (global orientation, pose, shape) from
 synthetic hands of the chosen model:
@@ -15,7 +15,7 @@ The loss compares rotations, pose, shape, and — through the model — the
 clean keypoints. Fixed seed: rerunning reproduces the shipped weights on the
 same torch build.
 
-    python -m handfit.fitting.train_regressor --model anny --out weights/regressor_anny.pt
+    python -m handfit.train.regressor --model anny --out handfit/weights/regressor_anny.pt
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 
 from ..geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from ..models.base import SKELETON
-from .init import KeypointRegressor, normalise_landmarks
-from . import losses as L
+from ..fitting import losses as L
+from ..fitting.init import KeypointRegressor, normalise_landmarks
 
 
 def random_rotations(n: int, gen: torch.Generator) -> torch.Tensor:

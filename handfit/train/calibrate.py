@@ -8,14 +8,14 @@ keypoints, the wrist alone 19 px. Fitting raw keypoints to MediaPipe then
 misplaces the mesh, and a dense stage that aligns the mesh to the photo moves
 the keypoints away from where annotators put them.
 
-This module renders random synthetic hands (:mod:`handfit.synth`), runs the
+This module renders random synthetic hands (:mod:`handfit.train.synth`), runs the
 detector on them and solves for one offset per keypoint, in the right hand's
 rest frame and attached to the keypoint's bone, that best explains the
 detections (robust 2D reprojection error, every fourth scene held out):
 
-    python -m handfit.models.calibrate --scenes 1200 --out weights/keypoints_anny.pt
+    python -m handfit.train.calibrate --scenes 1200 --out handfit/weights/keypoints_anny.pt
 
-The result ships in ``weights/`` and :class:`~handfit.models.anny.AnnyHand`
+The result ships in ``handfit/weights/`` and :class:`~handfit.models.anny.AnnyHand`
 applies it by default.
 """
 
@@ -39,8 +39,8 @@ def collect(scenes: int, first_seed: int = FIRST_SEED, progress: bool = True) ->
     from tqdm import tqdm
 
     from ..detect import Detector
-    from ..synth import make_scene
-    from .anny import AnnyHand
+    from ..models.anny import AnnyHand
+    from .synth import make_scene
 
     models = {s: AnnyHand(s, keypoint_offsets=None) for s in ("right", "left")}
     rows = []
@@ -96,7 +96,7 @@ def residual_fn(rows, dtype=torch.float64):
     for the scenes' true parameters; box (N,1) the hand-box sides in pixels.
     Both ordered right hands first."""
     from ..camera import project
-    from .anny import AnnyHand
+    from ..models.anny import AnnyHand
 
     parts = []
     for side in ("right", "left"):
@@ -144,7 +144,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2, help="processes rendering and detecting")
     ap.add_argument("--detections", type=Path,
                     help="JSON file of the collected detections: read if it exists, else written")
-    ap.add_argument("--out", type=Path, default=Path("weights/keypoints_anny.pt"))
+    ap.add_argument("--out", type=Path, default=Path("handfit/weights/keypoints_anny.pt"))
     args = ap.parse_args(argv)
     t0 = time.time()
     if args.detections and args.detections.is_file():
