@@ -14,13 +14,13 @@ def _value(v: str):
 
 def add_set_option(ap) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a dense-stage weight (handfit.fitting.dense.DenseWeights) or a "
+                    help="override a dense-stage weight (handfit.options.DenseWeights) or a "
                          "DenseStage setting, e.g. --set silhouette=0 for an ablation; repeatable")
 
 
 def dense_stage(sets: list[str], **fixed):
     """DenseStage with ``NAME=VALUE`` strings applied (weights and stage fields alike)."""
-    from handfit.fitting.dense import DenseStage, DenseWeights
+    from handfit.options import DenseStage, DenseWeights
 
     pairs = {}
     for kv in sets:

@@ -7,13 +7,20 @@ The library face is :func:`handfit.fit` (one photo) and :func:`handfit.fit_batch
 
 __version__ = "0.1.0"
 
-__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "FitOptions", "__version__"]
+__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
+           "DenseStage", "DenseWeights", "__version__"]
+
+_OPTIONS = ("FitOptions", "KeypointStage", "KeypointWeights", "DenseStage", "DenseWeights")
 
 
 def __getattr__(name):
     # Importing torch, mediapipe and the hand models takes seconds; keep
     # `import handfit` and `handfit --version` instant by loading lazily.
-    if name in ("fit", "fit_batch", "FitResult", "HandResult", "FitOptions"):
+    if name in _OPTIONS:
+        from . import options
+
+        return getattr(options, name)
+    if name in ("fit", "fit_batch", "FitResult", "HandResult"):
         from . import api
 
         return getattr(api, name)

@@ -8,58 +8,17 @@ Hands of all photos in a call are optimised together, one batch per side.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from .errors import HandfitError, NoHandError, UsageError
-from .fitting.dense import DenseStage
-from .fitting.keypoint import KeypointStage
+from .errors import HandfitError, UsageError
+from .options import DenseStage, DenseWeights, FitOptions, KeypointStage, KeypointWeights
 
 SKIN_RGB = (0.80, 0.62, 0.52)  # flat texture when no appearance is fitted (linear-ish sRGB)
-
-
-@dataclass
-class FitOptions:
-    """Every option of :func:`fit`; the CLI flags map onto these one to one."""
-
-    device: str = "auto"            # auto | cpu | cuda
-    max_hands: int = 2              # hands per photo, highest scores first
-    model: str = "anny"             # anny | mano
-    mano: str | None = None         # path to MANO_RIGHT/LEFT (.pkl/.npz) or a folder holding them
-    focal: float | None = None      # focal length in pixels; overrides EXIF and the default FOV
-    renderer: str = "auto"          # auto | cpu | nvdiffrast
-    appearance: bool = True         # run the dense rendered-appearance stage
-    crop_size: int = 256            # side of the square crop each hand is fitted in
-    texture_size: int = 256         # side of the UV texture
-    keypoint: KeypointStage = field(default_factory=KeypointStage)
-    dense: DenseStage = field(default_factory=DenseStage)
-
-    def __post_init__(self):
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise UsageError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        if self.max_hands < 1:
-            raise UsageError("--max-hands must be at least 1")
-        if self.model not in ("anny", "mano"):
-            raise UsageError(f"--model must be anny or mano, not {self.model!r}")
-        if self.mano is not None:
-            self.model = "mano"
-        if self.model == "mano" and self.mano is None:
-            raise UsageError("the MANO model needs --mano PATH (MANO's licence forbids shipping it)")
-        if self.focal is not None and not self.focal > 0:
-            raise UsageError("--focal must be a positive number of pixels")
-        if self.renderer not in ("auto", "cpu", "nvdiffrast"):
-            raise UsageError(f"--renderer must be auto, cpu or nvdiffrast, not {self.renderer!r}")
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU")
-        return torch.device(self.device)
 
 
 @dataclass
@@ -289,4 +248,5 @@ def fit(image, progress: Callable | None = None, **options) -> FitResult:
     return fit_batch([image], progress=progress, **options)[0]
 
 
-__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "FitOptions", "HandfitError", "NoHandError"]
+__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
+           "DenseStage", "DenseWeights", "HandfitError"]

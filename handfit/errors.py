@@ -13,10 +13,9 @@ class UsageError(HandfitError):
     exit_code = 2
 
 
-class NoHandError(HandfitError):
-    """The detector found no hand in the image."""
-
-    exit_code = 3
+class ShapeError(UsageError, ValueError):
+    """A tensor given to a library function has the wrong rank or size; the
+    message quotes the shape that was given."""
 
 
 class ImageError(HandfitError):

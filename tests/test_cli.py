@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -45,18 +46,63 @@ def test_usage_errors_exit_2(tmp_path):
         assert r.exit_code == 2 and "--weight" in r.output, bad
 
 
-def test_weight_options_reach_the_stages():
-    from handfit.cli import DENSE_ITERS, PHOTO_MASK, TEXTURE_ITERS, _options, _parse_weights
-    from handfit.fitting.dense import DenseStage, DenseWeights
+def test_fit_flags_reach_the_options():
+    """Every fit flag lands on its FitOptions field; --help defaults are the library's."""
+    from handfit.cli import FIT_FLAGS, fit_option_flags, fit_options
+    from handfit.options import DenseWeights, FitOptions, option_field
 
-    assert (DENSE_ITERS, TEXTURE_ITERS, PHOTO_MASK) == (DenseStage().iters, DenseStage().texture_iters,
-                                                        DenseStage().photo_mask)  # --help shows the truth
-    w = _parse_weights(None, None, ("silhouette=0", "kp.kp3d=0.5", "photo=2"))
-    opts = _options("cpu", 2, None, None, "auto", False, 300, 50, 7, "colour", w)
+    seen = {}
+
+    @click.command()
+    @fit_option_flags
+    def probe(**params):
+        seen["opts"] = fit_options(params)
+        seen["rest"] = params
+
+    args = ["--device", "cpu", "--kp-iters", "300", "--dense-iters", "50", "--texture-iters", "7",
+            "--photo-mask", "colour", "--weight", "silhouette=0", "--weight", "kp.kp3d=0.5",
+            "--weight", "photo=2", "--focal", "500"]
+    r = CliRunner().invoke(probe, args)
+    assert r.exit_code == 0, r.output
+    opts = seen["opts"]
+    assert seen["rest"] == {}                        # every flag was consumed
     assert opts.dense.weights == DenseWeights(silhouette=0.0, photo=2.0)
     assert opts.keypoint.weights.kp3d == 0.5 and opts.dense.iters == 50 and opts.dense.photo_mask == "colour"
-    assert opts.dense.texture_iters == 7
-    assert _options("cpu", 2, None, None, "auto", False, 300, None, 0).dense.texture_iters == 0
+    assert opts.dense.texture_iters == 7 and opts.focal == 500 and opts.device == "cpu"
+    CliRunner().invoke(probe, [])
+    assert seen["opts"] == FitOptions()             # no flags: the library's defaults
+    for flag, (path, _) in FIT_FLAGS.items():       # --help shows the library's defaults
+        default = option_field(path)[1]
+        opt = next(p for p in probe.params if flag in p.opts)
+        assert opt.default == default, flag
+
+
+def test_library_errors_name_the_field_and_the_cli_the_flag(tmp_path):
+    from handfit.options import FitOptions, OptionError
+
+    with pytest.raises(OptionError, match=r"^dense\.photo_mask: must be one of") as e:
+        FitOptions.from_values({"dense.photo_mask": "nope"})
+    assert e.value.field == "dense.photo_mask"
+    with pytest.raises(OptionError, match=r"^keypoint\.iters: must be >= 1"):
+        FitOptions.from_values({"keypoint.iters": 0})
+    with pytest.raises(OptionError, match=r"^dense\.nope: no such option"):
+        FitOptions.from_values({"dense.nope": 1})
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    r = CliRunner().invoke(main, ["fit", str(img), "--weight", "kp.nope=1"])
+    assert r.exit_code == 2 and "--weight: 'kp.nope=1'" in r.output
+
+
+def test_cli_imports_nothing_from_fitting():
+    """The CLI stands on the library's options, not on the fitting code."""
+    import ast
+
+    import handfit.cli
+
+    tree = ast.parse(Path(handfit.cli.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert "fitting" not in (node.module or ""), node.module
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from handfit.fitting.dense import (DenseStage, DenseWeights, Scene, ambient_sh, fit_appearance,
+from handfit.options import DenseStage, DenseWeights
+from handfit.fitting.dense import (CropScene, ambient_sh, fit_appearance,
                                    geometry_terms, initial_texture)
 from handfit.models import load_model
 from handfit.texture.unwrap import UVSamples, fill_push_pull, splat
@@ -24,11 +25,11 @@ def _scene(model, tex, pose_scale=0.3, seed=0, sh=None):
     p["transl"] = torch.tensor([[0.0, 0.07, 0.45]])
     K = torch.tensor([[[420.0, 0, (S - 1) / 2], [0, 420.0, (S - 1) / 2], [0, 0, 1]]])
     grey = torch.full((1, S, S, 3), 0.3)
-    scene = Scene(model, grey, torch.ones(1, S, S, dtype=torch.bool), K, backend="cpu")
+    scene = CropScene(model, grey, torch.ones(1, S, S, dtype=torch.bool), K, backend="cpu")
     with torch.no_grad():
         sh = ambient_sh(1, "cpu", torch.float32) if sh is None else sh
         img = scene.render(model(**p).vertices, tex, sh)["rgb"]
-    return Scene(model, img, scene.valid, K, backend="cpu"), p
+    return CropScene(model, img, scene.valid, K, backend="cpu"), p
 
 
 @pytest.fixture(scope="module")

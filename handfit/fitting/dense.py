@@ -30,64 +30,18 @@ It runs in two phases:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import render as R
 from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
-from ..render.shading import sh_lights, sh_shading, vertex_normals
+from ..render.shading import sh_lights, sh_shading
 from .photo_mask import hand_probability, hand_probability_grabcut
 from ..texture.unwrap import fill_push_pull, splat, unwrap
+from ..options import DenseStage
 from . import losses as L
-from .adam import StageReport, run_adam
-
-
-@dataclass
-class DenseWeights:
-    """Weights of the dense stage (defaults documented in docs/fitting.md)."""
-
-    photo: float = 1.0        # robust colour error over the hand and a margin
-    grad: float = 0.5         # image-gradient (structure) term
-    silhouette: float = 4.0   # antialiased coverage vs the photo's hand mask
-    kp2d: float = 0.2         # 2D keypoints, lower than the keypoint stage's 1.0
-    kp_trust: float = 100.0   # squared hinge keeping each 2D keypoint within trust_radius of its detection
-    pose_limit: float = 1.0
-    pose_l2: float = 1e-3
-    shape: float = 1e-3
-    tex_tv: float = 0.02
-    tex_prior: float = 0.05
-    sh: float = 0.01          # keep the lighting near the initial ambient light
-
-
-@dataclass
-class DenseStage:
-    iters: int = 120          # geometry phase (stops earlier on convergence)
-    texture_iters: int = 40   # texture phase, geometry fixed
-    lr_orient: float = 0.005
-    lr_pose: float = 0.01
-    lr_shape: float = 0.02
-    lr_transl: float = 0.0005
-    lr_texture: float = 0.02
-    lr_light: float = 0.01
-    tol: float = 1e-3
-    patience: int = 15
-    crop_scale: float = 1.6   # crop side = scale × fitted-keypoint box side
-    margin: int = 8           # pixels around the rendered hand included in the photometric term
-    mask_confidence: float = 0.6  # silhouette only where the photo mask is this sure: |2p-1| >= it
-    texture_detail: int = 4   # texels a side of the albedo optimised with the geometry: a sharper
-                              # one, unwrapped from a misaligned mesh, bakes the misalignment in
-    background: str = "photo"  # what the render is composited over: "photo", or "inpainted"
-                               # (the photo with its confident hand pixels filled from around them)
-    photo_mask: str = "consensus"  # the photo's hand mask: "colour", "grabcut" or "consensus"
-                                   # (see photo_hand_mask)
-    trust_radius: float = 0.03  # box sides around each detected keypoint the dense stage may move freely in:
-                                # about MediaPipe's typical error once the keypoints are calibrated
-    kp2d_sigma: float = 0.3   # robust scale of the 2D term (box sides); wider than the keypoint
-                              # stage's 0.1 so the detections keep anchoring the fit
-    weights: DenseWeights = field(default_factory=DenseWeights)
+from .adam import run_adam
 
 
 def ambient_sh(batch: int, device, dtype) -> torch.Tensor:
@@ -111,18 +65,21 @@ def hand_side_of_wrist(kp: np.ndarray, size: int, slack: float = 0.1) -> np.ndar
     return along >= -slack * palm
 
 
-class Scene:
+class CropScene:
     """Everything fixed during the dense stage for B hands of one model: the
-    crops of the photo (targets), their validity masks and intrinsics."""
+    crops of the photo (targets), their validity masks and intrinsics, the
+    renderer backend (resolved once) and the mesh's antialiasing topology."""
 
     def __init__(self, model, target, valid, K, backend="auto", crops=None):
         """target (B,S,S,3) in [0,1]; valid (B,S,S) bool, the pixels the image
         terms may use; K (B,3,3) crop intrinsics."""
         dev, dt = target.device, target.dtype
-        self.model, self.backend, self.crops = model, backend, crops
+        self.model, self.crops = model, crops
+        self.backend = R.pick_backend(backend, target)
         self.faces = model.faces.to(device=dev, dtype=torch.int32)
         self.uv_faces = model.uv_faces.to(device=dev, dtype=torch.int32)
         self.uv_coords = model.uv_coords.to(device=dev, dtype=dt)
+        self.topology = R.make_topology(self.faces, self.backend)
         self.target, self.valid, self.K = target, valid, K
         self.background = target  # what the render is composited over (DenseStage.background)
         self.res = tuple(target.shape[1:3])
@@ -146,52 +103,37 @@ class Scene:
         return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
                    torch.stack(Ks).to(device=device, dtype=dtype), backend, crops)
 
-    def rasterize(self, vertices) -> dict:
-        """vertices (B,V,3) camera frame -> the geometry buffers, (B,S,S,·):
-        rast, clip (B,V,4), cover, uv, normals (unit, camera frame)."""
-        clip = R.camera_to_clip(vertices, self.K, self.res)
-        rast = R.rasterize(clip, self.faces, self.res, backend=self.backend)
-        uv = R.interpolate(self.uv_coords, rast, self.uv_faces)          # (B,S,S,2)
-        n = vertex_normals(vertices, self.faces.long())
-        nimg = F.normalize(R.interpolate(n, rast, self.faces), dim=-1)   # (B,S,S,3)
-        return {"rast": rast, "clip": clip, "cover": (rast[..., 3] > 0).to(vertices.dtype), "uv": uv,
-                "normals": nimg}
+    def rasterize(self, vertices, points: bool = False) -> R.MeshBuffers:
+        """vertices (B,V,3) camera frame -> the mesh's buffers in the crops (:class:`~handfit.render.MeshBuffers`)."""
+        return R.rasterize_mesh(vertices, self.faces, self.K, self.res, uv=self.uv_coords, uv_faces=self.uv_faces,
+                                points=points, backend=self.backend, topology=self.topology)
 
-    def shade(self, g: dict, tex, sh, antialias=True) -> dict:
-        """Colour the buffers ``g`` of :meth:`rasterize` with texture (B,T,T,3)
-        and SH light (B,9,3), over the background. Adds to ``g``: shading
-        (B,S,S,3), rgb (B,S,S,3) and coverage (B,S,S), antialiased if asked."""
-        cover = g["cover"][..., None]
-        shading = sh_shading(g["normals"], sh)
-        comp = R.texture(tex, g["uv"]) * shading * cover + self.background * (1 - cover)
-        out = {**g, "shading": shading}
-        if antialias:
-            aa = R.antialias(torch.cat([comp, cover], -1), g["rast"], g["clip"], self.faces)
-            comp, out["coverage"] = aa[..., :3], aa[..., 3]
-        else:
-            out["coverage"] = g["cover"]
-        out["rgb"] = comp
-        return out
+    def shade(self, g: R.MeshBuffers, tex, sh, antialias=True) -> dict:
+        """Colour the buffers ``g`` with texture (B,T,T,3) and SH light (B,9,3)
+        over the background. -> dict of cover (B,S,S) (hard), coverage (B,S,S)
+        (antialiased if asked), shading (B,S,S,3) and rgb (B,S,S,3)."""
+        out = R.shade(g, texture=tex, sh=sh, background=self.background, antialias=antialias)
+        return {"cover": g.cover[..., 0], "coverage": out["coverage"][..., 0], "shading": out["shading"],
+                "rgb": out["rgb"]}
 
     def render(self, vertices, tex, sh, antialias=True):
-        """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images (see rasterize and shade)."""
+        """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images (see :meth:`shade`)."""
         return self.shade(self.rasterize(vertices), tex, sh, antialias)
 
 
-def initial_texture(scene: Scene, vertices, size: int, skin_p=None, sh=None, prior=None, g=None):
+def initial_texture(scene: CropScene, vertices, size: int, skin_p=None, sh=None, prior=None, g=None):
     """Unwrap the photo onto the mesh: its colours divided by the shading of
     light ``sh`` (B,9,3) (ambient if None) are the albedo samples. Unseen
     texels are filled towards ``prior`` (B,T',T',3) if given, else the mean.
-    ``g``: the mesh's buffers from :meth:`Scene.rasterize`, if already made.
+    ``g``: the mesh's buffers from ``scene.rasterize(vertices, points=True)``, if already made.
     -> (texture (B,T,T,3), confidence (B,T,T,1), mean albedo (B,3))"""
     with torch.no_grad():
         B = vertices.shape[0]
-        g = scene.rasterize(vertices) if g is None else g
+        g = scene.rasterize(vertices, points=True) if g is None else g
         photo = scene.target
         if sh is not None:
-            photo = photo / sh_shading(g["normals"], sh).clamp(min=0.2)
-        pts = R.interpolate(vertices, g["rast"], scene.faces)
-        samples = unwrap(photo.clamp(0, 1), g["rast"], g["uv"], g["normals"], pts, valid=scene.valid,
+            photo = photo / sh_shading(g.normals, sh).clamp(min=0.2)
+        samples = unwrap(photo.clamp(0, 1), g.rast, g.uv, g.normals, g.points, valid=scene.valid,
                          colour_weight=skin_p)
         tex, conf = splat(samples, B, size)
         # Weighted mean of the samples, read off the splat (its bilinear weights sum to one per sample).
@@ -221,9 +163,9 @@ def resize_texture(tex: torch.Tensor, size: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def photometric_error(scene: Scene, g: dict, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
+def photometric_error(scene: CropScene, g: R.MeshBuffers, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean absolute colour error (0..1 per channel) inside the rendered hand mask
-    of the buffers ``g`` (:meth:`Scene.rasterize`), and that mask. -> ((B,), (B,S,S) bool)"""
+    of the buffers ``g`` (:meth:`CropScene.rasterize`), and that mask. -> ((B,), (B,S,S) bool)"""
     with torch.no_grad():
         out = scene.shade(g, tex, sh, antialias=False)
         m = (out["cover"] > 0.5) & scene.valid
@@ -238,7 +180,7 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
-def photo_hand_mask(scene: Scene, render_mask, kp2d_full, kind: str = "consensus") -> torch.Tensor:
+def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "consensus") -> torch.Tensor:
     """Soft hand mask (B,S,S) of the photo crops, seeded by the mesh's render_mask (B,S,S).
 
     "colour": one Gaussian per class; "grabcut": colour mixtures and a graph cut,
@@ -281,7 +223,7 @@ def image_region(cover, valid, skin_p, sure, stage: DenseStage):
         return region * valid
 
 
-def geometry_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage):
+def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage):
     """``terms(p) -> dict of (B,)`` for the geometry phase; p holds
     global_orient, pose, shape, transl, texture (B,d,d,3), the coarse albedo,
     and sh (B,9,3).
@@ -312,14 +254,14 @@ def geometry_terms(model, scene: Scene, K_full, kp2d_full, scale, skin_p, sh0, s
     return terms
 
 
-def texture_terms(scene: Scene, g: dict, skin_p, tex_prior, prior_w, sh0, stage: DenseStage):
+def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w, sh0, stage: DenseStage):
     """``terms(p) -> dict of (B,)`` for the texture phase over the fixed
-    geometry buffers ``g`` (:meth:`Scene.rasterize`); p holds texture
+    geometry buffers ``g`` (:meth:`CropScene.rasterize`); p holds texture
     (B,T,T,3) and sh (B,9,3). tex_prior (B,T,T,3) and prior_w (B,T,T,1): the
     texture prior and where it applies (unseen texels)."""
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
-    region = image_region(g["cover"], validf, skin_p, confident(skin_p, stage), stage)
+    region = image_region(g.cover[..., 0], validf, skin_p, confident(skin_p, stage), stage)
 
     def terms(p):
         tex = p["texture"].clamp(0, 1)
@@ -350,13 +292,14 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         out0 = model(**params)
         v0 = out0.vertices
         kp_fit = project(out0.keypoints, K_full)
-    scene = Scene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
+    scene = CropScene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
 
     with torch.no_grad():
-        first = scene.rasterize(v0)
-        skin_p = photo_hand_mask(scene, first["cover"] > 0.5, kp2d_full, stage.photo_mask)  # (B,S,S)
+        first = scene.rasterize(v0, points=True)
+        first_cover = first.cover[..., 0] > 0.5
+        skin_p = photo_hand_mask(scene, first_cover, kp2d_full, stage.photo_mask)  # (B,S,S)
         if stage.background == "inpainted":
-            hole = ((skin_p > 0.5) | (first["cover"] > 0.5)).to(dt)[..., None]
+            hole = ((skin_p > 0.5) | first_cover).to(dt)[..., None]
             scene.background = fill_push_pull(scene.target * (1 - hole), 1 - hole)
     sh0 = ambient_sh(B, dev, dt)
     tex_sharp, _, mean_skin = initial_texture(scene, v0, texture_size, skin_p, g=first)
@@ -379,7 +322,7 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     # Phase 2: the full texture (and light) on the fixed final mesh.
     with torch.no_grad():
         v1 = model(**params).vertices
-        g = scene.rasterize(v1)
+        g = scene.rasterize(v1, points=True)
     sh1 = state["sh"].detach()
     tex_prior = resize_texture(albedo, texture_size)
     tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=tex_prior, g=g)

@@ -3,36 +3,12 @@ detected 2D keypoints and MediaPipe's world landmarks (:func:`fit_keypoints`).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from ..camera import project
 from . import losses as L
+from ..options import KeypointStage, KeypointWeights
 from .adam import StageReport, run_adam
-
-
-@dataclass
-class KeypointWeights:
-    """Weights of the keypoint stage (defaults documented in docs/fitting.md)."""
-
-    kp2d: float = 1.0         # robust 2D reprojection, residuals in units of the box side
-    kp3d: float = 0.01        # scale-free shape of MediaPipe's world landmarks
-    pose_limit: float = 1.0   # squared hinge outside the anatomical limits
-    pose_l2: float = 1e-3     # weak pull to the rest pose
-    shape: float = 1e-3       # shape coefficients ~ N(0,1)
-
-
-@dataclass
-class KeypointStage:
-    iters: int = 300
-    lr_orient: float = 0.02
-    lr_pose: float = 0.02
-    lr_shape: float = 0.05
-    lr_transl: float = 0.002
-    tol: float = 1e-4
-    patience: int = 20
-    weights: KeypointWeights = field(default_factory=KeypointWeights)
 
 
 def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tensor | None,

@@ -9,56 +9,54 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..models.base import SKELETON
 
 PANEL_MAX = 640  # longest side of one panel, pixels
 
 
-def _render_hands(hands, K, size, rotate_deg: float = 0.0):
+def _render_hands(hands, K, size, rotate_deg: float = 0.0, device="cpu", backend: str = "auto"):
     """Render every hand with its texture into one (H,W) image, nearest hand wins.
 
     -> rgb (H,W,3) float, mask (H,W) float coverage, tri (H,W) long ids (-1 background), hand (H,W) index
     """
     from .. import render as R
-    from ..render.shading import lambert, vertex_normals
+    from ..render.shading import lambert
 
     H, W = size
-    best_z = torch.full((H, W), float("inf"))
-    rgb = torch.zeros(H, W, 3)
-    cover = torch.zeros(H, W)
-    tri = torch.full((H, W), -1, dtype=torch.long)
-    who = torch.full((H, W), -1, dtype=torch.long)
-    Kt = torch.as_tensor(K, dtype=torch.float32)[None]
+    dev = torch.device(device)
+    best_z = torch.full((H, W), float("inf"), device=dev)
+    rgb = torch.zeros(H, W, 3, device=dev)
+    cover = torch.zeros(H, W, device=dev)
+    tri = torch.full((H, W), -1, dtype=torch.long, device=dev)
+    who = torch.full((H, W), -1, dtype=torch.long, device=dev)
+    Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)[None]
     for i, h in enumerate(hands):
-        v = torch.as_tensor(h.vertices, dtype=torch.float32)[None]
+        v = torch.as_tensor(h.vertices, dtype=torch.float32, device=dev)[None]
         if rotate_deg:
             c = v.mean(1, keepdim=True)
             a = np.deg2rad(rotate_deg)
-            Ry = torch.tensor([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]], dtype=torch.float32)
+            Ry = torch.tensor([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]],
+                              dtype=torch.float32, device=dev)
             v = (v - c) @ Ry.T + c
-        faces = torch.as_tensor(h.faces, dtype=torch.int32)
-        uvf = torch.as_tensor(h.uv_faces, dtype=torch.int32)
-        uvc = torch.as_tensor(h.uv_coords, dtype=torch.float32)
-        tex = torch.as_tensor(h.texture, dtype=torch.float32)[None] / 255
+        tex = torch.as_tensor(h.texture, dtype=torch.float32, device=dev)[None] / 255
         with torch.no_grad():
-            clip = R.camera_to_clip(v, Kt, (H, W))
-            rast = R.rasterize(clip, faces, (H, W), backend="cpu")
-            uv = R.interpolate(uvc, rast, uvf)
-            col = R.texture(tex, uv)
+            buf = R.rasterize_mesh(v, torch.as_tensor(h.faces, device=dev), Kt, (H, W),
+                                   uv=torch.as_tensor(h.uv_coords, dtype=torch.float32, device=dev),
+                                   uv_faces=torch.as_tensor(h.uv_faces, device=dev), points=True, backend=backend)
+            col = R.shade(buf, texture=tex, antialias=False)["albedo"]
             if rotate_deg:
-                n = F.normalize(R.interpolate(vertex_normals(v, faces.long()), rast, faces), dim=-1)
-                col = col * lambert(n, torch.tensor([0.3, -0.4, -1.0]), ambient=0.45, diffuse=0.75)
-            cov = (rast[0, ..., 3] > 0)
-            z = torch.where(cov, rast[0, ..., 2], torch.full_like(rast[0, ..., 2], float("inf")))
+                col = col * lambert(buf.normals, torch.tensor([0.3, -0.4, -1.0], device=dev), ambient=0.45,
+                                    diffuse=0.75)
+            cov = buf.cover[0, ..., 0] > 0
+            z = torch.where(cov, buf.points[0, ..., 2], torch.full_like(best_z, float("inf")))
         win = z < best_z
         best_z = torch.where(win, z, best_z)
         rgb[win] = col[0][win]
         cover[win] = 1.0
-        tri[win] = rast[0, ..., 3][win].long() - 1
+        tri[win] = buf.rast[0, ..., 3][win].long() - 1
         who[win] = i
-    return rgb.numpy(), cover.numpy(), tri.numpy(), who.numpy()
+    return rgb.cpu().numpy(), cover.cpu().numpy(), tri.cpu().numpy(), who.cpu().numpy()
 
 
 def _edges(tri: np.ndarray, who: np.ndarray) -> np.ndarray:
@@ -84,8 +82,9 @@ def _draw_keypoints(img: np.ndarray, hands, s: float) -> np.ndarray:
     return out
 
 
-def render_overlay(result) -> np.ndarray:
-    """(H', 4W', 3) uint8 panels for a FitResult."""
+def render_overlay(result, device="cpu", backend: str = "auto") -> np.ndarray:
+    """(H', 4W', 3) uint8 panels for a FitResult, rendered on ``device`` with
+    ``backend`` ("auto" follows the device)."""
     import cv2
 
     img = result.image
@@ -102,14 +101,14 @@ def render_overlay(result) -> np.ndarray:
     base = photo.astype(np.float32) / 255
     panels = [photo]
     if result.hands:
-        rgb, cov, tri, who = _render_hands(result.hands, K, (H, W))
+        rgb, cov, tri, who = _render_hands(result.hands, K, (H, W), device=device, backend=backend)
         textured = base * (1 - cov[..., None]) + rgb * cov[..., None]
         textured = (np.clip(textured, 0, 1) * 255 + 0.5).astype(np.uint8)
         panels.append(_draw_keypoints(textured, result.hands, W / W0))
         edges = photo.copy()
         edges[_edges(tri, who)] = (60, 255, 120)
         panels.append(edges)
-        rgb2, cov2, _, _ = _render_hands(result.hands, K, (H, W), rotate_deg=60.0)
+        rgb2, cov2, _, _ = _render_hands(result.hands, K, (H, W), rotate_deg=60.0, device=device, backend=backend)
         grey = np.full_like(base, 0.18)
         novel = grey * (1 - cov2[..., None]) + rgb2 * cov2[..., None]
         panels.append((np.clip(novel, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -122,7 +121,7 @@ def render_overlay(result) -> np.ndarray:
     return out
 
 
-def write_overlay(path, result):
+def write_overlay(path, result, device="cpu", backend: str = "auto"):
     from .export import write_png
 
-    return write_png(path, render_overlay(result))
+    return write_png(path, render_overlay(result, device=device, backend=backend))

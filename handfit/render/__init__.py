@@ -10,18 +10,25 @@ Primitives (see :mod:`handfit.render.ops`)::
 ``backend="auto"`` runs nvdiffrast on CUDA tensors and our numba + torch
 backend on CPU tensors; ``"cpu"`` / ``"nvdiffrast"`` force one.
 :func:`camera_to_clip` is the only conversion from the OpenCV camera frame to
-clip space; :func:`render_mesh` chains everything for a textured, lit mesh.
-See docs/rendering.md.
+clip space.
+
+Meshes are rendered in two steps, the backend chosen once::
+
+    buf = rasterize_mesh(vertices, faces, K, (H, W), uv=uv, uv_faces=uv_faces)
+    out = shade(buf, texture=tex, sh=sh, background=photo)   # out["rgb"], out["coverage"]
+
+:func:`render_mesh` is both in one call. Outside this package nothing calls
+the four primitives directly. See docs/rendering.md.
 """
 
 from .clip import camera_to_clip
-from .mesh import render_mesh
-from .ops import BACKENDS, antialias, interpolate, pick_backend, rasterize, texture
+from .mesh import MeshBuffers, rasterize_mesh, render_mesh, shade
+from .ops import BACKENDS, antialias, interpolate, make_topology, pick_backend, rasterize, texture
 from .shading import default_sh, lambert, sh_basis, sh_lights, sh_shading, vertex_normals
 
 __all__ = [
     "BACKENDS", "pick_backend",
     "rasterize", "interpolate", "texture", "antialias",
-    "camera_to_clip", "render_mesh",
+    "make_topology", "camera_to_clip", "MeshBuffers", "rasterize_mesh", "shade", "render_mesh",
     "vertex_normals", "sh_basis", "sh_shading", "sh_lights", "default_sh", "lambert",
 ]

@@ -13,16 +13,11 @@ gradients to the vertices of the silhouette edges it blends across.
 
 from __future__ import annotations
 
-import hashlib
-import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-_topology_cache: dict = {}
-_topology_lock = threading.Lock()
-
 
 def _numpy_pos(pos: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pos.detach().to("cpu", torch.float64).numpy())
@@ -46,30 +41,47 @@ def _pixel_centres(pix: torch.Tensor, height: int, width: int, dtype):
     return b, x.to(dtype), y.to(dtype)
 
 
-class RasterCache:
-    """What :func:`rasterize` knows about its output, kept on the returned
-    tensor (``rast._handfit_raster``) so that :func:`interpolate` and
-    :func:`antialias` can skip rescanning the full image and build smaller
-    autograd graphs. Used only while ``rast`` is unmodified (same
-    ``_version``); any derived tensor (``rast.detach()``, ``rast * 1``...)
-    takes the general path.
+@dataclass
+class Visibility:
+    """What the CPU :func:`rasterize` found, for :func:`interpolate` and
+    :func:`antialias` to reuse instead of rescanning the image.
+
+    Returned beside ``rast`` by ``rasterize(..., return_visibility=True)`` and
+    passed back by the caller, like nvdiffrast's topology hash: nothing is
+    hung on tensors. It belongs to that very ``rast`` tensor, unmodified;
+    :meth:`check` refuses any other.
     """
 
-    def __init__(self, rast, pix, face, batch, bary, ids_np, depth_np):
-        self.version = rast._version
-        self.pix = pix      # (N,) flat indices (into B*H*W) of covered pixels
-        self.face = face    # (N,) int64 triangle index per covered pixel
-        self.batch = batch  # (N,) int64 batch index per covered pixel
-        self.bary = bary    # (N,2) differentiable (u, v) of those pixels
-        self.ids = ids_np   # (B,H,W) int32 numpy, -1 = background
-        self.depth = depth_np  # (B,H,W) float64 numpy z/w
+    rast: torch.Tensor      # (B,H,W,4) the rasterizer output this describes
+    version: int            # rast._version when made
+    pix: torch.Tensor       # (N,) flat indices (into B*H*W) of covered pixels
+    face: torch.Tensor      # (N,) int64 triangle index per covered pixel
+    batch: torch.Tensor     # (N,) int64 batch index per covered pixel
+    bary: torch.Tensor      # (N,2) differentiable (u, v) of those pixels
+    ids: np.ndarray         # (B,H,W) int32, -1 = background
+    depth: np.ndarray       # (B,H,W) float64 z/w
 
-    @staticmethod
-    def of(rast):
-        cache = getattr(rast, "_handfit_raster", None)
-        if cache is not None and cache.version == rast._version:
-            return cache
-        return None
+    def check(self, rast: torch.Tensor) -> "Visibility":
+        if rast is not self.rast or rast._version != self.version:
+            raise ValueError("this Visibility was made for another (or a since modified) rast tensor")
+        return self
+
+
+@dataclass
+class Topology:
+    """Antialiasing topology of a triangle list (nvdiffrast's topology hash):
+    for each triangle edge, the vertex opposite it in the neighbouring
+    triangle. Build it once per mesh with :func:`make_topology` and pass it to
+    :func:`antialias`. opposite: (F,3) int64, -1 on open edges."""
+
+    opposite: np.ndarray
+
+
+def make_topology(tri: torch.Tensor) -> Topology:
+    """(F,3) triangles -> their :class:`Topology`."""
+    from . import zbuffer
+
+    return Topology(zbuffer.opposite_vertices(_numpy_tri(tri)))
 
 
 class _PlaceUV(torch.autograd.Function):
@@ -100,8 +112,8 @@ def edge_planes(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     return torch.cross(c.roll(-1, dims=2), c.roll(-2, dims=2), dim=-1)
 
 
-def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
-    """See :func:`handfit.render.rasterize`. pos (B,V,4), tri (F,3) -> rast (B,H,W,4)."""
+def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> tuple[torch.Tensor, Visibility]:
+    """See :func:`handfit.render.rasterize`. pos (B,V,4), tri (F,3) -> (rast (B,H,W,4), Visibility)."""
     from . import zbuffer
 
     height, width = int(resolution[0]), int(resolution[1])
@@ -128,16 +140,16 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
     # clamped to [-1, 1] by covered_pixels.
     bary = bary + (bary.detach().clamp(0.0, 1.0) - bary.detach())
     rast = _PlaceUV.apply(bary, pix, torch.from_numpy(base).to(dev).to(pos.dtype))
-    rast._handfit_raster = RasterCache(rast, pix, face, batch, bary, ids_np, depth_np)
-    return rast
+    return rast, Visibility(rast, rast._version, pix, face, batch, bary, ids_np, depth_np)
 
 
-def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor,
+                visibility: Visibility | None = None) -> torch.Tensor:
     """See :func:`handfit.render.interpolate`. attr (B,T,C) or (T,C) -> (B,H,W,C)."""
     nb, height, width, _ = rast.shape
-    cache = RasterCache.of(rast)
-    if cache is not None:
-        pix, face, batch, uv = cache.pix, cache.face, cache.batch, cache.bary
+    if visibility is not None:
+        v = visibility.check(rast)
+        pix, face, batch, uv = v.pix, v.face, v.batch, v.bary
     else:
         flat = rast.reshape(-1, 4)
         tid = flat[:, 3].detach()
@@ -194,38 +206,22 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
     return out.permute(0, 2, 3, 1)
 
 
-def opposite_vertices(tri: torch.Tensor) -> np.ndarray:
-    """Cached :func:`zbuffer.opposite_vertices` (keyed on the index values)."""
-    from . import zbuffer
-
-    tri_np = _numpy_tri(tri)
-    key = (tri_np.shape, hashlib.blake2b(tri_np.tobytes(), digest_size=16).digest())
-    with _topology_lock:
-        hit = _topology_cache.get(key)
-    if hit is None:
-        hit = zbuffer.opposite_vertices(tri_np)
-        with _topology_lock:
-            if len(_topology_cache) > 16:
-                _topology_cache.clear()
-            _topology_cache[key] = hit
-    return hit
-
-
-def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor,
-              tri: torch.Tensor) -> torch.Tensor:
+def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor,
+              topology: Topology | None = None, visibility: Visibility | None = None) -> torch.Tensor:
     """See :func:`handfit.render.antialias`. color (B,H,W,C) -> (B,H,W,C)."""
     from . import zbuffer
 
     nb, height, width, nc = color.shape
     nv = pos.shape[1]
-    cache = RasterCache.of(rast)
-    if cache is not None:
-        ids, depth = cache.ids, cache.depth
+    opposite = (topology if topology is not None else make_topology(tri)).opposite
+    if visibility is not None:
+        v = visibility.check(rast)
+        ids, depth = v.ids, v.depth
     else:
         ids = (rast[..., 3].detach().round().to("cpu", torch.int32) - 1).contiguous().numpy()
         depth = rast[..., 2].detach().to("cpu", torch.float64).contiguous().numpy()
     front, back, down, va, vb = zbuffer.silhouette_pairs(
-        ids, depth, _numpy_pos(pos), _numpy_tri(tri, nv), opposite_vertices(tri))
+        ids, depth, _numpy_pos(pos), _numpy_tri(tri, nv), opposite)
     dev = color.device
     front, back, down = (torch.from_numpy(a).to(dev) for a in (front, back, down))
     b, fx, fy = _pixel_centres(front, height, width, pos.dtype)

@@ -1,14 +1,45 @@
-"""One-call rendering of a (textured) mesh seen by a pinhole camera."""
+"""Meshes seen by a pinhole camera, in two steps: rasterize to buffers, then shade them.
+
+:func:`rasterize_mesh` runs the geometry once -- camera-to-clip, rasterize,
+one interpolate of normals (and positions, UVs, vertex colours) -- and
+returns :class:`MeshBuffers`, which remember the backend chosen for them.
+:func:`shade` colours those buffers (texture, SH light, composite over a
+background, antialias) as often as needed; an optimisation over texture and
+light with a fixed mesh rasterizes once. :func:`render_mesh` is both in one
+call. Every mesh render in handfit (the dense fit, synthetic scenes, the
+overlay) goes through these two functions, so a change of shading or UV
+conventions is one edit here.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .clip import camera_to_clip
 from .ops import antialias as _antialias
-from .ops import interpolate, rasterize, texture as _texture
+from .ops import interpolate, make_topology, pick_backend, rasterize
+from .ops import texture as _texture
 from .shading import sh_shading, vertex_normals
+
+
+@dataclass
+class MeshBuffers:
+    """What :func:`rasterize_mesh` found; images are (B,H,W,·), zero on background."""
+
+    rast: torch.Tensor            # (B,H,W,4) :func:`rasterize` output
+    clip: torch.Tensor            # (B,V,4) clip-space positions
+    faces: torch.Tensor           # (F,3) int32
+    backend: str                  # resolved: "cpu" | "nvdiffrast"; shade() uses the same
+    cover: torch.Tensor           # (B,H,W,1) 1 where a triangle is visible
+    normals: torch.Tensor         # (B,H,W,3) unit camera-frame normals
+    points: torch.Tensor | None   # (B,H,W,3) camera-frame positions (metres), if asked for
+    uv: torch.Tensor | None       # (B,H,W,2) texture coordinates, if UVs were given
+    colors: torch.Tensor | None   # (B,H,W,3) interpolated vertex colours, if given
+    visibility: object = None     # the backend's visibility state for ``rast`` (see rasterize)
+    topology: object = None       # antialiasing topology of ``faces`` (see make_topology)
 
 
 def _corner_uvs(uv: torch.Tensor, uv_faces, nfaces: int):
@@ -21,7 +52,103 @@ def _corner_uvs(uv: torch.Tensor, uv_faces, nfaces: int):
     if uv_faces is not None:
         return uv, uv_faces
     attr = uv.reshape(*uv.shape[:-3], nfaces * 3, 2)
-    return attr, torch.arange(nfaces * 3, device=uv.device).view(nfaces, 3)
+    return attr, torch.arange(nfaces * 3, device=uv.device, dtype=torch.int32).view(nfaces, 3)
+
+
+def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, resolution,
+                   uv: torch.Tensor = None, uv_faces: torch.Tensor = None, vertex_colors: torch.Tensor = None,
+                   points: bool = False, near: float = 0.01, far: float = 10.0, backend: str = "auto",
+                   topology=None) -> MeshBuffers:
+    """Rasterize meshes in the OpenCV camera frame into :class:`MeshBuffers`.
+
+    Args:
+        vertices: (B,V,3) camera-frame positions in metres.
+        faces: (F,3) vertex indices (counter-clockwise seen from outside).
+        K: (B,3,3) or (3,3) intrinsics in pixels of an image of ``resolution``.
+        resolution: (H,W).
+        uv: texture coordinates, either a table (T,2)/(B,T,2) indexed by
+            ``uv_faces`` (F,3) -- the HandModel layout -- or per face corner,
+            (F,3,2)/(B,F,3,2). Face-corner UVs get their own triangle index, so
+            UV seams need no vertex duplication (which would break
+            antialiasing's silhouette detection).
+        vertex_colors: (B,V,3) or (V,3) albedo per vertex, or None.
+        points: also interpolate camera-frame positions (``points``).
+        near, far: depth range in metres (see :func:`camera_to_clip`).
+        backend: "auto" | "cpu" | "nvdiffrast", resolved here once for
+            every later :func:`shade` of these buffers.
+        topology: :func:`make_topology` of ``faces`` for that backend, if the
+            caller keeps one per mesh; else built when shading antialiases.
+    """
+    backend = pick_backend(backend, vertices)
+    faces = faces.to(device=vertices.device, dtype=torch.int32)
+    clip = camera_to_clip(vertices, K, resolution, near, far)
+    rast, vis = rasterize(clip, faces, resolution, backend=backend, return_visibility=True)
+
+    # One interpolate for everything indexed by the vertex triangles.
+    attrs = [vertex_normals(vertices, faces.long())]
+    if points:
+        attrs.append(vertices)
+    if vertex_colors is not None:
+        colors = vertex_colors if vertex_colors.dim() == 3 else vertex_colors[None]
+        attrs.append(colors.to(vertices.dtype).expand(vertices.shape[0], -1, -1))
+    img = interpolate(torch.cat(attrs, dim=-1), rast, faces, backend=backend, visibility=vis)
+    normals = F.normalize(img[..., 0:3], dim=-1, eps=1e-12)
+    pts = img[..., 3:6] if points else None
+    col = img[..., -3:] if vertex_colors is not None else None
+
+    uv_img = None
+    if uv is not None:
+        attr, tri_uv = _corner_uvs(uv, uv_faces, faces.shape[0])
+        uv_img = interpolate(attr.to(vertices.dtype), rast, tri_uv.to(device=vertices.device, dtype=torch.int32),
+                             backend=backend, visibility=vis)
+    cover = (rast[..., 3:] > 0).to(vertices.dtype)
+    return MeshBuffers(rast=rast, clip=clip, faces=faces, backend=backend, cover=cover, normals=normals,
+                       points=pts, uv=uv_img, colors=col, visibility=vis, topology=topology)
+
+
+def shade(buf: MeshBuffers, texture: torch.Tensor = None, sh: torch.Tensor = None,
+          background: torch.Tensor = None, antialias: bool = True, clamp: bool = False,
+          boundary_mode: str = "clamp") -> dict:
+    """Colour :class:`MeshBuffers` on the backend they were rasterized with.
+
+    Args:
+        buf: from :func:`rasterize_mesh`.
+        texture: (B,Ht,Wt,3) or (1,Ht,Wt,3) albedo, sampled bilinearly at
+            ``buf.uv`` with ``boundary_mode``. Without it the albedo is the
+            vertex colours, else white.
+        sh: (B,9,3) or (9,3) SH lighting for :func:`sh_shading`; None is unlit.
+        background: (B,H,W,3) or broadcastable image behind the mesh; zeros if None.
+        antialias: blend silhouette edges (differentiable w.r.t. the vertices).
+        clamp: clip the shaded colour to [0,1] before compositing, as a camera would.
+
+    Returns:
+        dict with rgb (B,H,W,3) composited; coverage (B,H,W,1) (fractional
+        along silhouettes when antialiased); albedo (B,H,W,3); shading
+        (B,H,W,3) or None.
+    """
+    if texture is not None:
+        if buf.uv is None:
+            raise ValueError("shade: a texture needs buffers rasterized with uv")
+        albedo = _texture(texture, buf.uv, boundary_mode=boundary_mode, backend=buf.backend)
+    elif buf.colors is not None:
+        albedo = buf.colors
+    else:
+        albedo = buf.cover.expand(*buf.cover.shape[:-1], 3)
+    shading = sh_shading(buf.normals, sh) if sh is not None else None
+    rgb = albedo * shading if shading is not None else albedo
+    if clamp:
+        rgb = rgb.clamp(0, 1)
+    cover = buf.cover
+    rgb = rgb * cover
+    if background is not None:
+        rgb = rgb + background * (1.0 - cover)
+    if antialias:
+        if buf.topology is None:
+            buf.topology = make_topology(buf.faces, buf.backend)
+        both = _antialias(torch.cat([rgb, cover], dim=-1), buf.rast, buf.clip, buf.faces, backend=buf.backend,
+                          topology=buf.topology, visibility=buf.visibility)
+        rgb, cover = both[..., :3], both[..., 3:]
+    return {"rgb": rgb, "coverage": cover, "albedo": albedo, "shading": shading}
 
 
 def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, resolution,
@@ -29,29 +156,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, re
                 vertex_colors: torch.Tensor = None, sh: torch.Tensor = None,
                 background: torch.Tensor = None, antialias: bool = True, near: float = 0.01,
                 far: float = 10.0, boundary_mode: str = "clamp", backend: str = "auto") -> dict:
-    """Render meshes in the OpenCV camera frame.
-
-    Args:
-        vertices: (B,V,3) camera-frame positions in metres.
-        faces: (F,3) vertex indices (counter-clockwise seen from outside).
-        K: (B,3,3) or (3,3) intrinsics in pixels of an image of ``resolution``.
-        resolution: (H,W).
-        uv: texture coordinates, either per face corner, (F,3,2) or (B,F,3,2),
-            or a UV table (T,2)/(B,T,2) indexed by ``uv_faces`` (F,3) -- the
-            HandModel layout (``uv_coords``, ``uv_faces``). Face-corner UVs
-            are interpolated with their own triangle index into a table of
-            F*3 corners, so UV seams need no vertex duplication (which would
-            break antialiasing's silhouette detection).
-        texture: (B,Ht,Wt,3) or (1,Ht,Wt,3) albedo texture, sampled bilinearly
-            with ``boundary_mode``; needs ``uv``.
-        vertex_colors: (B,V,3) or (V,3) albedo per vertex, used when no
-            texture is given. Without either the albedo is white.
-        sh: (B,9,3) or (9,3) SH lighting for :func:`sh_shading`
-            (e.g. :func:`default_sh`); None renders unlit albedo.
-        background: (B,H,W,3) or broadcastable image behind the mesh; zeros if None.
-        antialias: blend silhouette edges (differentiable w.r.t. vertices).
-        near, far: depth range in metres (see :func:`camera_to_clip`).
-        backend: "auto" | "cpu" | "nvdiffrast".
+    """:func:`rasterize_mesh` then :func:`shade`, in one call (arguments as there).
 
     Returns:
         dict with
@@ -62,41 +167,15 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, re
           depth (B,H,W,1): camera z in metres (zero on background);
           albedo (B,H,W,3): before shading; uv (B,H,W,2) when ``uv`` is given.
     """
-    nf = faces.shape[0]
-    pos = camera_to_clip(vertices, K, resolution, near, far)
-    rast = rasterize(pos, faces, resolution, backend=backend)
-    covered = (rast[..., 3:] > 0).to(vertices.dtype)
-
-    # One interpolate for everything indexed by the vertex triangles.
-    normals = vertex_normals(vertices, faces)
-    attrs = [normals, vertices[..., 2:]]
-    if texture is None and vertex_colors is not None:
-        colors = vertex_colors if vertex_colors.dim() == 3 else vertex_colors[None]
-        attrs.append(colors.to(vertices.dtype).expand(vertices.shape[0], -1, -1))
-    img = interpolate(torch.cat(attrs, dim=-1), rast, faces, backend=backend)
-    n_img = F.normalize(img[..., 0:3], dim=-1, eps=1e-12)
-    out = {"rast": rast, "pos": pos, "normals": n_img, "depth": img[..., 3:4]}
-
-    if texture is not None:
-        if uv is None:
-            raise ValueError("render_mesh: a texture needs uv")
-        attr, tri_uv = _corner_uvs(uv, uv_faces, nf)
-        uv_img = interpolate(attr, rast, tri_uv, backend=backend)
-        albedo = _texture(texture, uv_img, boundary_mode=boundary_mode, backend=backend)
-        out["uv"] = uv_img
-    elif vertex_colors is not None:
-        albedo = img[..., 4:7]
-    else:
-        albedo = covered.expand(*covered.shape[:-1], 3)
-    out["albedo"] = albedo
-
-    rgb = albedo * sh_shading(n_img, sh) if sh is not None else albedo
-    rgb = rgb * covered
-    if background is not None:
-        rgb = rgb + background * (1.0 - covered)
-    if antialias:
-        both = _antialias(torch.cat([rgb, covered], dim=-1), rast, pos, faces, backend=backend)
-        rgb, covered = both[..., :3], both[..., 3:]
-    out["rgb"] = rgb
-    out["mask"] = covered
-    return out
+    if texture is not None and uv is None:
+        raise ValueError("render_mesh: a texture needs uv")
+    buf = rasterize_mesh(vertices, faces, K, resolution, uv=uv, uv_faces=uv_faces,
+                         vertex_colors=vertex_colors if texture is None else None, points=True,
+                         near=near, far=far, backend=backend)
+    out = shade(buf, texture=texture, sh=sh, background=background, antialias=antialias,
+                boundary_mode=boundary_mode)
+    res = {"rast": buf.rast, "pos": buf.clip, "normals": buf.normals, "depth": buf.points[..., 2:3],
+           "albedo": out["albedo"], "rgb": out["rgb"], "mask": out["coverage"]}
+    if buf.uv is not None:
+        res["uv"] = buf.uv
+    return res

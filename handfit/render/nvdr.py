@@ -80,14 +80,19 @@ def _i32(tri: torch.Tensor, device) -> torch.Tensor:
     return tri.to(device=device, dtype=torch.int32).contiguous()
 
 
-def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> torch.Tensor:
+def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> tuple[torch.Tensor, None]:
     dr = _module()
     rast, _ = dr.rasterize(context(pos.device), _f32(pos), _i32(tri, pos.device),
                            (int(resolution[0]), int(resolution[1])), grad_db=False)
-    return rast.to(pos.dtype)
+    return rast.to(pos.dtype), None  # nvdiffrast keeps no visibility state for us
 
 
-def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+def make_topology(tri: torch.Tensor):
+    """nvdiffrast's own topology hash for :func:`antialias`."""
+    return _module().antialias_construct_topology_hash(_i32(tri, tri.device))
+
+
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, visibility=None) -> torch.Tensor:
     dr = _module()
     if attr.dim() == 2:
         attr = attr[None]  # one table for every image: minibatch broadcast
@@ -101,7 +106,8 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str, boundary_mode
     return out.to(torch.promote_types(tex.dtype, uv.dtype))
 
 
-def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor,
+              topology=None, visibility=None) -> torch.Tensor:
     dr = _module()
-    out = dr.antialias(_f32(color), _f32(rast), _f32(pos), _i32(tri, pos.device))
+    out = dr.antialias(_f32(color), _f32(rast), _f32(pos), _i32(tri, pos.device), topology_hash=topology)
     return out.to(color.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BackendError, UsageError
+from ..errors import BackendError, ShapeError, UsageError
 
 BACKENDS = ("auto", "cpu", "nvdiffrast")
 
@@ -26,6 +26,14 @@ def pick_backend(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
+def _check(name: str, x: torch.Tensor, ranks: tuple, last: int | None = None, what: str = "") -> None:
+    """Refuse a tensor of the wrong rank or last dimension, quoting its shape."""
+    if not torch.is_tensor(x):
+        raise ShapeError(f"{name} must be a torch.Tensor {what}, got {type(x).__name__}")
+    if x.dim() not in ranks or (last is not None and x.shape[-1] != last):
+        raise ShapeError(f"{name} must be {what}, got shape {tuple(x.shape)}")
+
+
 def _impl(name: str):
     if name == "cpu":
         from . import cpu
@@ -36,7 +44,8 @@ def _impl(name: str):
     return nvdr
 
 
-def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "auto") -> torch.Tensor:
+def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "auto",
+              return_visibility: bool = False):
     """Rasterize triangles.
 
     Args:
@@ -45,9 +54,13 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "
         tri: (F,3) int32 (int64 accepted) vertex indices, shared by the batch.
         resolution: (H,W) output size.
         backend: "auto" | "cpu" | "nvdiffrast".
+        return_visibility: also return the backend's visibility state (the CPU
+            backend's :class:`~handfit.render.cpu.Visibility`, None for
+            nvdiffrast), to pass to :func:`interpolate` and :func:`antialias`
+            with this same ``rast`` so they skip rescanning the image.
 
     Returns:
-        rast (B,H,W,4), dtype of ``pos``: (u, v, z/w, triangle_id + 1) per
+        rast (B,H,W,4), or (rast, visibility) with ``return_visibility``; rast has the dtype of ``pos``: (u, v, z/w, triangle_id + 1) per
         pixel, all zero on background. (u, v) are perspective-correct
         barycentrics: an attribute is ``u*a0 + v*a1 + (1-u-v)*a2`` with
         a_k the value at vertex ``tri[id, k]``. They carry gradients to
@@ -56,12 +69,16 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "
         sampled at NDC ((2x+1)/W - 1, (2y+1)/H - 1): row 0 is NDC y = -1.
         Both faces of a triangle are drawn. Ids are exact up to 2**24 triangles.
     """
+    _check("pos", pos, (2, 3), 4, "(B,V,4) or (V,4) clip coordinates")
+    _check("tri", tri, (2,), 3, "(F,3) vertex indices")
     if pos.dim() == 2:
         pos = pos[None]
-    return _impl(pick_backend(backend, pos)).rasterize(pos, tri, resolution)
+    rast, vis = _impl(pick_backend(backend, pos)).rasterize(pos, tri, resolution)
+    return (rast, vis) if return_visibility else rast
 
 
-def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, backend: str = "auto",
+                visibility=None) -> torch.Tensor:
     """Interpolate per-vertex attributes over the rasterized triangles.
 
     Args:
@@ -76,7 +93,10 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, backe
         (B,H,W,C) ``u*a0 + v*a1 + (1-u-v)*a2``, zero on background.
         Gradients reach ``attr`` and the (u, v) channels of ``rast``.
     """
-    return _impl(pick_backend(backend, rast)).interpolate(attr, rast, tri)
+    _check("attr", attr, (2, 3), None, "(B,T,C) or (T,C) attributes")
+    _check("rast", rast, (4,), 4, "(B,H,W,4) rasterizer output")
+    _check("tri", tri, (2,), 3, "(F,3) indices into attr")
+    return _impl(pick_backend(backend, rast)).interpolate(attr, rast, tri, visibility)
 
 
 def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
@@ -96,6 +116,8 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
     Returns:
         (B,H,W,C). Gradients reach ``tex`` and ``uv`` (not for "nearest").
     """
+    _check("tex", tex, (4,), None, "(B,Ht,Wt,C) texture")
+    _check("uv", uv, (4,), 2, "(B,H,W,2) texture coordinates")
     if filter_mode not in ("linear", "nearest"):
         raise UsageError(f"texture filter_mode must be 'linear' or 'nearest', not {filter_mode!r}")
     if boundary_mode not in ("clamp", "wrap", "zero"):
@@ -104,7 +126,7 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor,
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", topology=None, visibility=None) -> torch.Tensor:
     """Analytic antialiasing of silhouette edges (nvdiffrast's method).
 
     For every pair of horizontally or vertically adjacent pixels with
@@ -120,12 +142,29 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         tri: (F,3) the triangles given to :func:`rasterize`. Silhouettes are
             found from shared vertex indices, so a closed mesh must not
             duplicate vertices along seams.
+        topology: :func:`make_topology` of ``tri`` for this backend, built
+            once per mesh by the caller (nvdiffrast's topology hash); None
+            builds it on every call.
+        visibility: what ``rasterize(..., return_visibility=True)`` returned
+            with this ``rast``, or None.
 
     Returns:
         (B,H,W,C) antialiased image.
     """
+    _check("color", color, (4,), None, "(B,H,W,C) image")
+    _check("rast", rast, (4,), 4, "(B,H,W,4) rasterizer output")
+    _check("pos", pos, (2, 3), 4, "(B,V,4) or (V,4) clip coordinates")
+    _check("tri", tri, (2,), 3, "(F,3) vertex indices")
     if pos.dim() == 2:
         pos = pos[None]
     if pos.shape[0] != rast.shape[0]:
         pos = pos.expand(rast.shape[0], -1, -1)
-    return _impl(pick_backend(backend, color)).antialias(color, rast, pos, tri)
+    return _impl(pick_backend(backend, color)).antialias(color, rast, pos, tri, topology, visibility)
+
+
+def make_topology(tri: torch.Tensor, backend: str = "cpu"):
+    """The antialiasing topology of ``tri`` (F,3) for ``backend`` ("cpu" or
+    "nvdiffrast", already resolved by :func:`pick_backend`): build it once per
+    mesh and pass it to every :func:`antialias` call."""
+    _check("tri", tri, (2,), 3, "(F,3) vertex indices")
+    return _impl(backend).make_topology(tri)

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from ..geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from ..geometry import matrix_to_axis_angle
 from ..models.base import SKELETON
 from ..fitting import losses as L
 from ..fitting.init import KeypointRegressor, normalise_landmarks

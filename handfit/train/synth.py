@@ -118,29 +118,19 @@ def render_scene(model, params: dict, K: np.ndarray, size: tuple, texture: np.nd
     """Render one hand over a background. size = (H,W)."""
     from .. import render as R
     from ..camera import project
-    from ..render.shading import sh_shading, vertex_normals
 
     H, W = size
     p = {k: v[None] for k, v in params.items()}
     with torch.no_grad():
         out = model(**p)
-        v = out.vertices
         Kt = torch.as_tensor(K, dtype=torch.float32)[None]
-        faces = model.faces.to(torch.int32)
-        clip = R.camera_to_clip(v, Kt, (H, W))
-        rast = R.rasterize(clip, faces, (H, W), backend="cpu")
-        uv = R.interpolate(model.uv_coords.float(), rast, model.uv_faces.to(torch.int32))
-        alb = R.texture(torch.from_numpy(texture)[None], uv)
-        n = F.normalize(R.interpolate(vertex_normals(v, model.faces), rast, faces), dim=-1)
-        if sh is None:
-            sh = default_light()
-        col = (alb * sh_shading(n, sh[None])).clamp(0, 1)
-        cover = (rast[..., 3:] > 0).float()
-        bgt = torch.from_numpy(bg)[None]
-        img = col * cover + bgt * (1 - cover)
-        img = R.antialias(img, rast, clip, faces)[0].numpy()
+        buf = R.rasterize_mesh(out.vertices, model.faces, Kt, (H, W), uv=model.uv_coords.float(),
+                               uv_faces=model.uv_faces, backend="cpu")
+        shaded = R.shade(buf, texture=torch.from_numpy(texture)[None], sh=(default_light() if sh is None else sh)[None],
+                         background=torch.from_numpy(bg)[None], clamp=True)
+        img = shaded["rgb"][0].numpy()
         kp2d = project(out.keypoints, Kt)[0].numpy()
-    mask = cover[0, ..., 0].numpy() > 0
+    mask = buf.cover[0, ..., 0].numpy() > 0
     occluded = False
     if occluder is not None:
         yy, xx = np.mgrid[0:H, 0:W]

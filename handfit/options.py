@@ -1,0 +1,258 @@
+"""Every option of a fit, with its default, allowed values and bounds, in one place.
+
+Plain dataclasses with no torch import, so the CLI can build its flags and
+``--help`` from them at start-up. :class:`FitOptions` holds the per-photo
+options and one option object per stage (:class:`KeypointStage`,
+:class:`DenseStage`), each with its loss weights. Bounds and choices live in
+each field's metadata; :meth:`FitOptions.validate` checks the whole tree and
+raises :class:`OptionError` naming the field by its dotted path
+(``dense.photo_mask``), which the CLI translates into its flag.
+
+    opts = FitOptions.from_values({"keypoint.iters": 200, "dense.weights.silhouette": 0})
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Iterable, Mapping
+
+from .errors import UsageError
+
+
+class OptionError(UsageError):
+    """A bad option value; ``field`` is its dotted path in :class:`FitOptions`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+def opt(default, *, choices: tuple = None, min: float = None, min_open: bool = False, kind: str = None):
+    """A dataclass field with its allowed values: ``choices``, or a lower bound
+    ``min`` (exclusive with ``min_open``); ``kind`` names a type the default
+    cannot show ("float" or "path" for options that default to None)."""
+    meta = {k: v for k, v in (("choices", choices), ("min", min), ("kind", kind)) if v is not None}
+    if min_open:
+        meta["min_open"] = True
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class KeypointWeights:
+    """Weights of the keypoint stage (defaults documented in docs/fitting.md)."""
+
+    kp2d: float = opt(1.0, min=0)         # robust 2D reprojection, residuals in units of the box side
+    kp3d: float = opt(0.01, min=0)        # scale-free shape of MediaPipe's world landmarks
+    pose_limit: float = opt(1.0, min=0)   # squared hinge outside the anatomical limits
+    pose_l2: float = opt(1e-3, min=0)     # weak pull to the rest pose
+    shape: float = opt(1e-3, min=0)       # shape coefficients ~ N(0,1)
+
+
+@dataclass
+class KeypointStage:
+    """The keypoint stage: Adam over pose, shape and translation against the detections."""
+
+    iters: int = opt(300, min=1)          # maximum iterations (stops earlier on convergence)
+    lr_orient: float = opt(0.02, min=0)
+    lr_pose: float = opt(0.02, min=0)
+    lr_shape: float = opt(0.05, min=0)
+    lr_transl: float = opt(0.002, min=0)
+    tol: float = opt(1e-4, min=0)
+    patience: int = opt(20, min=1)
+    weights: KeypointWeights = field(default_factory=KeypointWeights)
+
+
+@dataclass
+class DenseWeights:
+    """Weights of the dense stage (defaults documented in docs/fitting.md)."""
+
+    photo: float = opt(1.0, min=0)        # robust colour error over the hand and a margin
+    grad: float = opt(0.5, min=0)         # image-gradient (structure) term
+    silhouette: float = opt(4.0, min=0)   # antialiased coverage vs the photo's hand mask
+    kp2d: float = opt(0.2, min=0)         # 2D keypoints, lower than the keypoint stage's 1.0
+    kp_trust: float = opt(100.0, min=0)   # squared hinge keeping each 2D keypoint within trust_radius
+    pose_limit: float = opt(1.0, min=0)
+    pose_l2: float = opt(1e-3, min=0)
+    shape: float = opt(1e-3, min=0)
+    tex_tv: float = opt(0.02, min=0)
+    tex_prior: float = opt(0.05, min=0)
+    sh: float = opt(0.01, min=0)          # keep the lighting near the initial ambient light
+
+
+@dataclass
+class DenseStage:
+    """The dense rendered-appearance stage (see handfit/fitting/dense.py and docs/fitting.md)."""
+
+    iters: int = opt(120, min=1)          # geometry phase (stops earlier on convergence)
+    texture_iters: int = opt(40, min=0)   # texture phase, geometry fixed
+    lr_orient: float = opt(0.005, min=0)
+    lr_pose: float = opt(0.01, min=0)
+    lr_shape: float = opt(0.02, min=0)
+    lr_transl: float = opt(0.0005, min=0)
+    lr_texture: float = opt(0.02, min=0)
+    lr_light: float = opt(0.01, min=0)
+    tol: float = opt(1e-3, min=0)
+    patience: int = opt(15, min=1)
+    crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
+    margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
+    mask_confidence: float = opt(0.6, min=0)  # silhouette only where the photo mask is this sure: |2p-1| >= it
+    # Texels a side of the albedo optimised with the geometry: a sharper one,
+    # unwrapped from a misaligned mesh, bakes the misalignment in.
+    texture_detail: int = opt(4, min=1)
+    # What the render is composited over: the photo, or the photo with its
+    # confident hand pixels filled from around them.
+    background: str = opt("photo", choices=("photo", "inpainted"))
+    # The photo's hand mask (see fitting/photo_mask.py).
+    photo_mask: str = opt("consensus", choices=("consensus", "grabcut", "colour"))
+    # Box sides around each detected keypoint the dense stage may move freely in:
+    # about MediaPipe's typical error once the keypoints are calibrated.
+    trust_radius: float = opt(0.03, min=0)
+    # Robust scale of the 2D term (box sides); wider than the keypoint stage's
+    # 0.1 so the detections keep anchoring the fit.
+    kp2d_sigma: float = opt(0.3, min=0, min_open=True)
+    weights: DenseWeights = field(default_factory=DenseWeights)
+
+
+@dataclass
+class FitOptions:
+    """Every option of :func:`handfit.fit`; the CLI flags map onto these fields."""
+
+    device: str = opt("auto", choices=("auto", "cpu", "cuda"))  # "cuda:N" is accepted too
+    max_hands: int = opt(2, min=1)        # hands per photo, highest scores first
+    model: str = opt("anny", choices=("anny", "mano"))
+    mano: str | None = opt(None, kind="path")   # MANO_RIGHT/LEFT (.pkl/.npz) or a folder holding them
+    focal: float | None = opt(None, min=0, min_open=True, kind="float")  # pixels; overrides EXIF and the default FOV
+    renderer: str = opt("auto", choices=("auto", "cpu", "nvdiffrast"))
+    appearance: bool = True               # run the dense rendered-appearance stage
+    crop_size: int = opt(256, min=16)     # side of the square crop each hand is fitted in
+    texture_size: int = opt(256, min=4)   # side of the UV texture
+    keypoint: KeypointStage = field(default_factory=KeypointStage)
+    dense: DenseStage = field(default_factory=DenseStage)
+
+    def __post_init__(self):
+        if self.mano is not None:
+            self.model = "mano"
+        self.validate()
+
+    def validate(self) -> "FitOptions":
+        """Check every field of the tree; raises :class:`OptionError` naming the first bad one."""
+        for path, f, value in _walk(self):
+            _check(path, f, value)
+        if self.model == "mano" and self.mano is None:
+            raise OptionError("mano", "the MANO model needs a MANO file (MANO's licence forbids shipping it)")
+        return self
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], weights: Iterable[str] = ()) -> "FitOptions":
+        """Defaults with ``values`` ({dotted path: value}) and weight overrides
+        (``"TERM=W"`` strings, see :func:`weight_override`) applied."""
+        opts = cls.__new__(cls)
+        for f in fields(cls):  # defaults without validating yet: values may complete them (mano)
+            setattr(opts, f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
+        items = dict(values)
+        items.update(weight_override(w) for w in weights)
+        for path, value in items.items():
+            _set(opts, path, value)
+        opts.__post_init__()
+        return opts
+
+    def torch_device(self):
+        """The torch.device to optimise on (raises OptionError if CUDA was asked for and is absent)."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise OptionError("device", "cuda was asked for, but torch sees no CUDA GPU")
+        return torch.device(self.device)
+
+
+def _walk(obj, prefix: str = ""):
+    """(dotted path, dataclass field, value) for every leaf option under ``obj``."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        path = prefix + f.name
+        if is_dataclass(value):
+            yield from _walk(value, path + ".")
+        else:
+            yield path, f, value
+
+
+def _check(path: str, f, value) -> None:
+    meta = f.metadata
+    if path == "device" and isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise OptionError(path, f"must be one of {', '.join(meta['choices'])}, not {value!r}")
+    if "min" in meta and value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OptionError(path, f"must be a number, not {value!r}")
+        if f.type in ("int", int) and not isinstance(value, int):
+            raise OptionError(path, f"must be a whole number, not {value!r}")
+        low = meta["min"]
+        if value < low or (meta.get("min_open") and value == low):
+            raise OptionError(path, f"must be {'>' if meta.get('min_open') else '>='} {low}, not {value!r}")
+
+
+def _field(obj, name: str, path: str):
+    for f in fields(obj):
+        if f.name == name:
+            return f
+    raise OptionError(path, "no such option")
+
+
+def _set(obj, path: str, value) -> None:
+    *parents, leaf = path.split(".")
+    for name in parents:
+        _field(obj, name, path)
+        obj = getattr(obj, name)
+        if not is_dataclass(obj):
+            raise OptionError(path, "no such option")
+    _field(obj, leaf, path)
+    setattr(obj, leaf, value)
+
+
+def option_field(path: str):
+    """The dataclass field behind a dotted option path, and its default value."""
+    cur = FitOptions
+    *parents, leaf = path.split(".")
+    for name in parents:
+        f = _field(cur, name, path)
+        cur = f.default_factory()
+    f = _field(cur, leaf, path)
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    return f, default
+
+
+# Stage prefixes of weight overrides: "silhouette=0" is the dense stage's,
+# "kp.kp3d=0.1" the keypoint stage's.
+WEIGHT_STAGES = {"dense": "dense.weights", "kp": "keypoint.weights"}
+
+
+def weight_names() -> dict:
+    """{stage prefix: sorted term names} of every weight that can be overridden."""
+    return {"dense": sorted(f.name for f in fields(DenseWeights)),
+            "kp": sorted(f.name for f in fields(KeypointWeights))}
+
+
+def weight_override(spec: str) -> tuple[str, float]:
+    """``"TERM=W"`` or ``"kp.TERM=W"`` -> (dotted path, W). Raises OptionError("weights", ...)."""
+    term, sep, w = str(spec).partition("=")
+    stage, _, term = term.strip().rpartition(".")
+    stage = stage or "dense"
+    try:
+        value = float(w)
+    except ValueError:
+        value = None
+    names = weight_names()
+    if not sep or value is None or value < 0 or stage not in names or term not in names[stage]:
+        known = ", ".join(names["dense"]) + "; kp." + ", kp.".join(names["kp"])
+        raise OptionError("weights", f"{spec!r}: expected TERM=W with W >= 0 and TERM one of {known}")
+    return f"{WEIGHT_STAGES[stage]}.{term}", value
+
+
+__all__ = ["FitOptions", "KeypointStage", "KeypointWeights", "DenseStage", "DenseWeights", "OptionError",
+           "option_field", "weight_override", "weight_names"]
