@@ -7,6 +7,7 @@ Hands of all photos in a call are optimised together, one batch per side.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +90,31 @@ class FitResult:
 # -- pipeline ---------------------------------------------------------------------------
 
 _DETECTORS: dict = {}
+_DETECTORS_LOCK = threading.Lock()
 
 
 def _detector(max_hands: int):
+    """One MediaPipe detector per process and ``max_hands`` (they take ~0.1 s to make)."""
     from .detect import Detector
 
-    if max_hands not in _DETECTORS:
-        _DETECTORS[max_hands] = Detector(max_hands=max_hands)
-    return _DETECTORS[max_hands]
+    with _DETECTORS_LOCK:
+        if max_hands not in _DETECTORS:
+            _DETECTORS[max_hands] = Detector(max_hands=max_hands)
+        return _DETECTORS[max_hands]
+
+
+def clear_caches() -> None:
+    """Close the cached detectors and forget the cached regressors and hand
+    models (e.g. to free memory, or after retraining a shipped weight)."""
+    from .fitting.init import clear_regressors
+    from .models import clear_model_cache
+
+    with _DETECTORS_LOCK:
+        for det in _DETECTORS.values():
+            det.close()
+        _DETECTORS.clear()
+    clear_regressors()
+    clear_model_cache()
 
 
 @dataclass
@@ -248,5 +266,5 @@ def fit(image, progress: Callable | None = None, **options) -> FitResult:
     return fit_batch([image], progress=progress, **options)[0]
 
 
-__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
+__all__ = ["fit", "fit_batch", "clear_caches", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
            "DenseStage", "DenseWeights", "HandfitError"]

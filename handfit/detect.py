@@ -40,12 +40,6 @@ import numpy as np
 
 from .errors import BackendError, UsageError
 
-# MediaPipe / TF Lite log through glog/absl on the C++ side; ask them to be quiet
-# before mediapipe is first imported. (Some lines ignore these; see
-# ``_quiet_stderr``.)
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 __all__ = ["Detection", "Detector", "task_file", "DEFAULT_MAX_SIDE"]
 
 #: Images whose longer side exceeds this many pixels are downscaled for
@@ -276,6 +270,12 @@ class Detector:
         if not self.task_path.is_file():
             raise BackendError(f"{self.task_path}: no such .task file")
 
+        if self.quiet:
+            # MediaPipe / TF Lite log through glog/absl on the C++ side; ask them to be
+            # quiet before mediapipe is first imported (some lines ignore these; see
+            # ``_quiet_stderr``). Done here, when a quiet detector is made, not at import.
+            os.environ.setdefault("GLOG_minloglevel", "2")
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with _quiet_stderr(self.quiet):
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
