@@ -155,6 +155,15 @@ def main():
     dense rendered-appearance loss that renders the textured mesh and compares
     it with the photo pixel by pixel. Outputs are OBJ/GLB meshes lying on the
     photo, UV textures taken from it, parameters and an overlay.
+
+    \b
+    Exit codes:
+      0  at least one hand fitted
+      1  any other error
+      2  usage error (bad option, bad or refused model file)
+      3  no hand found (result.json with no hands is still written)
+      4  unreadable input (missing, empty, not an image, truncated)
+      5  compute backend unavailable (CUDA, nvdiffrast)
     """
 
 
