@@ -1,0 +1,130 @@
+"""fitting/adam.py run_adam: minimum per item, which tensors move, the report,
+and the exact stopping rule (stall, patience, min_iters, max_iters)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handfit.fitting.adam import run_adam
+
+D = torch.float64
+
+
+def quadratic(params):
+    """Per item: weighted squared distance of x (B,2) to c (B,2) -> (B,)."""
+    return {"dist": (params["w"] * (params["x"] - params["c"]).square()).sum(-1),
+            "reg": 1e-3 * params["x"].square().sum(-1)}
+
+
+def problem():
+    c = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-4.0, 1.5]], dtype=D)
+    w = torch.tensor([[1.0, 1.0], [10.0, 0.1], [2.0, 5.0]], dtype=D)
+    # with the small reg term the minimum of item b, coordinate k, is w c / (w + 1e-3)
+    return {"x": torch.zeros(3, 2, dtype=D), "c": c, "w": w}, w * c / (w + 1e-3)
+
+
+def test_reaches_each_items_minimum_and_moves_only_named_tensors():
+    params, xmin = problem()
+    c0, w0 = params["c"].clone(), params["w"].clone()
+    before = params
+    steps = []
+    rep = run_adam(params, {"x": 0.1}, quadratic, max_iters=3000, tol=1e-9, patience=50,
+                   on_step=lambda it, loss: steps.append((it, loss)))
+    assert params is before  # the caller's dict is updated in place
+    torch.testing.assert_close(params["x"], xmin, atol=1e-5, rtol=0)
+    assert not params["x"].requires_grad
+    torch.testing.assert_close(params["c"], c0, atol=0, rtol=0)
+    torch.testing.assert_close(params["w"], w0, atol=0, rtol=0)
+    assert rep.converged and rep.iters < 3000
+    # on_step: once per iteration, in order, with the summed loss as a float.
+    assert [it for it, _ in steps] == list(range(1, rep.iters + 1))
+    assert all(isinstance(loss, float) for _, loss in steps)
+    # The report: per-item terms and total at the final parameters.
+    assert set(rep.terms) == {"dist", "reg"}
+    assert all(v.shape == (3,) for v in rep.terms.values()) and rep.total.shape == (3,)
+    final = quadratic(params)
+    for k in final:
+        torch.testing.assert_close(rep.terms[k], final[k])
+    torch.testing.assert_close(rep.total, final["dist"] + final["reg"])
+
+
+def test_several_named_tensors_with_their_own_rates():
+    params, xmin = problem()
+    params["y"] = torch.ones(3, dtype=D)
+
+    def terms(p):
+        out = quadratic(p)
+        out["y"] = (p["y"] - 2.0).square()
+        return out
+
+    run_adam(params, {"x": 0.1, "y": 0.0}, terms, max_iters=3000, tol=1e-9, patience=50)
+    # (the constant y term makes the relative tol coarser, hence 1e-4)
+    torch.testing.assert_close(params["x"], xmin, atol=1e-4, rtol=0)
+    torch.testing.assert_close(params["y"], torch.ones(3, dtype=D), atol=0, rtol=0)  # lr 0: does not move
+    params2, _ = problem()
+    params2["y"] = torch.ones(3, dtype=D)
+    run_adam(params2, {"y": 0.05}, terms, max_iters=3000, tol=1e-9, patience=50)
+    torch.testing.assert_close(params2["y"], torch.full((3,), 2.0, dtype=D), atol=1e-4, rtol=0)
+    assert (params2["x"] == 0).all()  # not named: fixed
+
+
+# --- the stopping rule -------------------------------------------------------
+#
+# Iteration 1 records the best loss; from iteration 2 on, ``stall`` counts the
+# iterations in a row where no item improved by more than ``tol`` (relative).
+# The loop stops after iteration ``it`` once it >= min_iters and
+# stall >= patience, so a loss that never improves stops at
+# max(min_iters, patience + 1).
+
+def scripted(values):
+    """terms_fn whose per-item loss at its n-th call is values(n) (B,), plus a
+    zero-weight dependence on x so backward has a graph."""
+    calls = [0]
+
+    def fn(p):
+        calls[0] += 1
+        return {"loss": values(calls[0]) + 0.0 * p["x"].sum(-1)}
+
+    return fn
+
+
+@pytest.mark.parametrize("min_iters,patience,expect", [(10, 3, 10), (3, 5, 6), (1, 1, 2), (6, 5, 6)])
+def test_a_loss_that_cannot_improve_stops_exactly(min_iters, patience, expect):
+    params = {"x": torch.zeros(2, 1, dtype=D)}
+    steps = []
+    rep = run_adam(params, {"x": 0.0}, lambda p: {"loss": (p["x"] - 1.0).square().sum(-1)}, max_iters=100,
+                   min_iters=min_iters, patience=patience, on_step=lambda it, loss: steps.append(it))
+    assert (rep.iters, rep.converged) == (expect, True)
+    assert steps == list(range(1, expect + 1))
+
+
+def test_improvements_below_tol_count_as_stalls():
+    # Relative improvement 1e-6 per call < tol 1e-4: stalls from iteration 2.
+    fn = scripted(lambda n: torch.tensor([1.0 - 1e-6 * n, 2.0], dtype=D))
+    rep = run_adam({"x": torch.zeros(2, 1, dtype=D)}, {"x": 0.1}, fn, max_iters=100, tol=1e-4, patience=4,
+                   min_iters=2)
+    assert (rep.iters, rep.converged) == (5, True)
+
+
+def test_one_improving_item_keeps_the_batch_going():
+    # Item 0 is constant; item 1 improves on calls 2..5 (1/n), then is flat at
+    # 0.2: stall is 0 at iteration 5, 1 at 6, ..., patience 3 at 8.
+    fn = scripted(lambda n: torch.tensor([1.0, 1.0 / min(n, 5)], dtype=D))
+    rep = run_adam({"x": torch.zeros(2, 1, dtype=D)}, {"x": 0.1}, fn, max_iters=100, patience=3, min_iters=2)
+    assert (rep.iters, rep.converged) == (8, True)
+    # the report is computed once more at the final parameters
+    torch.testing.assert_close(rep.total, torch.tensor([1.0, 0.2], dtype=D))
+
+
+def test_max_iters_stops_unconverged():
+    params, _ = problem()
+    steps = []
+    rep = run_adam(params, {"x": 0.1}, quadratic, max_iters=4, on_step=lambda it, loss: steps.append(it))
+    assert (rep.iters, rep.converged) == (4, False)
+    assert steps == [1, 2, 3, 4]
+    assert (params["x"] != 0).all()  # it did take its four steps
+    # also when the loss is flat but min_iters is not reached yet
+    rep = run_adam({"x": torch.zeros(2, 1, dtype=D)}, {"x": 0.0}, lambda p: {"l": p["x"].sum(-1)}, max_iters=5,
+                   min_iters=10, patience=1)
+    assert (rep.iters, rep.converged) == (5, False)
