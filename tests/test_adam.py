@@ -64,9 +64,10 @@ def test_several_named_tensors_with_their_own_rates():
     torch.testing.assert_close(params["y"], torch.ones(3, dtype=D), atol=0, rtol=0)  # lr 0: does not move
     params2, _ = problem()
     params2["y"] = torch.ones(3, dtype=D)
-    run_adam(params2, {"y": 0.05}, terms, max_iters=3000, tol=1e-9, patience=50)
+    params2["x"] = params2["c"].clone()  # x at its target: the x terms are small and flat
+    run_adam(params2, {"y": 0.1}, terms, max_iters=3000, tol=1e-9, patience=50)
     torch.testing.assert_close(params2["y"], torch.full((3,), 2.0, dtype=D), atol=1e-4, rtol=0)
-    assert (params2["x"] == 0).all()  # not named: fixed
+    torch.testing.assert_close(params2["x"], params2["c"], atol=0, rtol=0)  # not named: fixed
 
 
 # --- the stopping rule -------------------------------------------------------
