@@ -7,11 +7,13 @@ need float64 run our backend (``backend="cpu"``) on every device.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from handfit.errors import BackendError, UsageError
-from handfit.render import antialias, camera_to_clip, interpolate, rasterize, texture
+from handfit.errors import BackendError, ShapeError, UsageError
+from handfit.render import antialias, camera_to_clip, interpolate, make_topology, rasterize, texture
 
 
 def tol(dtype, device):
@@ -413,24 +415,174 @@ def test_backend_selection_errors():
         rasterize(pos, TRI + 1, (4, 4), backend="cpu")  # index 3 of 3 vertices
 
 
-def test_cached_and_general_paths_agree(device):
-    # Our rasterize keeps its covered-pixel list on the returned tensor; a
-    # detached copy or an in-place edit must fall back to reading rast itself.
+def test_visibility_fast_path_and_general_path_agree(device):
+    # rasterize(..., return_visibility=True) hands back the covered-pixel list
+    # to pass on explicitly; without it interpolate/antialias read rast itself.
+    # Both paths give the same values and the same gradients.
+    pos0, tri = small_scene(device)
+    g = torch.Generator().manual_seed(5)
+    attr0 = torch.rand(2, pos0.shape[1], 3, generator=g, dtype=torch.float64).to(device)
+    col0 = torch.rand(2, 12, 12, 3, generator=g, dtype=torch.float64).to(device)
+    weights = torch.randn(2, 12, 12, 3, generator=g, dtype=torch.float64).to(device)
+
+    def run(fast):
+        pos, attr, col = (x.clone().requires_grad_(True) for x in (pos0, attr0, col0))
+        rast, vis = rasterize(pos, tri, (12, 12), backend="cpu", return_visibility=True)
+        kw = {"visibility": vis} if fast else {}
+        img = interpolate(attr, rast, tri, backend="cpu", **kw)
+        aa = antialias(col + img, rast, pos, tri, backend="cpu", **kw)
+        ((img + aa) * weights).sum().backward()
+        return rast, img, aa, pos.grad, attr.grad, col.grad
+
+    fast, slow = run(True), run(False)
+    assert (fast[0][..., 3] > 0).sum() > 20
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert fast[3].abs().sum() > 0  # gradients reach the vertices on both paths
+    torch.testing.assert_close(fast[0], rasterize(pos0, tri, (12, 12), backend="cpu"))
+
+
+def test_visibility_refuses_another_or_a_modified_rast(device):
     pos, tri = small_scene(device, torch.float32)
-    rast = rasterize(pos, tri, (12, 12), backend="cpu")
+    rast, vis = rasterize(pos, tri, (12, 12), backend="cpu", return_visibility=True)
     attr = torch.rand(2, pos.shape[1], 3, device=device)
-    fast = interpolate(attr, rast, tri, backend="cpu")
-    slow = interpolate(attr, rast.detach().clone(), tri, backend="cpu")
-    torch.testing.assert_close(fast, slow)
     col = torch.rand(2, 12, 12, 3, device=device)
-    torch.testing.assert_close(antialias(col, rast, pos, tri, backend="cpu"),
-                               antialias(col, rast.detach().clone(), pos, tri, backend="cpu"))
+    other = rasterize(pos, tri, (12, 12), backend="cpu")
+    for wrong in (rast.detach().clone(), other):
+        with pytest.raises(ValueError, match="another"):
+            interpolate(attr, wrong, tri, backend="cpu", visibility=vis)
+        with pytest.raises(ValueError, match="another"):
+            antialias(col, wrong, pos, tri, backend="cpu", visibility=vis)
     with torch.no_grad():
         rast[..., :2] = 0.0  # in place: every covered pixel now shows its vertex 2
+    with pytest.raises(ValueError, match="modified"):
+        interpolate(attr, rast, tri, backend="cpu", visibility=vis)
+    with pytest.raises(ValueError, match="modified"):
+        antialias(col, rast, pos, tri, backend="cpu", visibility=vis)
+    # Without a Visibility the edited rast is read as it now is.
     edited = interpolate(attr, rast, tri, backend="cpu")
     covered = rast[..., 3] > 0
     vertex2 = attr.gather(1, tri.long()[rast[..., 3].long().clamp(min=1) - 1][..., 2].view(2, -1, 1).expand(-1, -1, 3))
     torch.testing.assert_close(edited[covered], vertex2.view(2, 12, 12, 3)[covered])
+
+
+def test_prebuilt_topology_antialiases_like_building_it_per_call(device):
+    pos0, tri = small_scene(device)
+    topo = make_topology(tri, "cpu")
+    col0 = torch.rand(2, 12, 12, 3, dtype=torch.float64, device=device)
+
+    def run(topology):
+        pos, col = pos0.clone().requires_grad_(True), col0.clone().requires_grad_(True)
+        rast = rasterize(pos, tri, (12, 12), backend="cpu")
+        out = antialias(col, rast, pos, tri, backend="cpu", topology=topology)
+        out.square().sum().backward()
+        return out, pos.grad, col.grad
+
+    a, b = run(topo), run(None)
+    assert not torch.equal(a[0], col0)  # something is blended
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    run(topo)  # reusable
+
+
+# --- input checks ------------------------------------------------------------
+
+def _bad_inputs():
+    pos = ndc_triangle([[-0.8, -0.8], [0.8, -0.8], [0.0, 0.8]])
+    rast = rasterize(pos, TRI, (4, 4))
+    attr = torch.rand(3, 2, dtype=torch.float64)
+    tex, uv = torch.rand(1, 2, 2, 3), torch.rand(1, 4, 4, 2)
+    col = torch.rand(1, 4, 4, 3, dtype=torch.float64)
+    tri2 = torch.zeros(1, 2, dtype=torch.int32)
+    return {
+        "rasterize-pos-rank": (lambda: rasterize(pos[None], TRI, (4, 4)), "pos", (1, 1, 3, 4)),
+        "rasterize-pos-last": (lambda: rasterize(pos[..., :3], TRI, (4, 4)), "pos", (1, 3, 3)),
+        "rasterize-tri-rank": (lambda: rasterize(pos, TRI.view(-1), (4, 4)), "tri", (3,)),
+        "rasterize-tri-last": (lambda: rasterize(pos, torch.zeros(1, 4, dtype=torch.int32), (4, 4)), "tri", (1, 4)),
+        "interpolate-attr-rank": (lambda: interpolate(attr[:, 0], rast, TRI), "attr", (3,)),
+        "interpolate-attr-rank4": (lambda: interpolate(attr[None, None], rast, TRI), "attr", (1, 1, 3, 2)),
+        "interpolate-rast-rank": (lambda: interpolate(attr, rast[0], TRI), "rast", (4, 4, 4)),
+        "interpolate-rast-last": (lambda: interpolate(attr, rast[..., :3], TRI), "rast", (1, 4, 4, 3)),
+        "interpolate-tri-last": (lambda: interpolate(attr, rast, tri2), "tri", (1, 2)),
+        "texture-tex-rank": (lambda: texture(tex[0], uv), "tex", (2, 2, 3)),
+        "texture-uv-rank": (lambda: texture(tex, uv[0]), "uv", (4, 4, 2)),
+        "texture-uv-last": (lambda: texture(tex, torch.rand(1, 4, 4, 3)), "uv", (1, 4, 4, 3)),
+        "antialias-color-rank": (lambda: antialias(col[0], rast, pos, TRI), "color", (4, 4, 3)),
+        "antialias-rast-last": (lambda: antialias(col, rast[..., :2], pos, TRI), "rast", (1, 4, 4, 2)),
+        "antialias-pos-last": (lambda: antialias(col, rast, pos[..., :3], TRI), "pos", (1, 3, 3)),
+        "antialias-tri-rank": (lambda: antialias(col, rast, pos, TRI[None]), "tri", (1, 1, 3)),
+        "make_topology-tri-last": (lambda: make_topology(tri2), "tri", (1, 2)),
+    }
+
+
+BAD = _bad_inputs()
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_ops_refuse_wrong_shapes_quoting_them(case):
+    call, name, shape = BAD[case]
+    with pytest.raises(ShapeError, match=re.escape(f"{name} must be") + ".*" + re.escape(f"got shape {shape}")):
+        call()
+
+
+def test_shape_error_is_a_usage_error_and_names_non_tensors():
+    assert issubclass(ShapeError, UsageError) and issubclass(ShapeError, ValueError)
+    pos = ndc_triangle([[-0.8, -0.8], [0.8, -0.8], [0.0, 0.8]])
+    with pytest.raises(ShapeError, match="pos must be a torch.Tensor.*got list"):
+        rasterize(pos.tolist(), TRI, (4, 4))
+    with pytest.raises(ShapeError, match="tri must be a torch.Tensor.*got ndarray"):
+        rasterize(pos, TRI.numpy(), (4, 4))
+
+
+# --- rasterize_mesh + shade --------------------------------------------------
+
+def test_shading_buffers_equals_render_mesh(device):
+    from test_render_mesh import RES, scene
+
+    from handfit.render import default_sh, rasterize_mesh, render_mesh, shade
+
+    verts, f, K, uv, uvf = scene(device)
+    g = torch.Generator().manual_seed(6)
+    tex1, tex2 = (torch.rand(2, 8, 8, 3, generator=g).to(device) for _ in range(2))
+    sh = default_sh(2, device=device)
+    bg = torch.full((1, 1, 1, 3), 0.3, device=device)
+    buf = rasterize_mesh(verts, f, K, RES, uv=uv, uv_faces=uvf, points=True)
+    assert buf.backend == ("nvdiffrast" if device.type == "cuda" else "cpu")
+    assert buf.rast.shape == (2, *RES, 4) and buf.uv.shape == (2, *RES, 2)
+    out1 = shade(buf, texture=tex1, sh=sh, background=bg)
+    ref1 = render_mesh(verts, f, K, RES, uv=uv, uv_faces=uvf, texture=tex1, sh=sh, background=bg)
+    torch.testing.assert_close(out1["rgb"], ref1["rgb"])
+    torch.testing.assert_close(out1["coverage"], ref1["mask"])
+    torch.testing.assert_close(out1["albedo"], ref1["albedo"])
+    torch.testing.assert_close(buf.rast, ref1["rast"])
+    torch.testing.assert_close(buf.normals, ref1["normals"])
+    torch.testing.assert_close(buf.points[..., 2:3], ref1["depth"])
+    # The same buffers shaded again with another texture: as a second full render.
+    out2 = shade(buf, texture=tex2, sh=sh, background=bg)
+    ref2 = render_mesh(verts, f, K, RES, uv=uv, uv_faces=uvf, texture=tex2, sh=sh, background=bg)
+    torch.testing.assert_close(out2["rgb"], ref2["rgb"])
+    assert not torch.allclose(out1["rgb"], out2["rgb"])
+    # ...and the first one again: shading leaves the buffers as they were.
+    torch.testing.assert_close(shade(buf, texture=tex1, sh=sh, background=bg)["rgb"], out1["rgb"])
+
+
+def test_buffers_remember_their_backend():
+    from test_render_mesh import RES, scene
+
+    from handfit.render import rasterize_mesh, shade
+
+    verts, f, K, uv, uvf = scene(torch.device("cpu"))
+    buf = rasterize_mesh(verts, f, K, RES, uv=uv, uv_faces=uvf, backend="cpu")
+    assert buf.backend == "cpu" and buf.topology is None
+    tex = torch.rand(1, 4, 4, 3)
+    out = shade(buf, texture=tex)
+    assert buf.topology is not None  # built once on the first antialiased shade, then kept
+    topo = buf.topology
+    shade(buf, texture=tex)
+    assert buf.topology is topo
+    assert out["rgb"].shape == (2, *RES, 3)
+    with pytest.raises(ValueError, match="uv"):
+        shade(rasterize_mesh(verts, f, K, RES, backend="cpu"), texture=tex)
 
 
 def test_nvdiffrast_build_failure_is_a_backend_error(monkeypatch):
