@@ -196,52 +196,89 @@ def fit(image, outdir, quiet, as_json, **params):
     click.echo(f"{image}: {len(result.hands)} hand(s) ({sides}) fitted in {secs:.1f}s -> {folder}", err=as_json)
 
 
-@main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+BATCH_HELP = """Fit every photo and video in INPUTS (folders, walked recursively; photos;
+videos; text files listing paths), batching hands across photos.
+
+\b
+Outputs in OUT:
+  OUT/<path relative to the input, without extension>/   one folder per photo
+  OUT/<video>/frame_000123/, tracks.npz, overlay.mp4     per video
+  OUT/summary.jsonl   one line per input: path, status (ok, no_hand, error),
+                      hands, seconds, message
+  OUT/index.html      gallery of the overlays with per-hand metrics (offline)
+A rerun skips inputs whose results are complete (--overwrite redoes them);
+after a kill it finishes the rest. One bad file never stops the batch.
+
+\b
+Exit codes: 0 any hand fitted; 3 inputs read but no hand found;
+4 no input could be read (or none found); 2 usage error; 1 other error;
+5 compute backend unavailable.
+"""
+
+
+@main.command(help=BATCH_HELP)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @_common
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Photos optimised together (all their hands form one batch per side).")
-def batch(folder, outdir, quiet, batch_size, **params):
-    """Fit every photo in FOLDER, batching hands across photos (fast on a GPU).
-
-    Unreadable files are reported and skipped; the exit code is 0 if any hand
-    was fitted, 3 if none, 4 if no file could be read.
-    """
-    from tqdm import tqdm
-
-    from . import api
+@click.option("--glob", "pattern", default=None, metavar="PATTERN",
+              help="Only files in folders whose name or relative path matches, e.g. '*.jpg' or 'cam1/*'.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Videos: fit one frame in N (the output frame rate is the source's divided by N).")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="Videos: first frame.")
+@click.option("--end", default=None, type=click.IntRange(min=1), help="Videos: stop before this frame.")
+@click.option("--no-smooth", is_flag=True, help="Videos: no temporal smoothness on pose and translation.")
+@click.option("--overwrite", is_flag=True, help="Recompute inputs whose results are already complete.")
+@click.option("--shard", "shard_spec", default=None, metavar="K/N",
+              help="Only the K-th of N disjoint parts of the inputs (Slurm arrays); "
+                   "writes summary-K-of-N.jsonl; join them with `handfit merge OUT`.")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: threads in this process. ray: a Ray Data pipeline (pip install 'handfit[ray]'); "
+                   "a local Ray instance, or the cluster in RAY_ADDRESS.")
+@click.option("--no-gallery", is_flag=True, help="Do not write OUT/index.html.")
+def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smooth, overwrite, shard_spec, engine,
+          no_gallery, **params):
+    from .batch.runner import VideoOptions, environ_progress, run_batch, summary_line
     from .errors import HandfitError
 
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not paths:
-        _fail(HandfitError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}"))
     try:
         opts = fit_options(params)
+        report = run_batch(inputs, outdir, opts, batch_size=batch_size, overwrite=overwrite, shard_spec=shard_spec,
+                           glob=pattern, video=VideoOptions(every=every, start=start, end=end, smooth=not no_smooth),
+                           engine=engine, progress=not quiet and environ_progress(), gallery=not no_gallery)
     except HandfitError as exc:
         _fail(exc)
-    fitted = readable = 0
-    bar = tqdm(total=len(paths), desc="photos", disable=quiet, file=sys.stderr)
-    for i in range(0, len(paths), batch_size):
-        chunk = paths[i:i + batch_size]
-        try:
-            results = api.fit_batch(chunk, skip_unreadable=True, options=opts)
-        except HandfitError as exc:
-            bar.close()
-            _fail(exc)
-        for p, r in zip(chunk, results):
-            if r.error:  # one unreadable file must not sink the batch
-                tqdm.write(f"handfit: skipped {p}: {r.error}", file=sys.stderr)
-                continue
-            readable += 1
-            r.save(outdir)
-            fitted += len(r.hands)
-        bar.update(len(chunk))
-    bar.close()
-    click.echo(f"{readable}/{len(paths)} photos read, {fitted} hand(s) fitted -> {outdir}", err=True)
-    if readable == 0:
-        sys.exit(4)
-    if fitted == 0:
-        sys.exit(3)
+    for r in report.records:
+        if r["status"] == "error":
+            msg = r["message"] if r["path"] in r["message"] else f"{r['path']}: {r['message']}"
+            click.echo(f"handfit: error: {msg}", err=True)
+    click.echo(summary_line(report, outdir), err=True)
+    if not report.records:
+        click.echo("handfit: no photo or video found in the inputs" if report.summary.name == "summary.jsonl"
+                   else "handfit: this shard holds no input", err=True)
+        sys.exit(4 if report.summary.name == "summary.jsonl" else 0)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.argument("extra", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--no-gallery", is_flag=True, help="Do not write OUT/index.html.")
+def merge(out, extra, no_gallery):
+    """Join the shard summaries OUT/summary-K-of-N.jsonl (and EXTRA summary files)
+    into OUT/summary.jsonl and the gallery OUT/index.html. Exit codes as batch's."""
+    from .batch.merge import merge as merge_summaries
+    from .batch.runner import exit_code
+    from .errors import HandfitError
+
+    try:
+        records, missing = merge_summaries(Path(out), [Path(p) for p in extra], gallery=not no_gallery)
+    except HandfitError as exc:
+        _fail(exc)
+    if missing:
+        click.echo(f"handfit: warning: no summary from shard(s) {', '.join(missing)}", err=True)
+    click.echo(f"{len(records)} input(s) merged -> {Path(out) / 'summary.jsonl'}", err=True)
+    sys.exit(exit_code(records))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,223 @@
+"""What a batch runs on: photos and videos found in folders, files and path lists.
+
+:func:`collect` turns command-line sources into a stable, sorted list of
+:class:`Unit` objects. A unit is one photo or one whole video; its ``key`` is
+the output folder relative to ``OUT`` (the input's path relative to the folder
+it was found in, without extension), so two ``img.jpg`` in different
+subfolders never collide. :func:`read_frames` decodes the chosen frames of a
+video with PyAV.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import ImageError, UsageError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+VIDEO_EXTS = {".mp4", ".mov", ".avi", ".webm", ".mkv", ".m4v"}
+LIST_EXTS = {".txt", ".lst", ".list"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One input of a batch: a photo or a whole video."""
+
+    kind: str   # "photo" | "video"
+    path: str   # the file, as found
+    key: str    # output folder relative to OUT, POSIX separators, no extension
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "key": self.key}
+
+
+def kind_of(path) -> str | None:
+    ext = Path(path).suffix.lower()
+    return "photo" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
+
+
+def _walk(folder: Path, pattern: str | None):
+    """Files under ``folder`` in a stable order (sorted names, depth first), hidden entries skipped.
+
+    -> [(path, posix path relative to folder)]
+    """
+    out = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_root = PurePosixPath(Path(root).relative_to(folder).as_posix())
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            rel = (rel_root / name).as_posix() if str(rel_root) != "." else name
+            if pattern is not None:
+                if not (fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern)):
+                    continue
+                if kind_of(name) is None:
+                    continue
+            elif kind_of(name) is None:
+                continue  # notes, JSON sidecars, ...: not inputs
+            out.append((Path(root) / name, rel))
+    return out
+
+
+def _strip(rel: str) -> str:
+    p = PurePosixPath(rel)
+    return str(p.with_suffix("")) if p.suffix else str(p)
+
+
+def collect(sources, glob: str | None = None) -> list[Unit]:
+    """Expand ``sources`` (folders, photos, videos, text files listing paths) into units.
+
+    Folders are walked recursively; ``glob`` (e.g. ``"*.jpg"`` or ``"cam1/*"``)
+    filters the files found in folders by name or relative path. A text file
+    lists one path per line (blank lines and ``#`` comments skipped), relative
+    to the text file's folder unless absolute. Keys that would collide keep
+    their extension (``img.jpg``, ``img.png``). Order: as given, folders sorted.
+
+    Raises UsageError for a source that does not exist or has an unknown type.
+    """
+    found: list[tuple[str, Path, str]] = []  # (kind, path, relative name)
+    for src in sources:
+        _expand(Path(src), glob, found, depth=0)
+    # Disambiguate colliding keys (a.jpg + a.png, or a photo named like another input).
+    keys: dict[str, int] = {}
+    for _, _, rel in found:
+        keys[_strip(rel)] = keys.get(_strip(rel), 0) + 1
+    units, seen = [], set()
+    for kind, path, rel in found:
+        key = _strip(rel) if keys[_strip(rel)] == 1 else rel
+        if key in seen:  # the very same file listed twice
+            continue
+        seen.add(key)
+        units.append(Unit(kind, str(path), key))
+    return units
+
+
+def _expand(src: Path, glob, found, depth: int):
+    if depth > 8:
+        raise UsageError(f"{src}: path lists nested too deeply")
+    if src.is_dir():
+        for path, rel in _walk(src, glob):
+            found.append((kind_of(path), path, rel))
+        return
+    if not src.exists():
+        raise UsageError(f"{src}: no such file or folder")
+    kind = kind_of(src)
+    if kind is not None:
+        found.append((kind, src, src.name))
+        return
+    if src.suffix.lower() in LIST_EXTS:
+        base = src.parent
+        for line in src.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line)
+            p = p if p.is_absolute() else base / p
+            if p.is_dir():
+                _expand(p, glob, found, depth + 1)
+                continue
+            if p.suffix.lower() in LIST_EXTS:
+                _expand(p, glob, found, depth + 1)
+                continue
+            k = kind_of(p) or "photo"  # unknown or missing: tried as a photo, reported as an error
+            # A listed file keeps its path relative to the list as its key, so that the list's
+            # layout is the output's; missing or unreadable files become `error` lines later.
+            try:
+                rel = p.resolve().relative_to(base.resolve()).as_posix()
+            except ValueError:
+                rel = p.name
+            found.append((k, p, rel))
+        return
+    # An explicitly named file of unknown type: try it as a photo (it becomes an `error` line if it
+    # is not one) rather than refusing the whole batch.
+    found.append(("photo", src, src.name))
+
+
+# ---------------------------------------------------------------- shards
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"K/N"`` (1 <= K <= N) -> (K, N); None -> (1, 1)."""
+    if text is None:
+        return 1, 1
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 3/8") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise UsageError(f"--shard {text!r}: need 1 <= K <= N")
+    return k, n
+
+
+def shard(units: list[Unit], k: int, n: int) -> list[Unit]:
+    """The K-th of N disjoint, covering parts (round robin over the stable order).
+
+    Every shard process lists the same inputs in the same order, so each unit
+    lands in exactly one shard; round robin keeps the shards' sizes within one.
+    """
+    return [u for i, u in enumerate(units) if i % n == k - 1]
+
+
+# ---------------------------------------------------------------- video frames
+
+
+@dataclass
+class VideoInfo:
+    fps: float          # frames per second of the source
+    width: int
+    height: int
+    frames: int         # frames in the container's header (0 when unknown)
+
+
+def video_info(path) -> VideoInfo:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or 25
+            return VideoInfo(float(rate), int(s.codec_context.width), int(s.codec_context.height), int(s.frames or 0))
+    except Exception as e:  # noqa: BLE001 - any PyAV failure means an unreadable video
+        raise ImageError(f"{path}: cannot read the video: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+
+
+def read_frames(path, every: int = 1, start: int = 0, end: int | None = None):
+    """Yield (frame index, seconds, (H,W,3) uint8 RGB) of frames start, start+every, ... < end.
+
+    Frame indices count decoded frames from 0, so they match the source's
+    numbering whatever ``every`` is; seconds come from the stream's timestamps.
+    Raises ImageError when the video cannot be opened or decoded.
+    """
+    import av
+
+    if every < 1 or start < 0 or (end is not None and end <= start):
+        raise UsageError("--every must be >= 1, --start >= 0 and --end > --start")
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{path}: cannot open the video: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    with container:
+        try:
+            stream = container.streams.video[0]
+        except IndexError:
+            raise ImageError(f"{path}: no video stream") from None
+        stream.thread_type = "AUTO"
+        i = -1
+        try:
+            for frame in container.decode(stream):
+                i += 1
+                if end is not None and i >= end:
+                    break
+                if i < start or (i - start) % every:
+                    continue
+                t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 25)
+                yield i, t, frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, ValueError) as e:
+            if i < 0:
+                raise ImageError(f"{path}: cannot decode the video: {e}") from None
+            # A truncated tail: keep the frames decoded so far.
