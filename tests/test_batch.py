@@ -21,8 +21,8 @@ FAST = ["--no-appearance", "--kp-iters", "20", "-q"]
 
 
 def cli(*args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "HANDFIT_NO_FSYNC": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "HANDFIT_NO_FSYNC": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     return subprocess.run([sys.executable, "-m", "handfit.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=600, **kw)
 
@@ -282,3 +282,24 @@ def test_shards_then_merge_equal_one_run(tmp_path):
     assert sorted(x["key"] for x in merged) == sorted(keys)
     assert {x["key"]: x["status"] for x in merged}["sub/hand"] == "ok"
     assert (out / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_summary(tmp_path):
+    pytest.importorskip("ray.data")
+    d = messy_folder(tmp_path)
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    r1 = cli("batch", d, "-o", local, "--batch-size", "2", *FAST)
+    r2 = cli("batch", d, "-o", ray_out, "--batch-size", "2", "--engine", "ray", *FAST)
+    assert r1.returncode == 0 and r2.returncode == 0, r2.stderr[-3000:]
+    keep = ("path", "key", "kind", "status", "hands", "message")
+
+    def norm(recs, root):
+        return [{k: (str(Path(x[k]).relative_to(root)) if k == "path" else x[k]) for k in keep} for x in recs]
+
+    a, b = norm(summary(local), tmp_path), norm(summary(ray_out), tmp_path)
+    assert a == b and len(a) == 5
+    for x in summary(ray_out):
+        if x["status"] == "ok":
+            assert (ray_out / x["key"] / "result.json").is_file() and x["seconds"] > 0
+    assert not temp_folders(ray_out)
