@@ -24,7 +24,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 header{padding:14px 20px;background:#20232a;color:#eee;position:sticky;top:0;z-index:1}
 header h1{font-size:18px;margin:0 0 6px 0} header .stats span{margin-right:16px}
 header input{margin-left:8px;padding:3px 6px} header label{margin-right:10px;font-size:14px}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px;padding:16px}
+main{display:grid;align-items:start;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px;padding:16px}
 .card{background:#fff;border-radius:6px;box-shadow:0 1px 3px rgba(0,0,0,.15);overflow:hidden}
 .card img,.card video{width:100%;display:block;background:#111}
 .card .body{padding:8px 10px;font-size:13px}

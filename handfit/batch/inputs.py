@@ -173,8 +173,16 @@ class VideoInfo:
     frames: int         # frames in the container's header (0 when unknown)
 
 
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise UsageError("videos need PyAV: pip install 'handfit[video]'") from None
+    return av
+
+
 def video_info(path) -> VideoInfo:
-    import av
+    av = _av()
 
     try:
         with av.open(str(path)) as c:
@@ -193,8 +201,7 @@ def read_frames(path, every: int = 1, start: int = 0, end: int | None = None):
     numbering whatever ``every`` is; seconds come from the stream's timestamps.
     Raises ImageError when the video cannot be opened or decoded.
     """
-    import av
-
+    av = _av()
     if every < 1 or start < 0 or (end is not None and end <= start):
         raise UsageError("--every must be >= 1, --start >= 0 and --end > --start")
     try:

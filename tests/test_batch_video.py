@@ -1,0 +1,114 @@
+"""Videos in a batch: frame selection with PyAV, tracking, smoothing, and the dev clip end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_clip(path: Path, n: int = 12, fps: int = 10):
+    """A small clip whose frame i has mean brightness 10*i (to check which frames were read)."""
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n):
+            img = np.full((48, 64, 3), 10 * i, np.uint8)
+            for pkt in s.encode(__import__("av").VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+def test_read_frames_every_start_end(tmp_path):
+    from handfit.batch.inputs import collect, read_frames, video_info
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip)
+    assert abs(video_info(clip).fps - 10) < 1e-6
+    got = list(read_frames(clip, every=3, start=2, end=11))
+    assert [i for i, _, _ in got] == [2, 5, 8]
+    assert [round(t, 3) for _, t, _ in got] == [0.2, 0.5, 0.8]             # the source's clock is kept
+    assert [round(float(rgb.mean()) / 10) for _, _, rgb in got] == [2, 5, 8]
+    assert len(list(read_frames(clip))) == 12
+    units = collect([tmp_path])
+    assert [(u.kind, u.key) for u in units] == [("video", "clip")]
+    from handfit.errors import ImageError
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\0" * 100)
+    with pytest.raises(ImageError):
+        list(read_frames(bad))
+
+
+def _det(side, x, y=100.0, s=80.0):
+    from handfit.detect import Detection
+
+    kp = np.stack([np.linspace(x, x + s, 21), np.linspace(y, y + s, 21)], 1)
+    return Detection(side=side, score=0.9, box_xyxy=np.array([x, y, x + s, y + s]), keypoints=kp,
+                     keypoints_z=np.zeros(21), world=np.zeros((21, 3)))
+
+
+def test_tracking_by_overlap_and_side():
+    from handfit.batch.video import MAX_GAP, track
+
+    frames = [[_det("right", 100 + 5 * f), _det("left", 400 - 5 * f)] for f in range(6)]
+    frames[3] = [_det("left", 385)]                            # the right hand is missed once
+    frames.append([_det("right", 130), _det("right", 600)])    # a second right hand appears far away
+    tracks = track(frames)
+    assert [(t.side, t.frames) for t in tracks] == [("right", [0, 1, 2, 4, 5, 6]), ("left", [0, 1, 2, 3, 4, 5]),
+                                                    ("right", [6])]
+    # A track unseen for more than MAX_GAP frames ends; the hand then starts a new track.
+    gap = [[_det("right", 100)]] + [[] for _ in range(MAX_GAP + 1)] + [[_det("right", 100)]]
+    assert len(track(gap)) == 2
+
+
+def test_smoothness_term_penalises_acceleration_only():
+    from handfit.batch.video import _smooth_terms, jitter
+
+    T = 6
+    t = torch.arange(T, dtype=torch.float64)[:, None]
+    linear = {"global_orient": 0.1 * t.repeat(1, 3), "pose": 0.05 * t.repeat(1, 4), "transl": 0.01 * t.repeat(1, 3)}
+    assert torch.allclose(_smooth_terms(linear, 1.0), torch.zeros(T, dtype=torch.float64))
+    shaky = {k: v.clone() for k, v in linear.items()}
+    shaky["transl"][3, 2] += 0.01
+    s = _smooth_terms(shaky, 1.0)
+    assert s[0] == 0 and s[-1] == 0 and s[2] > 0 and s[3] > 0 and s[4] > 0
+    pts = np.cumsum(np.ones((5, 21, 3)), 0)
+    assert jitter(pts) == 0 and jitter(pts + np.random.default_rng(0).normal(0, 1, pts.shape)) > 0
+
+
+@pytest.mark.slow
+def test_dev_clip_end_to_end(tmp_path, dev_data):
+    clip = dev_data / "tfjs_models" / "asl_hand.25fps.mp4"
+    if not clip.is_file():
+        pytest.skip("dev clip absent")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "HANDFIT_NO_FSYNC": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "handfit.cli", "batch", str(clip), "-o", str(out), "--every", "5",
+                        "--end", "20", "--kp-iters", "50", "-q"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((out / "summary.jsonl").read_text())
+    assert rec["status"] == "ok" and rec["frames"] == 4 and rec["kind"] == "video"
+    assert abs(rec["fps"] - 5.0) < 1e-6                      # 25 fps / every 5
+    for i in (0, 5, 10, 15):
+        assert (out / "asl_hand.25fps" / f"frame_{i:06d}" / "result.json").is_file()
+    z = np.load(out / "asl_hand.25fps" / "tracks.npz")
+    assert list(z["frame_index"]) == [0, 5, 10, 15] and int(z["num_tracks"]) >= 1
+    assert z["track0_keypoints_3d"].shape[1:] == (21, 3)
+    assert np.ptp(z["track0_shape"], axis=0).max() == 0      # one shape per track
+    av = pytest.importorskip("av")
+    with av.open(str(out / "asl_hand.25fps" / "overlay.mp4")) as c:
+        s = c.streams.video[0]
+        assert sum(1 for _ in c.decode(s)) == 4 and abs(float(s.average_rate) - 5.0) < 1e-6
+    assert "overlay.mp4" in (out / "index.html").read_text()
