@@ -165,6 +165,10 @@ def main():
       4  unreadable input (missing, empty, not an image, truncated)
       5  compute backend unavailable (CUDA, nvdiffrast)
     """
+    # Thread pools are sized here, at the start of a command, never at import (bench/contention.py).
+    from .batch.threads import configure_threads_env
+
+    configure_threads_env()
 
 
 @main.command()

@@ -36,6 +36,24 @@ def default_threads() -> int:
     return available_cores()
 
 
+def configure_threads_env(threads: int | None = None) -> int:
+    """At a command's start, before torch or numba load: size their pools and make
+    idle OpenMP threads sleep, through the environment they read when they load.
+    Imports nothing heavy (``--help`` stays instant). Settings already in the
+    environment win. ``HANDFIT_THREADS_CONFIG=0`` leaves everything as it is. -> threads
+    """
+    if os.environ.get("HANDFIT_THREADS_CONFIG") == "0":
+        return 0
+    n = max(1, int(threads or default_threads()))
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch loads it
+        os.environ.setdefault("KMP_BLOCKTIME", "0")           # the same for Intel's OpenMP
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    if "numba" not in sys.modules:
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
+    return n
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Size torch's and numba's pools to ``threads`` and make idle OpenMP threads sleep. -> threads
 

@@ -37,9 +37,9 @@ from . import store
 
 MAX_GAP = 3           # chosen frames a track may miss before it ends
 MIN_IOU = 0.1
-SIGMA_POSE = 0.05     # radians of acceleration per chosen frame that cost as much as ...
+SIGMA_POSE = 0.3      # radians of acceleration per chosen frame that cost as much as ...
 SIGMA_TRANSL = 0.005  # ... metres of acceleration; both against the 2D term's scale
-SMOOTH_SCALE = 1e-3   # the keypoint stage's 2D term is ~1e-3 at a few pixels of error
+SMOOTH_SCALE = 5e-5   # against the 2D term; chosen on the dev clip (docs/benchmarks.md)
 REFINE_ITERS = 150
 
 

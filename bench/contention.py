@@ -1,0 +1,72 @@
+"""CPU contention: one `handfit fit` alone, then two at once, with and without
+handfit's thread configuration, in one run.
+
+    python bench/contention.py [IMAGE] [--no-appearance] [--modes configured,unconfigured]
+
+For each mode: the wall time of one fit alone, then of two identical fits
+started together; the ratio (slower of the pair / alone) is the figure that
+must stay <= 2.5. "unconfigured" sets HANDFIT_THREADS_CONFIG=0, i.e. torch's
+and numba's own defaults (every core each, spinning OpenMP waits), which is
+how handfit ran before. The children inherit no OMP_/NUMBA_ settings from this
+shell, so that the defaults are really the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLEAN = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
+         "HANDFIT_THREADS", "HANDFIT_THREADS_CONFIG")
+
+
+def launch(image, out, extra, mode):
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    if mode == "unconfigured":
+        env["HANDFIT_THREADS_CONFIG"] = "0"
+    cmd = [sys.executable, "-m", "handfit.cli", "fit", str(image), "-o", str(out), "-q", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def timed(procs):
+    t0 = time.perf_counter()
+    left = dict(enumerate(procs))
+    times = [0.0] * len(procs)
+    while left:
+        for i, p in list(left.items()):
+            if p.poll() is not None:
+                times[i] = time.perf_counter() - t0
+                if p.returncode != 0:
+                    raise SystemExit(f"fit failed: {p.stderr.read()}")
+                del left[i]
+        time.sleep(0.05)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("image", nargs="?", default=str(REPO / "examples" / "hand.jpg"))
+    ap.add_argument("--no-appearance", action="store_true")
+    ap.add_argument("--modes", default="configured,unconfigured")
+    args = ap.parse_args()
+    extra = ["--no-appearance"] if args.no_appearance else []
+    print(f"{os.cpu_count()} CPUs; image {args.image}; {'keypoint stage only' if extra else 'default fit'}")
+    print("| mode | alone s | pair s (each) | slower / alone |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.modes.split(","):
+            launch(args.image, Path(tmp) / "warm", extra, mode).wait()  # caches warm, like a user's second run
+            alone = timed([launch(args.image, Path(tmp) / "a", extra, mode)])[0]
+            pair = timed([launch(args.image, Path(tmp) / f"p{i}", extra, mode) for i in range(2)])
+            print(f"| {mode} | {alone:.1f} | {pair[0]:.1f}, {pair[1]:.1f} | {max(pair) / alone:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
