@@ -186,7 +186,9 @@ def test_batch_skips_unreadable_files(tmp_path):
     (folder / "broken.jpg").write_text("not an image")
     r = run_cli("batch", folder, "-o", tmp_path / "out", "-q", "--no-appearance")
     assert r.returncode == 0, r.stderr
-    assert "skipped" in r.stderr and "broken.jpg" in r.stderr
+    assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    lines = [json.loads(x) for x in (tmp_path / "out" / "summary.jsonl").read_text().splitlines()]
+    assert [(x["key"], x["status"]) for x in lines] == [("broken", "error"), ("hand", "ok")]
     doc = json.loads((tmp_path / "out" / "hand" / "result.json").read_text())
     assert len(doc["hands"]) == 1
     assert not (tmp_path / "out" / "broken").exists()

@@ -95,8 +95,6 @@ def run_ray(todo: list, job, log, run_id: str) -> int:
         import ray.data
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'handfit[ray]'") from None
-    import torch
-
     workers = _workers()
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
@@ -110,13 +108,18 @@ def run_ray(todo: list, job, log, run_id: str) -> int:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(job.progress)
     ctx.execution_options.preserve_order = True
-    gpu = torch.cuda.is_available() and job.fit_options().device in ("auto", "cuda") or \
-        str(job.fit_options().device).startswith("cuda")
     opts = job.fit_options()
+    # GPUs are those of the cluster, not of the driver; fit actors share them when there are fewer
+    # GPUs than workers (two actors on one GPU keep it busier than one).
+    gpus = float(ray.cluster_resources().get("GPU", 0)) if opts.device in ("auto", "cuda") else 0.0
+    if str(opts.device).startswith("cuda") and gpus == 0:
+        raise UsageError("--device cuda was asked for, but the Ray cluster has no GPU")
+    gpu = gpus > 0
+    per_gpu = min(1.0, gpus / workers) if gpu else 0
     ds = ray.data.from_items([u.to_dict() for u in todo], override_num_blocks=min(len(todo), 4 * workers))
     ds = ds.map(_Detect, fn_constructor_kwargs={"max_hands": opts.max_hands}, concurrency=workers, num_cpus=1)
     ds = ds.map_batches(_FitWrite, fn_constructor_kwargs={"job": job, "run_id": run_id, "threads": None if gpu else 1},
-                        batch_size=job.batch_size, concurrency=workers, num_cpus=1, num_gpus=1 if gpu else 0,
+                        batch_size=job.batch_size, concurrency=workers, num_cpus=1, num_gpus=per_gpu,
                         batch_format="numpy")
     n = 0
     for row in ds.iter_rows():
