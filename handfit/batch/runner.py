@@ -44,7 +44,7 @@ class BatchJob:
     """Everything a batch needs besides its inputs."""
 
     out: Path
-    options: object = None               # handfit.api.FitOptions; None -> defaults
+    options: object = None               # handfit.options.FitOptions; None -> defaults
     batch_size: int = 16
     overwrite: bool = False
     shard: tuple = (1, 1)                # (K, N)
@@ -67,7 +67,7 @@ class BatchJob:
 
     def fit_options(self):
         if self.options is None:
-            from ..api import FitOptions
+            from ..options import FitOptions
 
             self.options = FitOptions()
         return self.options
