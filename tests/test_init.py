@@ -46,3 +46,22 @@ def test_ik_fallback_fits_landmarks():
     err = _err_mm(model, go, p, s, kp)
     start = _err_mm(model, torch.zeros(8, 3), torch.zeros_like(p), torch.zeros_like(s), kp)
     assert err < 0.5 * start, (float(err), float(start))
+
+
+def test_missing_weights_warn_and_name_the_file(tmp_path, monkeypatch):
+    """An install without its weights must say so, never fall back silently."""
+    import pytest
+
+    import handfit.weights as W
+    from handfit.fitting.init import _read_regressor
+    from handfit.models import load_model
+    from handfit.models.anny import shipped_keypoint_offsets
+
+    assert (W.WEIGHTS_DIR / "regressor_anny.pt").is_file()      # shipped inside the package
+    assert (W.WEIGHTS_DIR / "keypoints_anny.pt").is_file()
+    monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path)
+    model = load_model("anny")
+    with pytest.warns(UserWarning, match=r"regressor_anny\.pt is missing"):
+        assert _read_regressor(model, "cpu", torch.float32) is None
+    with pytest.warns(UserWarning, match=r"keypoints_anny\.pt is missing"):
+        assert shipped_keypoint_offsets() is None
