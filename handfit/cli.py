@@ -285,5 +285,30 @@ def merge(out, extra, no_gallery):
     sys.exit(exit_code(records))
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "outdir", default=None, type=click.Path(file_okay=False),
+              help="Output folder (checkpoint.pt, texture_prior.pt, log.jsonl, loss.png). "
+                   "Default: train_out/<config name>.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt to the config's final step.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train(config, outdir, resume, quiet):
+    """Train the learned texture prior as the YAML file CONFIG says.
+
+    Data sources (synthetic scenes with known textures, folders of photos),
+    model size, losses, optimiser, checkpoints: see examples/configs/. Runs
+    under torchrun for several processes (rank 0 writes).
+    """
+    from .errors import HandfitError
+
+    try:
+        from .train.trainer import train as run_training
+
+        out = run_training(config, outdir, resume=resume, progress=not quiet)
+    except HandfitError as exc:
+        _fail(exc)
+    click.echo(f"handfit: trained texture prior -> {out}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
