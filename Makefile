@@ -12,7 +12,7 @@ OUT    ?= handfit_out
 help:
 	@echo "make demo     create .venv, install, fit examples/hand.jpg into $(OUT)/"
 	@echo "make test     create .venv, install, run the tests"
-	@echo "make weights  recalibrate the keypoints and retrain the regressor (handfit/weights/)"
+	@echo "make weights  recalibrate the keypoints, retrain the regressor and the texture prior (handfit/weights/)"
 	@echo "make example  re-render examples/hand.jpg"
 	@echo "make bench    run the benchmarks in bench/"
 
@@ -38,6 +38,8 @@ test: $(STAMP)
 weights: $(STAMP)
 	$(BIN)/python -m handfit.train.calibrate --scenes 1200 --out handfit/weights/keypoints_anny.pt
 	$(BIN)/python -m handfit.train.regressor --model anny --out handfit/weights/regressor_anny.pt
+	OMP_NUM_THREADS=1 $(BIN)/python -m handfit train examples/configs/default.yaml --out train_out/texture_prior_anny
+	cp train_out/texture_prior_anny/texture_prior.pt handfit/weights/texture_prior_anny.pt
 
 example: $(STAMP)
 	$(BIN)/python examples/make_example.py
@@ -47,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/dev_keypoints.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache train_out

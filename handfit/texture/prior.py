@@ -12,9 +12,10 @@ Two choices beyond the paper, both to train fast on a CPU:
 * the samples are pooled into UV texels before the transformer
   (:func:`pack_samples`), bounding the set to ``max_tokens`` entries;
 * the decoder predicts a *correction* (in logit space) of the samples'
-  push-pull fill at the query grid's resolution. The last layer starts at
-  zero, so an untrained prior returns that smooth fill and training only
-  has to learn what the fill gets wrong (unseen regions, chart seams).
+  push-pull fill at the decoder's last resolution; every decoder level
+  also sees the fill at its own resolution. The last layer starts at zero,
+  so an untrained prior returns that fill and training only has to learn
+  what the fill gets wrong (unseen regions, chart seams).
 
 A sample set is padded to a common length: ``uv`` (B,N,2) in [0,1], ``rgb``
 (B,N,3) in [0,1], ``conf`` (B,N) >= 0, ``cos`` (B,N) view cosine and
@@ -215,6 +216,7 @@ def load_prior(path=None, device="cpu", dtype=torch.float32) -> TexturePrior | N
             return None
     else:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    net = TexturePrior(PriorConfig(**ck["config"]))
+    cfg = ck["prior_config"] if "prior_config" in ck else ck["config"]  # a training checkpoint, or a prior file
+    net = TexturePrior(PriorConfig(**cfg))
     net.load_state_dict({k: v.float() for k, v in ck["model"].items()})
     return net.to(device=device, dtype=dtype).eval()

@@ -129,8 +129,9 @@ def anatomical_texture(gen: np.random.Generator, maps: torch.Tensor) -> np.ndarr
     tex = skin_texture(gen, T)
     m = maps.numpy()
     palm, nail, knuckle = m[..., :1], m[..., 1:2], m[..., 2:3]
-    light = np.array([1.0, 0.93, 0.88]) * gen.uniform(0.5, 0.85)  # palms are lighter and pinker than the back
-    tex = tex * (1 - palm * gen.uniform(0.15, 0.4)) + palm * gen.uniform(0.15, 0.4) * light
+    # Palms are lighter and pinker than the back of the hand, the more so the darker the skin.
+    lift = gen.uniform(0.15, 0.4) * np.array([1.0, 0.85, 0.8])
+    tex = tex + palm * lift * (1 - tex)
     nailc = np.array([0.92, 0.78, 0.76]) * gen.uniform(0.85, 1.0)
     tex = tex * (1 - nail * 0.6) + nail * 0.6 * nailc
     tex = tex * (1 - knuckle * gen.uniform(0.05, 0.15) * np.array([0.6, 1.0, 1.0]))
