@@ -115,6 +115,7 @@ def clear_caches() -> None:
         _DETECTORS.clear()
     clear_regressors()
     clear_model_cache()
+    _PRIORS.clear()
 
 
 @dataclass
@@ -144,6 +145,22 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detectio
         dets = list(dets)[: opts.max_hands]
         out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets))
     return out, errors
+
+
+_PRIORS: dict = {}
+
+
+def _texture_prior(spec: str, model: str, device, dtype):
+    """The learned texture prior FitOptions.texture_prior names (cached), or None.
+    The shipped one is trained on Anny's UV atlas: MANO gets it only by path."""
+    if spec == "none" or (spec == "default" and model != "anny"):
+        return None
+    key = (spec, str(device), dtype)
+    if key not in _PRIORS:
+        from .texture.fill import resolve_prior
+
+        _PRIORS[key] = resolve_prior(spec, device, dtype)
+    return _PRIORS[key]
 
 
 def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
@@ -178,6 +195,7 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
         dense_report, tex = fit_appearance(
             model, params, K, kp2d, scale, [p.photo.rgb for p, _ in items], opts.dense, opts.texture_size,
             backend=opts.renderer, crop_size=opts.crop_size,
+            texture_prior=_texture_prior(opts.texture_prior, opts.model, device, dtype),
             on_step=(lambda it, loss: progress("appearance", side, it, steps)) if progress else None)
         texture = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
     seconds = (time.perf_counter() - t0) / len(items)

@@ -39,6 +39,9 @@ FIT_FLAGS = {
                                      "and a coarse albedo against the photo (it stops earlier on convergence)."),
     "--texture-iters": ("dense.texture_iters", "Iterations of the dense stage's texture phase: the full UV "
                                                "texture and light fitted to the photo on the final mesh."),
+    "--texture-prior": ("texture_prior", "Texels the photo does not show, in the texture phase: 'default' (the "
+                                         "shipped learned texture prior), 'none' (the coarse albedo), or a prior "
+                                         "file from `handfit train`."),
     "--photo-mask": ("dense.photo_mask", "How the photo's hand mask for the silhouette term is made "
                                          "(docs/fitting.md)."),
 }

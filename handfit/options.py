@@ -129,6 +129,9 @@ class FitOptions:
     appearance: bool = True               # run the dense rendered-appearance stage
     crop_size: int = opt(256, min=16)     # side of the square crop each hand is fitted in
     texture_size: int = opt(256, min=4)   # side of the UV texture
+    # Unseen texels in the texture phase: "default" (the shipped learned prior,
+    # handfit/weights/texture_prior_anny.pt), "none" (the coarse albedo) or a prior file.
+    texture_prior: str = opt("default")
     keypoint: KeypointStage = field(default_factory=KeypointStage)
     dense: DenseStage = field(default_factory=DenseStage)
 
@@ -141,6 +144,11 @@ class FitOptions:
         """Check every field of the tree; raises :class:`OptionError` naming the first bad one."""
         for path, f, value in _walk(self):
             _check(path, f, value)
+        if self.texture_prior not in ("default", "none"):
+            from pathlib import Path
+
+            if not Path(str(self.texture_prior)).is_file():
+                raise OptionError("texture_prior", f"expected default, none or a prior file, not {self.texture_prior!r}")
         if self.model == "mano" and self.mano is None:
             raise OptionError("mano", "the MANO model needs a MANO file (MANO's licence forbids shipping it)")
         return self

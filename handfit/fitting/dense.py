@@ -38,6 +38,7 @@ from .. import render as R
 from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
 from ..render.shading import sh_lights, sh_shading
 from .photo_mask import hand_probability, hand_probability_grabcut
+from ..texture.fill import prior_fill
 from ..texture.unwrap import fill_push_pull, splat, unwrap
 from ..options import DenseStage
 from . import losses as L
@@ -278,12 +279,14 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
 
 
 def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
-                   backend: str = "auto", crop_size: int = 256, on_step=None):
+                   backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
     scale (B,) box side in pixels, photos: list of B (H,W,3) uint8 arrays.
     ``on_step(it, total)`` is called after every iteration of both phases.
+    ``texture_prior``: a learned TexturePrior (handfit/texture/prior.py) whose
+    prediction fills the unseen texels in the texture phase; None: the coarse albedo.
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
     dev, dt = params["pose"].device, params["pose"].dtype
@@ -325,6 +328,9 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
         g = scene.rasterize(v1, points=True)
     sh1 = state["sh"].detach()
     tex_prior = resize_texture(albedo, texture_size)
+    if texture_prior is not None:  # the learned prior's texture, from this mesh's samples, replaces it
+        deshaded = scene.target / sh_shading(g.normals, sh1).clamp(min=0.2)
+        tex_prior = prior_fill(texture_prior, deshaded, g, scene.valid, skin_p, texture_size)
     tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=tex_prior, g=g)
     prior_w = 1 - conf1.clamp(max=1.0)  # (B,T,T,1): 1 where unseen
     tstate = {"texture": tex1, "sh": sh1.clone()}

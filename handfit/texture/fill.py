@@ -1,8 +1,8 @@
 """Filling the texels a photo does not see with the learned texture prior.
 
 The dense stage calls :func:`prior_fill` once, in its texture phase: the
-photo is unwrapped onto the final mesh (the samples it already makes) and
-the prior predicts the whole UV texture from them. Observed texels keep
+photo is unwrapped onto the final mesh (as for the initial texture) and the
+prior predicts the whole UV texture from those samples. Observed texels keep
 their own colour; the prediction replaces the coarse albedo as the fill of
 the unseen ones and as the target of the texture-prior term.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .prior import TexturePrior, pack_samples
-from .unwrap import UVSamples
+from .unwrap import UVSamples, unwrap
 
 
 @torch.no_grad()
@@ -31,14 +31,17 @@ def predict_texture(net: TexturePrior, samples: UVSamples, batch_size: int, size
     return tex.contiguous()
 
 
-def prior_fill(net: TexturePrior | None, samples: UVSamples, batch_size: int, size: int,
-               fallback: torch.Tensor) -> torch.Tensor:
-    """The texture (B,size,size,3) unseen texels should take: the prior's
-    prediction from ``samples``, or ``fallback`` (B,size,size,3) when there is
-    no prior (``--texture-prior none``)."""
-    if net is None:
-        return fallback
-    return predict_texture(net, samples, batch_size, size)
+def prior_fill(net: TexturePrior, photo: torch.Tensor, g, valid: torch.Tensor | None = None,
+               weight: torch.Tensor | None = None, size: int = 256) -> torch.Tensor:
+    """The learned prior's texture (B,size,size,3) from a photo unwrapped onto a mesh.
+
+    photo (B,S,S,3) in [0,1] (already divided by the fitted shading, as the
+    texture phase's samples are); g: the mesh's buffers (rast, uv, normals,
+    points of ``render.rasterize_mesh(..., points=True)``); valid (B,S,S) bool
+    and weight (B,S,S) as for :func:`unwrap`.
+    """
+    samples = unwrap(photo.clamp(0, 1), g.rast, g.uv, g.normals, g.points, valid=valid, colour_weight=weight)
+    return predict_texture(net, samples, photo.shape[0], size)
 
 
 def resolve_prior(spec, device, dtype) -> TexturePrior | None:

@@ -67,16 +67,12 @@ def render_buffers(model, vertices: torch.Tensor, K: torch.Tensor, size: int, mi
     dict uv (B,S,S,2), normals (B,S,S,3) unit, cos (B,S,S), keep (B,S,S) bool
     (pixels that give samples: unwrap's rule, eroded silhouette and cos > min_cos)."""
     from .. import render as R
-    from ..render.shading import vertex_normals
 
-    faces = model.faces.to(torch.int32)
-    clip = R.camera_to_clip(vertices, K, (size, size))
-    rast = R.rasterize(clip, faces, (size, size), backend="cpu")
-    uv = R.interpolate(model.uv_coords.to(vertices.dtype), rast, model.uv_faces.to(torch.int32))
-    n = F.normalize(R.interpolate(vertex_normals(vertices, model.faces), rast, faces), dim=-1)
-    pts = R.interpolate(vertices, rast, faces)
-    cos = (n * F.normalize(-pts, dim=-1)).sum(-1)
-    cover = (rast[..., 3] > 0).float()[:, None]
+    g = R.rasterize_mesh(vertices, model.faces, K, (size, size), uv=model.uv_coords, uv_faces=model.uv_faces,
+                         points=True, backend="cpu")
+    cos = (g.normals * F.normalize(-g.points, dim=-1)).sum(-1)
+    cover = g.cover.permute(0, 3, 1, 2)
+    uv, n = g.uv, g.normals
     k = 2 * erode + 1
     inner = (-F.max_pool2d(-cover, k, 1, erode))[:, 0] > 0.5
     return {"uv": uv, "normals": n, "cos": cos, "keep": inner & (cos > min_cos), "cover": cover[:, 0] > 0}
