@@ -16,8 +16,9 @@ Synthetic scenes (known texture, samples divided by the true shading): the
 same hidden-pixel error, and the UV error against the true texture on the
 texels no visible pixel saw (inside the atlas).
 
-    OMP_NUM_THREADS=1 python bench/texture_completion.py --photos /work/shared/data/dev/hamer ... \
-        --cache /tmp/hf_cache/dev [--weights PATH] [--synthetic 40]
+    D=../shared/data/dev
+    OMP_NUM_THREADS=1 python bench/texture_completion.py --cache /tmp/hf_cache/dev --photos $D/hamer \
+        $D/freihand $D/onehand10k $D/panoptic $D/meshgraphormer $D/tfjs_models/asl_frames [--weights PATH]
 """
 
 import argparse
@@ -37,6 +38,8 @@ from handfit.train.data import hide_region, photo_cache, photo_views, synthetic_
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--photos", nargs="*", default=[], help="folders of photos (held aside from training)")
 ap.add_argument("--cache", default=None, help="where the photo fits are cached")
+ap.add_argument("--dense-geometry", action="store_true",
+                help="fit the photos' geometry with the dense stage (default: keypoint stage only, ~6x cheaper)")
 ap.add_argument("--weights", default=None, help="a texture prior file (default: the shipped one)")
 ap.add_argument("--synthetic", type=int, default=40, help="synthetic scenes (0: none)")
 ap.add_argument("--hide", type=float, default=1 / 3)
@@ -118,7 +121,7 @@ torch.manual_seed(0)
 if a.photos:
     files = []
     for folder in a.photos:
-        files += photo_cache(folder, a.cache or "photo_cache", appearance=True, progress=True)
+        files += photo_cache(folder, a.cache or "photo_cache", appearance=a.dense_geometry, progress=False)
     views = photo_views(files, size=a.crop, tex_size=T)
     hidden_errors(views, f"real photos ({', '.join(a.photos)})")
 if a.synthetic:

@@ -166,7 +166,9 @@ def pack_samples(samples: UVSamples, batch_size: int, max_tokens: int = 512, tex
     """Pool UVSamples into at most ``max_tokens`` texel tokens per hand, padded.
 
     Each observed texel of a ``texels``² grid becomes one token: its weighted
-    mean uv and colour, summed weight (conf) and mean view cosine. Hands with
+    mean uv, colour and view cosine, and conf 1. (Not the summed weight: that
+    grows with the crop's resolution, and a prior trained on small crops
+    would read the fit's 256² crops as a different input.) Hands with
     more observed texels keep a random subset (``generator``; the largest
     weights when None).
     -> dict uv (B,N,2), rgb (B,N,3), conf (B,N), cos (B,N), mask (B,N) bool
@@ -191,7 +193,7 @@ def pack_samples(samples: UVSamples, batch_size: int, max_tokens: int = 512, tex
     mask = torch.gather(seen, 1, idx)
     Wp = pick[..., 6].clamp(min=1e-8)
     return {"uv": pick[..., 0:2] / Wp[..., None], "rgb": pick[..., 2:5] / Wp[..., None],
-            "cos": pick[..., 5] / Wp, "conf": pick[..., 6].clamp(max=1.0) * mask, "mask": mask}
+            "cos": pick[..., 5] / Wp, "conf": mask.to(dt), "mask": mask}
 
 
 def save_prior(model: TexturePrior, path, extra: dict | None = None) -> None:

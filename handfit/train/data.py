@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..texture.prior import pack_samples
-from ..texture.unwrap import UVSamples
+from ..texture.unwrap import UVSamples, splat
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
@@ -341,7 +341,8 @@ def make_batch(views: Views, idx: torch.Tensor, generator: torch.Generator, hide
     Random per-view colour gain (±``jitter``, the same on photo, samples and
     texture), and a hidden part of ``hide`` = (lo, hi) of the sampled pixels.
     -> dict: the packed input samples (see pack_samples), photo, uv, shading
-    (B,S,S,·), seen / hidden (B,S,S) float, texture (B,T,T,3), has_texture (B,)
+    (B,S,S,·), seen / hidden (B,S,S) float, texture (B,T,T,3), has_texture (B,),
+    unseen (B,T,T) float: texels no given sample touches
     """
     B = idx.numel()
     gain = 1 + (torch.rand(B, 1, 1, 3, generator=generator) * 2 - 1) * jitter
@@ -355,6 +356,8 @@ def make_batch(views: Views, idx: torch.Tensor, generator: torch.Generator, hide
     albedo = photo / shading.clamp(min=0.05)
     s = UVSamples(batch=b, uv=uv[b, y, x], rgb=albedo[b, y, x].clamp(0, 1), cos=cos[b, y, x], weight=weight[b, y, x])
     packed = pack_samples(s, B, max_tokens=max_tokens, generator=generator)
-    return {**packed, "photo": photo, "uv_image": uv, "shading": shading,
+    T = views.texture.shape[1]
+    _, conf = splat(s, B, T)
+    return {**packed, "unseen": (conf[..., 0] <= 0).to(photo.dtype), "photo": photo, "uv_image": uv, "shading": shading,
             "seen": given.to(photo.dtype), "hidden": hidden.to(photo.dtype),
             "texture": (views.texture[idx] * gain).clamp(0, 1), "has_texture": views.has_texture[idx]}

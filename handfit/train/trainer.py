@@ -9,7 +9,8 @@ and compares it with the photo:
     loss = photo     · robust colour error over the given visible pixels
          + structure · image-gradient error over the visible hand
          + masked    · robust colour error over the hidden pixels
-         + uv        · L1 against the true texture (synthetic views only)
+         + uv        · L1 against the true texture (synthetic views only;
+                       texels no given sample touches count 4x)
 
 Runs on one process or under ``torchrun`` (DistributedDataParallel; gloo on
 the CPU, nccl on CUDA); rank 0 writes. Every ``checkpoint_every`` steps
@@ -62,7 +63,9 @@ def losses(net, batch: dict, cfg: TrainConfig) -> dict:
         "hidden_l1": ((render - photo).abs().mean(-1) * hidden).sum() / hidden.sum().clamp(min=1),
     }
     has = batch["has_texture"].to(tex.dtype)
-    uv_err = (tex - batch["texture"]).abs().mean((1, 2, 3))
+    # Unseen texels count 4x: filling them is the prior's job (seen ones come from the photo in fit).
+    wuv = 1 + 3 * batch["unseen"]
+    uv_err = ((tex - batch["texture"]).abs().mean(-1) * wuv).sum((1, 2)) / wuv.sum((1, 2))
     out["uv"] = (uv_err * has).sum() / has.sum().clamp(min=1)
     out["total"] = w.photo * out["photo"] + w.structure * out["structure"] + w.masked * out["masked"] + w.uv * out["uv"]
     return out
