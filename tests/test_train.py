@@ -81,6 +81,7 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path):
     assert r.exit_code == 2 and "checkpoint" in r.output
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_final_step_and_weights(tmp_path):
     """A CLI run killed with SIGKILL after a checkpoint, then resumed, ends
     where an uninterrupted run ends: same step, same weights."""
@@ -113,6 +114,7 @@ def test_kill_and_resume_reaches_the_same_final_step_and_weights(tmp_path):
     assert max(steps) == 30
 
 
+@pytest.mark.slow
 def test_two_ddp_ranks_hold_equal_parameters(tmp_path):
     """torchrun-style: two CPU processes (gloo), one step each on different batches."""
     cfg = write(tmp_path, {**TINY, "optim": {**TINY["optim"], "steps": 1}})
