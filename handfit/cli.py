@@ -310,7 +310,8 @@ def train(config, outdir, resume, quiet):
         out = run_training(config, outdir, resume=resume, progress=not quiet)
     except HandfitError as exc:
         _fail(exc)
-    click.echo(f"handfit: trained texture prior -> {out}", err=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        click.echo(f"handfit: trained texture prior -> {out}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
