@@ -24,8 +24,9 @@ It runs in two phases:
    texture and the lighting are fitted to the photo. The texture starts from
    the photo unwrapped onto the final mesh and divided by the fitted shading
    (grazing angles, silhouette pixels and non-skin colours left out); unseen
-   texels are filled by push-pull towards the coarse albedo and held there by
-   the prior term.
+   texels take the learned texture prior's prediction from those samples
+   (handfit/texture/fill.py), or, without a prior, the coarse albedo, and the
+   prior term holds them there.
 """
 
 from __future__ import annotations
