@@ -43,6 +43,9 @@ class HandResult:
     losses: dict                    # stage -> term -> value
     metrics: dict                   # per-hand measurements (errors, iterations, ...)
     seconds: float                  # this hand's share of the optimisation time
+    detect_pass: str = "full"       # the detection pass that found it (handfit.detect_passes)
+    side_source: str = "detector"   # "detector" | "fit" (both models fitted, handfit.fitting.side)
+    side_losses: dict | None = None  # {"left": loss, "right": loss} when both were fitted
 
 
 @dataclass
@@ -57,6 +60,7 @@ class FitResult:
     hands: list
     image: np.ndarray = field(repr=False, default=None)  # (H,W,3) uint8, EXIF-oriented
     error: str | None = None        # why the photo could not be read (fit_batch(skip_unreadable=True))
+    hands_found: int = 0            # hands detected (before the max_hands cut)
 
     def to_dict(self, files: list | None = None, overlay: str | None = None) -> dict:
         """The ``result.json`` document. ``files``: per-hand dicts of relative paths."""
@@ -68,13 +72,15 @@ class FitResult:
                 "keypoints_2d_fitted": h.keypoints_2d_fitted,
                 "keypoints_3d": h.keypoints_3d,
                 "params": h.params, "init": h.init, "losses": h.losses, "metrics": h.metrics,
-                "seconds": h.seconds,
+                "seconds": h.seconds, "pass": h.detect_pass,
+                "side_source": h.side_source, "side_losses": h.side_losses,
                 "files": files[i] if files else {},
             })
         return {
             "image": {"path": self.image_path, "width": self.width, "height": self.height},
             "camera": {"K": self.K},
             "model": self.model,
+            "hands_found": self.hands_found,
             "hands": hands,
             "overlay": overlay,
         }
@@ -93,14 +99,14 @@ _DETECTORS: dict = {}
 _DETECTORS_LOCK = threading.Lock()
 
 
-def _detector(max_hands: int):
-    """One MediaPipe detector per process and ``max_hands`` (they take ~0.1 s to make)."""
+def _detector(mode: str):
+    """One MediaPipe detector per process and detection mode (they take ~0.1 s to make)."""
     from .detect import Detector
 
     with _DETECTORS_LOCK:
-        if max_hands not in _DETECTORS:
-            _DETECTORS[max_hands] = Detector(max_hands=max_hands)
-        return _DETECTORS[max_hands]
+        if mode not in _DETECTORS:
+            _DETECTORS[mode] = Detector(mode=mode)
+        return _DETECTORS[mode]
 
 
 def clear_caches() -> None:
@@ -124,9 +130,10 @@ class _Photo:
     photo: object                   # handfit.io.image.Photo
     K: np.ndarray
     detections: list
+    found: int = 0
 
 
-def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detections=None) -> tuple:
+def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detections=None, boxes=None) -> tuple:
     from .camera import intrinsics
     from .errors import ImageError
     from .io.image import load_image
@@ -141,9 +148,14 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detectio
             errors[i] = str(exc)
             continue
         K = intrinsics(photo.width, photo.height, focal=opts.focal, exif_focal=photo.exif_focal_px)
-        dets = detections[i] if detections is not None else _detector(opts.max_hands).detect(photo.rgb)
-        dets = list(dets)[: opts.max_hands]
-        out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets))
+        if detections is not None:
+            dets = detections[i]
+        elif boxes is not None and boxes[i] is not None:
+            dets = _detector(opts.detect).detect_in_boxes(photo.rgb, boxes[i])
+        else:
+            dets = _detector(opts.detect).detect(photo.rgb)
+        dets = list(dets)
+        out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets[: opts.max_hands], len(dets)))
     return out, errors
 
 
@@ -228,12 +240,14 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
             vertices=out.vertices[b].double().cpu().numpy(),
             faces=model.faces.cpu().numpy(), uv_coords=model.uv_coords.double().cpu().numpy(),
             uv_faces=model.uv_faces.cpu().numpy(), texture=texture[b], init=method,
-            losses=losses, metrics=metrics, seconds=seconds)))
+            losses=losses, metrics=metrics, seconds=seconds,
+            detect_pass=getattr(det, "pass_name", "full"), side_source=getattr(det, "side_source", "detector"),
+            side_losses=getattr(det, "side_losses", None))))
     return results
 
 
 def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadable: bool = False,
-              detections: list | None = None, **options) -> list:
+              detections: list | None = None, boxes: list | None = None, **options) -> list:
     """Fit every hand in each photo. ``images``: paths, arrays or PIL images.
 
     All hands of all photos are optimised together (one batch per side), which
@@ -243,6 +257,10 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     says why instead of raising ImageError.
     ``detections``: optional, one list of :class:`handfit.detect.Detection`
     per image, to bring your own detector (or tracker) instead of MediaPipe.
+    ``boxes``: optional, one list per image (or None) of hand boxes
+    ``(x0, y0, x1, y1[, side])`` in pixels: the landmark model runs inside
+    each (:meth:`handfit.detect.Detector.detect_in_boxes`) instead of the
+    detection cascade.
     ``progress(stage, side, iteration, total)`` is called during optimisation.
     """
     opts = options.pop("options", None) or FitOptions(**options)
@@ -250,7 +268,12 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     images = list(images)
     if detections is not None and len(detections) != len(images):
         raise UsageError(f"got {len(detections)} detection lists for {len(images)} images")
-    photos, errors = _prepare(images, opts, skip_unreadable, detections)
+    if boxes is not None and len(boxes) != len(images):
+        raise UsageError(f"got {len(boxes)} box lists for {len(images)} images")
+    photos, errors = _prepare(images, opts, skip_unreadable, detections, boxes)
+    from .fitting.side import resolve_sides
+
+    resolve_sides(photos, opts, device, opts.side_check_below, _detector(opts.detect))
     by_side: dict = {"right": [], "left": []}
     for p in photos:
         for d in p.detections:
@@ -264,7 +287,8 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     for p in photos:
         hands = [h for _, h in sorted(fitted[p.index], key=lambda x: -x[0])]
         results[p.index] = FitResult(image_path=str(p.photo.path) if p.photo.path else None, width=p.photo.width,
-                                     height=p.photo.height, K=p.K, model=opts.model, hands=hands, image=p.photo.rgb)
+                                     height=p.photo.height, K=p.K, model=opts.model, hands=hands, image=p.photo.rgb,
+                                     hands_found=p.found)
     for i, msg in errors.items():
         path = images[i] if isinstance(images[i], (str, Path)) else None
         results[i] = FitResult(image_path=str(path) if path else None, width=0, height=0, K=np.eye(3),
@@ -272,16 +296,17 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     return [results[i] for i in range(len(images))]
 
 
-def fit(image, progress: Callable | None = None, **options) -> FitResult:
+def fit(image, progress: Callable | None = None, boxes: list | None = None, **options) -> FitResult:
     """Fit every hand in one photo.
 
     image: a path, an (H,W,3) uint8 array or a PIL image.
+    boxes: optional hand boxes ``[(x0, y0, x1, y1[, side]), ...]`` in pixels.
     options: see :class:`FitOptions` (device, max_hands, model, mano, focal,
     renderer, appearance, crop_size, texture_size, keypoint).
     Raises ImageError for unreadable input and UsageError for bad options; a
     photo without hands gives a FitResult with ``hands == []``.
     """
-    return fit_batch([image], progress=progress, **options)[0]
+    return fit_batch([image], progress=progress, boxes=None if boxes is None else [boxes], **options)[0]
 
 
 __all__ = ["fit", "fit_batch", "clear_caches", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",

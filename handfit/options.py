@@ -121,7 +121,9 @@ class FitOptions:
     """Every option of :func:`handfit.fit`; the CLI flags map onto these fields."""
 
     device: str = opt("auto", choices=("auto", "cpu", "cuda"))  # "cuda:N" is accepted too
-    max_hands: int = opt(2, min=1)        # hands per photo, highest scores first
+    max_hands: int | None = opt(None, min=1, kind="int")  # hands per photo, best first; None: all (detect.HAND_CAP)
+    detect: str = opt("thorough", choices=("fast", "thorough"))  # detection cascade (handfit.detect.MODES)
+    side_check_below: float = opt(0.95, min=0)  # fit both hand models when the handedness score is below this
     model: str = opt("anny", choices=("anny", "mano"))
     mano: str | None = opt(None, kind="path")   # MANO_RIGHT/LEFT (.pkl/.npz) or a folder holding them
     focal: float | None = opt(None, min=0, min_open=True, kind="float")  # pixels; overrides EXIF and the default FOV
