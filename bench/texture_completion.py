@@ -26,7 +26,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from handfit import render as R
 from handfit.fitting.dense import coarse, resize_texture

@@ -268,16 +268,21 @@ Exit codes: 0 any hand fitted; 3 inputs read but no hand found;
               help="local: threads in this process. ray: a Ray Data pipeline (pip install 'handfit[ray]'); "
                    "a local Ray instance, or the cluster in RAY_ADDRESS.")
 @click.option("--no-gallery", is_flag=True, help="Do not write OUT/index.html.")
+@click.option("--boxes", "boxes_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help='Your own hand boxes: a JSON file {"photo path": [[x0,y0,x1,y1(,"left"|"right")], ...]} '
+                   "(paths relative to the JSON file); listed photos are searched only inside their boxes.")
 def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smooth, overwrite, shard_spec, engine,
-          no_gallery, **params):
-    from .batch.runner import VideoOptions, environ_progress, run_batch, summary_line
+          no_gallery, boxes_file, **params):
+    from .batch.runner import VideoOptions, environ_progress, load_boxes, run_batch, summary_line
     from .errors import HandfitError
 
     try:
         opts = fit_options(params)
+        boxes = load_boxes(boxes_file) if boxes_file else None
         report = run_batch(inputs, outdir, opts, batch_size=batch_size, overwrite=overwrite, shard_spec=shard_spec,
                            glob=pattern, video=VideoOptions(every=every, start=start, end=end, smooth=not no_smooth),
-                           engine=engine, progress=not quiet and environ_progress(), gallery=not no_gallery)
+                           engine=engine, progress=not quiet and environ_progress(), gallery=not no_gallery,
+                           boxes=boxes)
     except HandfitError as exc:
         _fail(exc)
     for r in report.records:

@@ -33,10 +33,10 @@ def _workers() -> int:
 class _Detect:
     """Ray actor: load a photo and detect its hands; videos pass through."""
 
-    def __init__(self, max_hands: int):
+    def __init__(self, max_hands: int | None, mode: str = "fast", boxes: dict | None = None):
         from .runner import Preparer
 
-        self.prep = Preparer(max_hands)
+        self.prep = Preparer(max_hands, mode, boxes)
 
     def __call__(self, row: dict) -> dict:
         unit = Unit(row["kind"], row["path"], row["key"])
@@ -117,7 +117,8 @@ def run_ray(todo: list, job, log, run_id: str) -> int:
     gpu = gpus > 0
     per_gpu = min(1.0, gpus / workers) if gpu else 0
     ds = ray.data.from_items([u.to_dict() for u in todo], override_num_blocks=min(len(todo), 4 * workers))
-    ds = ds.map(_Detect, fn_constructor_kwargs={"max_hands": opts.max_hands}, concurrency=workers, num_cpus=1)
+    ds = ds.map(_Detect, fn_constructor_kwargs={"max_hands": opts.max_hands, "mode": opts.detect,
+                                             "boxes": job.boxes}, concurrency=workers, num_cpus=1)
     ds = ds.map_batches(_FitWrite, fn_constructor_kwargs={"job": job, "run_id": run_id, "threads": None if gpu else 1},
                         batch_size=job.batch_size, concurrency=workers, num_cpus=1, num_gpus=per_gpu,
                         batch_format="numpy")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HandfitError, ImageError, UsageError
+from ..errors import ImageError, UsageError
 from . import store
 from .inputs import Unit, collect, parse_shard, shard
 
@@ -51,6 +51,7 @@ class BatchJob:
     video: VideoOptions = field(default_factory=VideoOptions)
     progress: bool = False
     gallery: bool = True
+    boxes: dict | None = None            # {absolute photo path: boxes}, see load_boxes
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -166,10 +167,14 @@ class Prepared:
 
 
 class Preparer:
-    """Load and detect photos (runs in a worker thread or a Ray task)."""
+    """Load and detect photos (runs in a worker thread or a Ray task).
 
-    def __init__(self, max_hands: int):
-        self.max_hands = max_hands
+    ``boxes``: {absolute photo path: [(x0, y0, x1, y1[, side]), ...]}; a photo
+    listed there is searched only inside its boxes (see :func:`load_boxes`).
+    """
+
+    def __init__(self, max_hands: int | None, mode: str = "fast", boxes: dict | None = None):
+        self.max_hands, self.mode, self.boxes = max_hands, mode, boxes or {}
         self._det = None
 
     def __call__(self, unit: Unit) -> Prepared:
@@ -185,9 +190,35 @@ class Preparer:
         if self._det is None:
             from ..detect import Detector
 
-            self._det = Detector(max_hands=self.max_hands)
-        dets = self._det.detect(photo.rgb)
+            self._det = Detector(max_hands=self.max_hands, mode=self.mode)
+        boxes = self.boxes.get(str(Path(unit.path).resolve()))
+        dets = self._det.detect_in_boxes(photo.rgb, boxes) if boxes is not None else self._det.detect(photo.rgb)
         return Prepared(unit, photo, dets, seconds=time.perf_counter() - t0)
+
+
+def load_boxes(path) -> dict:
+    """Read a JSON file of hand boxes per photo: ``{"photo path": [[x0, y0, x1, y1], [x0, y0, x1, y1, "left"],
+    ...], ...}``. Relative photo paths are taken from the JSON file's folder.
+    -> {absolute path: list of boxes}. Raises UsageError naming the bad entry."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--boxes {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--boxes {path}: expected an object mapping photo paths to lists of boxes")
+    out = {}
+    for name, boxes in data.items():
+        ok = isinstance(boxes, list) and all(
+            isinstance(b, (list, tuple)) and len(b) in (4, 5) and all(isinstance(v, (int, float)) for v in b[:4])
+            and (len(b) == 4 or b[4] in ("left", "right")) for b in boxes)
+        if not ok:
+            raise UsageError(f"--boxes {path}: {name!r} must map to a list of [x0, y0, x1, y1] or "
+                             "[x0, y0, x1, y1, \"left\"|\"right\"]")
+        out[str((path.parent / name).resolve())] = [tuple(b) for b in boxes]
+    return out
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -247,7 +278,7 @@ def run_local(todo: list[Unit], job: BatchJob, log: store.SummaryLog, run_id: st
     photos = [u for u in todo if u.kind == "photo"]
     videos = [u for u in todo if u.kind == "video"]
     chunks = [photos[i:i + job.batch_size] for i in range(0, len(photos), job.batch_size)]
-    prep = Preparer(opts.max_hands)
+    prep = Preparer(opts.max_hands, opts.detect, job.boxes)
     bar = _bar(len(todo), job.progress, "inputs")
     computed = 0
 
@@ -305,19 +336,21 @@ def run_local(todo: list[Unit], job: BatchJob, log: store.SummaryLog, run_id: st
 
 def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bool = False,
               shard_spec: str | None = None, glob: str | None = None, video: VideoOptions | None = None,
-              engine: str = "local", progress: bool = False, gallery: bool = True, fit=None) -> BatchReport:
+              engine: str = "local", progress: bool = False, gallery: bool = True, fit=None,
+              boxes: dict | None = None) -> BatchReport:
     """Fit every photo and video in ``sources`` (folders walked recursively,
     photos, videos, text files listing paths) into ``out``.
 
     Finished inputs (a result folder with status.json) are skipped unless
     ``overwrite``; ``shard_spec="K/N"`` takes the K-th of N disjoint parts.
     ``engine``: "local" (threads in this process) or "ray" (a Ray Data
-    pipeline; RAY_ADDRESS joins a cluster). ``fit``: replaces
-    :func:`handfit.api.fit_batch` (tests). Raises UsageError for bad options.
+    pipeline; RAY_ADDRESS joins a cluster). ``boxes``: your own hand boxes per
+    photo (:func:`load_boxes`), searched instead of the whole photo. ``fit``:
+    replaces :func:`handfit.api.fit_batch` (tests). Raises UsageError for bad options.
     """
     k, n = parse_shard(shard_spec)
     job = BatchJob(out=Path(out), options=options, batch_size=batch_size, overwrite=overwrite, shard=(k, n),
-                   video=video or VideoOptions(), progress=progress, gallery=gallery)
+                   video=video or VideoOptions(), progress=progress, gallery=gallery, boxes=boxes)
     units_all = collect(sources, glob)
     units = shard(units_all, k, n)
     job.out.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,6 @@ def resolve_sides(photos: list, opts, device, check_below: float, detector=None,
     ``detector_side``. A side given with a box (``side_source == "user"``) is
     never changed.
     """
-    from ..fitting.keypoint import KeypointStage  # noqa: F401 - the stage type of opts.keypoint
     from ..models import load_model
 
     def given(d):  # a side the user gave with a box is kept as is
