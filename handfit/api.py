@@ -46,6 +46,8 @@ class HandResult:
     detect_pass: str = "full"       # the detection pass that found it (handfit.detect_passes)
     side_source: str = "detector"   # "detector" | "fit" (both models fitted, handfit.fitting.side)
     side_losses: dict | None = None  # {"left": loss, "right": loss} when both were fitted
+    stages: dict = field(default_factory=dict)  # earlier stages' results, e.g. stages["keypoint"] =
+                                                # {"keypoints_3d": (21,3), "keypoints_2d": (21,2)} before the dense stage
 
 
 @dataclass
@@ -133,8 +135,9 @@ class _Photo:
     found: int = 0
 
 
-def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detections=None, boxes=None) -> tuple:
-    from .camera import intrinsics
+def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detections=None, boxes=None,
+             cameras=None) -> tuple:
+    from .camera import intrinsics, intrinsics_matrix
     from .errors import ImageError
     from .io.image import load_image
 
@@ -147,7 +150,12 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detectio
                 raise
             errors[i] = str(exc)
             continue
-        K = intrinsics(photo.width, photo.height, focal=opts.focal, exif_focal=photo.exif_focal_px)
+        if cameras is not None and cameras[i] is not None:
+            K = _camera(cameras[i])
+        elif opts.intrinsics is not None:
+            K = intrinsics_matrix(*opts.intrinsics)
+        else:
+            K = intrinsics(photo.width, photo.height, focal=opts.focal, exif_focal=photo.exif_focal_px)
         if detections is not None:
             dets = detections[i]
         elif boxes is not None and boxes[i] is not None:
@@ -157,6 +165,15 @@ def _prepare(images: Iterable, opts: FitOptions, skip_unreadable: bool, detectio
         dets = list(dets)
         out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets[: opts.max_hands], len(dets)))
     return out, errors
+
+
+def _camera(K) -> np.ndarray:
+    """A caller's (3,3) intrinsics, checked."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or not np.allclose(K[2], [0, 0, 1]) \
+            or not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise UsageError("intrinsics must be a finite 3x3 matrix [[fx,0,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0")
+    return K
 
 
 _PRIORS: dict = {}
@@ -198,10 +215,16 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
     kp_report = fit_keypoints(model, params, K, kp2d, world, scale, opts.keypoint,
                               on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
                               if progress else None)
+    kp_seconds = (time.perf_counter() - t0) / len(items)
     dense_report = None
     texture = None
+    before_dense = None
     if opts.appearance:
         from .fitting.dense import fit_appearance
+
+        with torch.no_grad():  # the keypoint fit, kept for comparisons (handfit eval --compare)
+            kp3d = model(**params).keypoints
+            before_dense = (kp3d.double().cpu().numpy(), project(kp3d, K).double().cpu().numpy())
 
         steps = opts.dense.iters + opts.dense.texture_iters  # both phases' caps
         dense_report, tex = fit_appearance(
@@ -226,7 +249,11 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
             "init_kp2d_px": float(init_err[b]),
             "kp2d_px": float((uv[b] - kp2d[b]).norm(dim=-1).mean()),
             "keypoint_iters": kp_report.iters,
+            "keypoint_seconds": kp_seconds,
         }
+        stages = {}
+        if before_dense is not None:
+            stages["keypoint"] = {"keypoints_3d": before_dense[0][b], "keypoints_2d": before_dense[1][b]}
         if dense_report is not None:
             losses["appearance"] = {k: float(v[b]) for k, v in dense_report.terms.items()}
             metrics.update({k: (float(v[b]) if torch.is_tensor(v) else v) for k, v in dense_report.metrics.items()})
@@ -242,12 +269,13 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
             uv_faces=model.uv_faces.cpu().numpy(), texture=texture[b], init=method,
             losses=losses, metrics=metrics, seconds=seconds,
             detect_pass=getattr(det, "pass_name", "full"), side_source=getattr(det, "side_source", "detector"),
-            side_losses=getattr(det, "side_losses", None))))
+            side_losses=getattr(det, "side_losses", None), stages=stages)))
     return results
 
 
 def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadable: bool = False,
-              detections: list | None = None, boxes: list | None = None, **options) -> list:
+              detections: list | None = None, boxes: list | None = None, intrinsics: list | None = None,
+              **options) -> list:
     """Fit every hand in each photo. ``images``: paths, arrays or PIL images.
 
     All hands of all photos are optimised together (one batch per side), which
@@ -261,6 +289,8 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     ``(x0, y0, x1, y1[, side])`` in pixels: the landmark model runs inside
     each (:meth:`handfit.detect.Detector.detect_in_boxes`) instead of the
     detection cascade.
+    ``intrinsics``: optional, one (3,3) K (or None) per image, e.g. a dataset's
+    calibration; it overrides ``intrinsics``/``focal`` of the options and EXIF.
     ``progress(stage, side, iteration, total)`` is called during optimisation.
     """
     opts = options.pop("options", None) or FitOptions(**options)
@@ -270,7 +300,9 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
         raise UsageError(f"got {len(detections)} detection lists for {len(images)} images")
     if boxes is not None and len(boxes) != len(images):
         raise UsageError(f"got {len(boxes)} box lists for {len(images)} images")
-    photos, errors = _prepare(images, opts, skip_unreadable, detections, boxes)
+    if intrinsics is not None and len(intrinsics) != len(images):
+        raise UsageError(f"got {len(intrinsics)} intrinsic matrices for {len(images)} images")
+    photos, errors = _prepare(images, opts, skip_unreadable, detections, boxes, intrinsics)
     from .fitting.side import resolve_sides
 
     resolve_sides(photos, opts, device, opts.side_check_below, _detector(opts.detect))
@@ -301,7 +333,7 @@ def fit(image, progress: Callable | None = None, boxes: list | None = None, **op
 
     image: a path, an (H,W,3) uint8 array or a PIL image.
     boxes: optional hand boxes ``[(x0, y0, x1, y1[, side]), ...]`` in pixels.
-    options: see :class:`FitOptions` (device, max_hands, model, mano, focal,
+    options: see :class:`FitOptions` (device, max_hands, model, mano, focal, intrinsics,
     renderer, appearance, crop_size, texture_size, keypoint).
     Raises ImageError for unreadable input and UsageError for bad options; a
     photo without hands gives a FitResult with ``hands == []``.

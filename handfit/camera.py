@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_FOV_DEG",
     "default_focal",
     "intrinsics",
+    "intrinsics_matrix",
     "project",
     "Crop",
     "square_crop",
@@ -106,6 +107,23 @@ def intrinsics(
         [[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]],
         dtype=np.float64,
     )
+
+
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """``K`` ``(3,3)`` float64 from full pinhole intrinsics in OpenCV pixels.
+
+    ``fx`` and ``fy`` may differ (non-square pixels, or a resized image) and
+    the principal point ``(cx, cy)`` may lie anywhere, outside the image too
+    (a crop of a larger photo).
+
+    Raises:
+        UsageError: a value is not finite, or ``fx``/``fy`` is not positive.
+    """
+    vals = [float(v) for v in (fx, fy, cx, cy)]
+    if not all(math.isfinite(v) for v in vals) or not (vals[0] > 0 and vals[1] > 0):
+        raise UsageError(f"intrinsics fx,fy,cx,cy must be finite with fx, fy > 0, got {vals}")
+    fx, fy, cx, cy = vals
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
 
 
 def project(points: torch.Tensor, K) -> torch.Tensor:

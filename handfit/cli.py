@@ -50,7 +50,7 @@ FIT_FLAGS = {
                                          "(docs/fitting.md)."),
 }
 FIELD_FLAGS = {path: flag for flag, (path, _) in FIT_FLAGS.items()}
-FIELD_FLAGS.update({"appearance": "--no-appearance", "weights": "--weight"})
+FIELD_FLAGS.update({"appearance": "--no-appearance", "weights": "--weight", "intrinsics": "--intrinsics"})
 
 
 def _flag_message(exc) -> str:
@@ -89,6 +89,10 @@ def fit_option_flags(f):
     terms = ", ".join(names["dense"]) + "; kp." + ", kp.".join(names["kp"])
     opts = [_click_option(flag, path, help) for flag, (path, help) in FIT_FLAGS.items()]
     opts += [
+        click.option("--intrinsics", "fit_intrinsics", metavar="FX,FY,CX,CY", default=None,
+                     callback=lambda ctx, param, v: None if v is None else v.split(","),
+                     help="Full camera intrinsics in pixels: focal lengths and principal point (which may lie "
+                          "outside the image, e.g. for a crop). Overrides --focal and EXIF."),
         click.option("--no-appearance", "fit_no_appearance", is_flag=True,
                      help="Skip the dense rendered-appearance stage (keypoint fit only)."),
         click.option("--weight", "fit_weights", multiple=True, metavar="TERM=W",
@@ -347,6 +351,15 @@ def train(config, outdir, resume, quiet):
 from .cli_detect import detect  # noqa: E402  (registers ``handfit detect``)
 
 main.add_command(detect)
+
+def _register_eval():
+    from .eval.command import make_command
+
+    main.add_command(make_command(_common, fit_options, _fail))
+
+
+_register_eval()
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

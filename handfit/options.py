@@ -127,6 +127,9 @@ class FitOptions:
     model: str = opt("anny", choices=("anny", "mano"))
     mano: str | None = opt(None, kind="path")   # MANO_RIGHT/LEFT (.pkl/.npz) or a folder holding them
     focal: float | None = opt(None, min=0, min_open=True, kind="float")  # pixels; overrides EXIF and the default FOV
+    # (fx, fy, cx, cy) pixels: the full camera, principal point anywhere (a crop's may lie
+    # outside the image); overrides focal and EXIF.
+    intrinsics: tuple | None = opt(None, kind="intrinsics")
     renderer: str = opt("auto", choices=("auto", "cpu", "nvdiffrast"))
     appearance: bool = True               # run the dense rendered-appearance stage
     crop_size: int = opt(256, min=16)     # side of the square crop each hand is fitted in
@@ -153,6 +156,8 @@ class FitOptions:
                 raise OptionError("texture_prior", f"expected default, none or a prior file, not {self.texture_prior!r}")
         if self.model == "mano" and self.mano is None:
             raise OptionError("mano", "the MANO model needs a MANO file (MANO's licence forbids shipping it)")
+        if self.intrinsics is not None:
+            self.intrinsics = _intrinsics(self.intrinsics)
         return self
 
     @classmethod
@@ -205,6 +210,20 @@ def _check(path: str, f, value) -> None:
         low = meta["min"]
         if value < low or (meta.get("min_open") and value == low):
             raise OptionError(path, f"must be {'>' if meta.get('min_open') else '>='} {low}, not {value!r}")
+
+
+def _intrinsics(value) -> tuple:
+    """(fx, fy, cx, cy) as four floats, finite, with fx, fy > 0; else OptionError("intrinsics")."""
+    import math
+
+    try:
+        vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 4 or not all(map(math.isfinite, vals)) or not (vals[0] > 0 and vals[1] > 0):
+        raise OptionError("intrinsics", f"expected four numbers fx, fy, cx, cy in pixels with fx, fy > 0, "
+                                        f"not {value!r}")
+    return vals
 
 
 def _field(obj, name: str, path: str):

@@ -233,3 +233,22 @@ def load_mano_pickle(path) -> dict:
                 pass
         out[str(key)] = value
     return out
+
+
+def load_data_pickle(path) -> object:
+    """Read a plain data pickle (dicts, lists, numpy arrays, numbers, strings; e.g. a
+    dataset's annotations) with the same restricted loader: nothing in it can run code.
+
+    Raises :class:`ModelError` for a missing, malformed or unsafe file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+    try:
+        return _resolve(loads_restricted(raw))
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated/garbage files raise anything
+        raise ModelError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from e

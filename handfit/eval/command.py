@@ -1,0 +1,91 @@
+"""``handfit eval``: the click command, a thin layer over :mod:`handfit.eval`.
+
+:func:`make_command` builds it from the CLI's shared fit options
+(``common``: the decorator adding them with -o and -q; ``build_options``:
+the function that pops their values out of the command's keyword arguments
+and builds FitOptions), so ``eval`` takes every ``fit`` option.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_OUT = "handfit_eval"
+
+
+def make_command(common, build_options, fail):
+    @click.command("eval")
+    @click.argument("data", type=click.Path(exists=True))
+    @common
+    @click.option("--compare", is_flag=True,
+                  help="Measure the keypoint-only and the dense fit on the same detections in one run "
+                       "(the keypoint result is kept from before the dense stage; nothing is fitted twice).")
+    @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+    @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Take every N-th image (before --limit), e.g. to thin out video frames.")
+    @click.option("--format", "fmt", default="auto", show_default=True,
+                  type=click.Choice(["auto", "dev3d", "freihand", "ho3d", "interhand", "rhd"]),
+                  help="Dataset layout; auto recognises each from its files.")
+    @click.option("--split", default=None,
+                  help="Dataset split (freihand: training|evaluation, ho3d: train, interhand: train|val|test, "
+                       "rhd: training|evaluation). Default: the one with test labels.")
+    @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
+                  help="Images fitted together. 1 fits each image alone, as `handfit fit` does; larger is "
+                       "faster on a GPU and changes results slightly (a batch converges as a whole).")
+    @click.option("--save-fits", is_flag=True, help="Also write every fit's files (meshes, overlay) to OUT/fits/.")
+    def eval_command(data, outdir, quiet, compare, limit, every, fmt, split, batch_size, save_fits, **params):
+        """Measure 3D accuracy on labelled photos: fit every image of DATA with its own camera.
+
+        DATA is a folder of images with `<image>.gt.json` labels (the dev3d format:
+        K and 21 3D keypoints per hand), or a FreiHAND, HO3D, InterHand2.6M or RHD
+        folder as distributed. Each image is detected once; the detections that
+        match a labelled hand are fitted with the image's ground-truth intrinsics
+        (K with its principal point; --focal or --intrinsics replace it for every
+        image).
+
+        Reported per hand and on average, for MediaPipe's own world landmarks and
+        for the fit (or, with --compare, for the keypoint and the dense fit):
+        PA-MPJPE and root-relative MPJPE (mm), the AUC of the 3D PCK curve over
+        0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
+        hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json and OUT/pck.png.
+        """
+        from ..errors import HandfitError, UsageError
+        from . import evaluate, open_dataset, select, summary_table, write_report
+
+        try:
+            own_camera = params.get("fit_focal") is not None or params.get("fit_intrinsics") is not None
+            opts = build_options(params)
+            if compare and not opts.appearance:
+                raise UsageError("--compare measures the dense fit too; drop --no-appearance")
+            records = select(open_dataset(data, fmt, split), limit=limit, every=every)
+            if not records:
+                raise UsageError(f"{data}: no labelled images found")
+            variants = ("mediapipe", "keypoint", "dense") if compare else \
+                ("mediapipe", "dense" if opts.appearance else "keypoint")
+            on_fit = None
+            if save_fits:
+                fits = Path(outdir) / "fits"
+
+                def on_fit(rec, res):
+                    res.save(fits, Path(rec.name).with_suffix("").as_posix().replace("/", "__"))
+
+            ev = evaluate(records, opts, variants, batch_size=batch_size,
+                          use_label_camera=not own_camera, progress=not quiet, on_fit=on_fit)
+            paths = write_report(ev, outdir)
+        except HandfitError as exc:
+            fail(exc)
+        click.echo(summary_table(ev.summary))
+        n = len(ev.hands)
+        click.echo(f"{len(records)} images, {n} labelled hands -> {', '.join(str(p) for p in paths.values())}",
+                   err=True)
+        if not any(e.detected for e in ev.hands):
+            sys.exit(3)
+
+    for p in eval_command.params:  # the shared -o/--out says "OUT/<image stem>/"; eval writes reports
+        if p.name == "outdir":
+            p.default = DEFAULT_OUT
+            p.help = "Output folder for metrics.json, per_image.csv, pck.json and pck.png."
+    return eval_command

@@ -1,0 +1,101 @@
+"""Write an :class:`~handfit.eval.run.Evaluation`: ``metrics.json``, ``per_image.csv``,
+``pck.json`` and ``pck.png``, and format its summary as a Markdown table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .run import SUMMARY_KEYS
+
+__all__ = ["write_report", "metrics_document", "summary_table"]
+
+_LABELS = {"mediapipe": "MediaPipe world landmarks", "keypoint": "keypoint fit", "dense": "dense fit"}
+
+
+def _clean(x):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def metrics_document(summary: dict) -> dict:
+    """``{"<variant>": {key: value for key in SUMMARY_KEYS}}`` with JSON-safe values (NaN -> null)."""
+    return {v: {k: _clean(m[k]) for k in SUMMARY_KEYS} for v, m in summary.items()}
+
+
+def write_report(ev, out) -> dict:
+    """Write the evaluation's files into folder ``out`` -> {name: path}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / "metrics.json", "csv": out / "per_image.csv", "curves": out / "pck.json",
+             "plot": out / "pck.png"}
+    paths["metrics"].write_text(json.dumps(metrics_document(ev.summary), indent=1) + "\n")
+    with open(paths["csv"], "w", newline="") as f:
+        cols = list(ev.rows[0].keys()) if ev.rows else ["image", "hand"]
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in ev.rows:
+            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
+                            (f"{v:.4f}" if isinstance(v, float) else v)) for k, v in r.items()})
+    paths["curves"].write_text(json.dumps({
+        "thresholds_mm": [float(t) for t in ev.thresholds_mm],
+        "pck": {v: [_clean(c) for c in ev.curves[v]] for v in ev.curves},
+        "note": "fraction of the Procrustes-aligned keypoints within each threshold, over all detected hands",
+    }, indent=1) + "\n")
+    if not _plot(ev, paths["plot"]):
+        del paths["plot"]
+    return paths
+
+
+def _plot(ev, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("matplotlib is not installed: no pck.png (pip install 'handfit[eval]')", stacklevel=2)
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for v, curve in ev.curves.items():
+        if not np.isfinite(curve).all():
+            continue
+        m = ev.summary[v]
+        ax.plot(ev.thresholds_mm, curve,
+                label=f"{_LABELS.get(v, v)}: AUC {m['auc_0_50']:.3f}, PA-MPJPE {m['pa_mpjpe_mm']:.2f} mm")
+    ax.set_xlabel("threshold (mm, after Procrustes alignment)")
+    ax.set_ylabel("fraction of keypoints (3D PCK)")
+    ax.set_xlim(ev.thresholds_mm[0], ev.thresholds_mm[-1])
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def summary_table(summary: dict) -> str:
+    """The summary as a Markdown table, one row per variant."""
+    head = "| variant | PA-MPJPE mm | RR-MPJPE mm | AUC 0-50 | 2D px | recall | wrong side | s/hand | n |"
+    lines = [head, "|" + "---|" * 9]
+
+    def f(x, fmt):
+        x = _clean(x)
+        return "–" if x is None else format(x, fmt)
+
+    for v, m in summary.items():
+        lines.append(f"| {v} | {f(m['pa_mpjpe_mm'], '.2f')} | {f(m['rr_mpjpe_mm'], '.2f')} | "
+                     f"{f(m['auc_0_50'], '.3f')} | {f(m['kp2d_px'], '.2f')} | {f(m['recall'], '.3f')} | "
+                     f"{m['wrong_side']} | {f(m['s_per_hand'], '.2f')} | {m['n']} |")
+    return "\n".join(lines)
