@@ -1,0 +1,162 @@
+"""handfit.eval.run and report: matching, variants from one fit, the metrics.json schema."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handfit.detect import Detection
+from handfit.eval.records import HandLabel, Record, project_points
+from handfit.eval.report import summary_table, write_report
+from handfit.eval.run import SUMMARY_KEYS, evaluate, match_hands
+
+K = np.array([[300.0, 0, -20.0], [0, 310.0, 140.0], [0, 0, 1]])
+
+
+def _hand(seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(21, 3)) * 0.03 + [0.02, 0.0, 0.4]
+
+
+def _records(tmp_path, n=3):
+    recs = []
+    for i in range(n):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((64, 64, 3), i, np.uint8)).save(p)
+        recs.append(Record(p, K, [HandLabel("left", keypoints_3d=_hand(i))], name=p.name))
+    return recs
+
+
+class FakeDetector:
+    """Detects the labelled hand of images 0 and 1 (image 1 with the wrong side), nothing in image 2."""
+
+    def __init__(self, records):
+        self.by_value = {int(i): r for i, r in enumerate(records)}
+
+    def detect(self, rgb):
+        i = int(rgb[0, 0, 0])
+        if i == 2:
+            return []
+        gt = self.by_value[i].hands[0].keypoints_3d
+        uv = project_points(gt, K) + 1.0                                # 1.41 px off
+        far = Detection("right", 0.5, np.zeros(4), uv + 500, np.zeros(21), gt * 0, (64, 64))  # a stray hand
+        return [Detection("left" if i == 0 else "right", 0.9, np.zeros(4), uv, np.zeros(21),
+                          gt - gt.mean(0), (64, 64)), far]
+
+    def close(self):
+        pass
+
+
+def fake_fit_batch(images, detections=None, intrinsics=None, options=None):
+    """Dense fit = the truth; keypoint stage = the truth with one joint 10 mm off."""
+    fake_fit_batch.calls.append({"n": len(images), "K": intrinsics, "appearance": options.appearance,
+                                 "dets": [len(d) for d in detections]})
+    out = []
+    for img, dets in zip(images, detections):
+        i = int(img.rgb[0, 0, 0])
+        gt = _hand(i)
+        hands = []
+        for d in dets:
+            kp = gt.copy()
+            kp[5] += [0.01, 0, 0]
+            hands.append(types.SimpleNamespace(
+                keypoints_2d_detected=d.keypoints.copy(), keypoints_3d=gt, keypoints_2d_fitted=project_points(gt, K),
+                seconds=2.0, metrics={"keypoint_seconds": 0.5},
+                stages={"keypoint": {"keypoints_3d": kp, "keypoints_2d": project_points(kp, K)}}
+                if options.appearance else {}))
+        out.append(types.SimpleNamespace(hands=hands))
+    return out
+
+
+def test_match_hands():
+    g = np.zeros((21, 2))
+    g[:, 0] = np.arange(21) * 5                                          # size 100 px
+    near = types.SimpleNamespace(keypoints=g + 10)                        # 14 px / 100 = 0.14
+    far = types.SimpleNamespace(keypoints=g + 80)
+    assert match_hands([g, g + 1000], [None, None], [far, near]) == [1, None]
+    assert match_hands([g], [None], [far]) == [None]                      # 113 px / 100 > 0.5
+    assert match_hands([g], [None], [far], threshold=2.0) == [0]
+    assert match_hands([None], [None], [near]) == [None]
+
+
+def test_evaluate_one_fit_gives_both_variants_and_the_schema(tmp_path):
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path)
+    fake_fit_batch.calls = []
+    ev = evaluate(recs, FitOptions(), ("mediapipe", "keypoint", "dense"), batch_size=2, detector=FakeDetector(recs),
+                  fit_batch=fake_fit_batch, warmup=False)
+    # one fit per batch, with the records' K, only the matched detection, the dense stage on
+    assert [c["n"] for c in fake_fit_batch.calls] == [2]
+    assert all(c["appearance"] for c in fake_fit_batch.calls) and fake_fit_batch.calls[0]["dets"] == [1, 1]
+    assert all(np.array_equal(k, K) for k in fake_fit_batch.calls[0]["K"])
+    s = ev.summary
+    assert set(s) == {"mediapipe", "keypoint", "dense"}
+    assert s["dense"]["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6) and s["dense"]["auc_0_50"] > 0.99
+    # one joint 10 mm off: Procrustes minimises the squared error, so the mean is at most the RMS sqrt(100 / 21)
+    assert 0.1 < s["keypoint"]["pa_mpjpe_mm"] < np.sqrt(100 / 21)
+    assert s["keypoint"]["rr_mpjpe_mm"] == pytest.approx(10 / 21)
+    assert s["dense"]["kp2d_px"] == pytest.approx(0, abs=1e-9)
+    assert s["mediapipe"]["kp2d_px"] == pytest.approx(np.sqrt(2))
+    assert s["mediapipe"]["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6)  # world = centred truth
+    for v in s.values():
+        assert v["recall"] == pytest.approx(2 / 3) and v["wrong_side"] == 1 and v["n"] == 2
+    assert s["keypoint"]["s_per_hand"] == 0.5 and s["dense"]["s_per_hand"] == 2.0
+    rows = {r["image"]: r for r in ev.rows}
+    assert rows["2.png"]["detected"] == 0 and np.isnan(rows["2.png"]["dense_pa_mpjpe_mm"])
+    assert rows["1.png"]["wrong_side"] == 1 and rows["0.png"]["detections"] == 2
+
+    paths = write_report(ev, tmp_path / "out")
+    doc = json.loads(paths["metrics"].read_text())
+    assert set(doc) == {"mediapipe", "keypoint", "dense"}
+    for v in doc.values():
+        assert list(v) == list(SUMMARY_KEYS) == ["pa_mpjpe_mm", "rr_mpjpe_mm", "auc_0_50", "kp2d_px", "recall",
+                                                 "wrong_side", "s_per_hand", "n"]
+        assert all(isinstance(v[k], float) for k in SUMMARY_KEYS[:5] + ("s_per_hand",))
+        assert isinstance(v["wrong_side"], int) and isinstance(v["n"], int)
+    lines = paths["csv"].read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("image,hand,side,detected")
+    assert paths["plot"].stat().st_size > 1000
+    curves = json.loads(paths["curves"].read_text())
+    assert len(curves["thresholds_mm"]) == len(curves["pck"]["dense"]) == 101
+    assert "| dense | 0.00 |" in summary_table(ev.summary)
+
+
+def test_evaluate_keypoint_only_and_fallback(tmp_path):
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path, 2)
+    fake_fit_batch.calls = []
+    ev = evaluate(recs, FitOptions(), ("mediapipe", "keypoint"), detector=FakeDetector(recs),
+                  fit_batch=fake_fit_batch, warmup=False)
+    assert set(ev.summary) == {"mediapipe", "keypoint"}
+    assert [c["appearance"] for c in fake_fit_batch.calls] == [False, False]  # batch size 1: one call per image
+    assert ev.summary["keypoint"]["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6)  # the final fit is the truth here
+
+    def no_stages(*a, **k):                        # an API without stages["keypoint"]: fitted again, keypoints only
+        res = fake_fit_batch(*a, **k)
+        for r in res:
+            for h in r.hands:
+                h.stages = {}
+        return res
+
+    fake_fit_batch.calls = []
+    ev = evaluate(recs[:1], FitOptions(), ("keypoint", "dense"), detector=FakeDetector(recs), fit_batch=no_stages,
+                  warmup=False)
+    assert [c["appearance"] for c in fake_fit_batch.calls] == [True, False]
+    assert ev.summary["keypoint"]["n"] == 1 and ev.summary["dense"]["n"] == 1
+
+
+def test_unreadable_image_counts_as_missed(tmp_path):
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path, 1)
+    recs.append(Record(tmp_path / "missing.png", K, [HandLabel("left", keypoints_3d=_hand(9))]))
+    ev = evaluate(recs, FitOptions(), ("mediapipe", "dense"), detector=FakeDetector(recs), fit_batch=fake_fit_batch,
+                  warmup=False)
+    assert ev.summary["dense"]["recall"] == pytest.approx(0.5)
+    assert "missing.png" in ev.rows[1]["error"]
