@@ -160,3 +160,19 @@ def test_unreadable_image_counts_as_missed(tmp_path):
                   warmup=False)
     assert ev.summary["dense"]["recall"] == pytest.approx(0.5)
     assert "missing.png" in ev.rows[1]["error"]
+
+
+def test_partial_results_after_every_batch(tmp_path):
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path, 3)
+    seen = []
+
+    def on_chunk(partial):
+        seen.append(len(partial.rows))
+        paths = write_report(partial, tmp_path / "partial", plot=False)
+        assert "plot" not in paths and json.loads(paths["metrics"].read_text())["dense"]["n"] <= 2
+
+    evaluate(recs, FitOptions(), ("mediapipe", "dense"), detector=FakeDetector(recs), fit_batch=fake_fit_batch,
+             warmup=False, on_chunk=on_chunk)
+    assert seen == [1, 2, 3]

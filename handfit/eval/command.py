@@ -50,7 +50,9 @@ def make_command(common, build_options, fail):
         for the fit (or, with --compare, for the keypoint and the dense fit):
         PA-MPJPE and root-relative MPJPE (mm), the AUC of the 3D PCK curve over
         0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
-        hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json and OUT/pck.png.
+        hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json and OUT/pck.png
+        (all but the plot are rewritten after every image, so an interrupted run
+        leaves the results of the images done).
         """
         from ..errors import HandfitError, UsageError
         from . import evaluate, open_dataset, select, summary_table, write_report
@@ -73,7 +75,8 @@ def make_command(common, build_options, fail):
                     res.save(fits, Path(rec.name).with_suffix("").as_posix().replace("/", "__"))
 
             ev = evaluate(records, opts, variants, batch_size=batch_size,
-                          use_label_camera=not own_camera, progress=not quiet, on_fit=on_fit)
+                          use_label_camera=not own_camera, progress=not quiet, on_fit=on_fit,
+                          on_chunk=lambda partial: write_report(partial, outdir, plot=False))
             paths = write_report(ev, outdir)
         except HandfitError as exc:
             fail(exc)

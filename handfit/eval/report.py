@@ -33,8 +33,8 @@ def metrics_document(summary: dict) -> dict:
     return {v: {k: _clean(m[k]) for k in SUMMARY_KEYS} for v, m in summary.items()}
 
 
-def write_report(ev, out) -> dict:
-    """Write the evaluation's files into folder ``out`` -> {name: path}."""
+def write_report(ev, out, plot: bool = True) -> dict:
+    """Write the evaluation's files into folder ``out`` -> {name: path}. ``plot``: also pck.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "csv": out / "per_image.csv", "curves": out / "pck.json",
@@ -52,7 +52,7 @@ def write_report(ev, out) -> dict:
         "pck": {v: [_clean(c) for c in ev.curves[v]] for v in ev.curves},
         "note": "fraction of the Procrustes-aligned keypoints within each threshold, over all detected hands",
     }, indent=1) + "\n")
-    if not _plot(ev, paths["plot"]):
+    if not (plot and _plot(ev, paths["plot"])):
         del paths["plot"]
     return paths
 

@@ -118,7 +118,7 @@ def _fit_variants(variants) -> tuple:
 def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "keypoint", "dense"),
              batch_size: int = 1, use_label_camera: bool = True, match_threshold: float = 0.5,
              progress: bool = False, detector=None, fit_batch: Callable | None = None,
-             on_fit: Callable | None = None, warmup: bool = True) -> Evaluation:
+             on_fit: Callable | None = None, on_chunk: Callable | None = None, warmup: bool = True) -> Evaluation:
     """Fit and measure every record.
 
     Args:
@@ -136,6 +136,9 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
         detector: object with ``detect(rgb) -> [Detection]`` (default: MediaPipe).
         fit_batch: the fitting function (default :func:`handfit.api.fit_batch`).
         on_fit: called as ``on_fit(record, FitResult)`` after each fitted image.
+        on_chunk: called as ``on_chunk(Evaluation)`` with the images done so far
+            after each batch (the CLI writes its files then, so an interrupted
+            run leaves its results).
         warmup: before the first timed fit, run a throw-away fit of two iterations
             per stage, so that one-off costs (JIT compilation, caches, thread
             pools) do not land in the first hand's seconds.
@@ -204,6 +207,8 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
             if bar is not None:
                 bar.update(len(chunk))
                 _postfix(bar, hands, variants)
+            if on_chunk is not None:
+                on_chunk(Evaluation(variants, hands, *score(hands, variants), M.PCK_THRESHOLDS_MM.copy()))
     finally:
         if bar is not None:
             bar.close()
