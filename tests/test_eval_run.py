@@ -64,7 +64,7 @@ def fake_fit_batch(images, detections=None, intrinsics=None, options=None):
             kp = gt.copy()
             kp[5] += [0.01, 0, 0]
             hands.append(types.SimpleNamespace(
-                keypoints_2d_detected=d.keypoints.copy(), keypoints_3d=gt, keypoints_2d_fitted=project_points(gt, K),
+                side=d.side, keypoints_2d_detected=d.keypoints.copy(), keypoints_3d=gt, keypoints_2d_fitted=project_points(gt, K),
                 seconds=2.0, metrics={"keypoint_seconds": 0.5},
                 stages={"keypoint": {"keypoints_3d": kp, "keypoints_2d": project_points(kp, K)}}
                 if options.appearance else {}))

@@ -227,21 +227,26 @@ def _fit_jobs(jobs, fitted, opts, use_label_camera, fit_batch, on_fit):
     for (rec, _, _, pairs), res in zip(jobs, results):
         if on_fit is not None:
             on_fit(rec, res)
+        used: list = []
         for e, d in pairs:
-            h = _result_for(res.hands, d)
+            h = _result_for(res.hands, d, used)
             if h is None:
                 continue
+            used.append(h)
             if opts.appearance:
-                e.preds["dense"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds}
+                e.preds["dense"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds,
+                                    "side": h.side}
                 kp = getattr(h, "stages", {}).get("keypoint")
                 if "keypoint" in fitted:
                     if kp is None:
                         missing_kp.append((e, d))
                     else:
                         e.preds["keypoint"] = {"kp3d": kp["keypoints_3d"], "kp2d": kp["keypoints_2d"],
-                                               "seconds": h.metrics.get("keypoint_seconds", float("nan"))}
+                                               "seconds": h.metrics.get("keypoint_seconds", float("nan")),
+                                               "side": h.side}
             else:
-                e.preds["keypoint"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds}
+                e.preds["keypoint"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds,
+                                       "side": h.side}
     if missing_kp:  # the API gave no keypoint-stage result: fit those detections again without the dense stage
         sub = [(rec, photo, dets, [p for p in pairs if any(p[0] is e for e, _ in missing_kp)])
                for rec, photo, dets, pairs in jobs]
@@ -256,12 +261,17 @@ def _warm_up(job, opts, use_label_camera, fit_batch):
     fit_batch([photo], detections=[dets[:1]], intrinsics=[rec.K if use_label_camera else None], options=quick)
 
 
-def _result_for(hands, det):
-    """The fitted hand made from detection ``det`` (its detected keypoints are a copy of det's)."""
+def _result_for(hands, det, used=()):
+    """The fitted hand made from detection ``det``: the unused one whose detected
+    keypoints are nearest det's (a copy, unless the fit's side check re-detected it)."""
+    best, best_d = None, np.inf
     for h in hands:
-        if np.array_equal(np.asarray(h.keypoints_2d_detected), np.asarray(det.keypoints)):
-            return h
-    return None
+        if any(h is u for u in used):
+            continue
+        d = float(np.linalg.norm(np.asarray(h.keypoints_2d_detected) - np.asarray(det.keypoints), axis=-1).mean())
+        if d < best_d:
+            best, best_d = h, d
+    return best
 
 
 def _postfix(bar, hands, variants):
@@ -328,7 +338,9 @@ def score(hands: list, variants=VARIANTS, thresholds_mm=M.PCK_THRESHOLDS_MM) -> 
             "auc_0_50": M.auc(curve, thresholds_mm) if np.isfinite(curve).all() else float("nan"),
             "kp2d_px": _nanmean(k2),
             "recall": sum(e.detected for e in hands) / total if total else float("nan"),
-            "wrong_side": int(sum(e.wrong_side for e in hands)),
+            # the fit's side where it has one: the fit may check and change the detector's side
+            "wrong_side": int(sum(e.side is not None and e.preds[v].get("side", e.det_side) != e.side
+                                  for e in (hands[i] for i in idx))),
             "s_per_hand": _nanmean(sec), "n": len(idx),
         }
     return rows, summary, curves
