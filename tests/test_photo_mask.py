@@ -10,7 +10,7 @@ import torch
 from handfit.camera import project
 from handfit.models import load_model
 from handfit.train.synth import make_scene
-from handfit.fitting.photo_mask import hand_probability, hand_probability_grabcut
+from handfit.fitting.photo_mask import dilate, erode, hand_probability, hand_probability_grabcut
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,3 +73,17 @@ def test_grabcut_is_deterministic_and_respects_valid(scenes):
     b = hand_probability_grabcut(photo, seed, valid)
     assert torch.equal(a, b)
     assert (a[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("radius", [0, 1, 4, 8, 13])
+def test_dilate_and_erode_match_square_max_pooling(radius):
+    """The box-sum dilation is the square max-pool it replaced, borders included."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(radius)
+    m = (torch.rand(3, 50, 70, generator=gen) > 0.93).float()
+    m[:, 10:30, 20:45] = 1
+    m[1, :, :3] = 1  # touching the border
+    k = 2 * radius + 1
+    assert torch.equal(dilate(m, radius), F.max_pool2d(m[:, None], k, 1, radius)[:, 0])
+    assert torch.equal(erode(m, radius), -F.max_pool2d(-m[:, None], k, 1, radius)[:, 0])

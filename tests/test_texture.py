@@ -9,6 +9,7 @@ import torch
 from handfit.options import DenseStage, DenseWeights
 from handfit.fitting.dense import (CropScene, ambient_sh, fit_appearance,
                                    geometry_terms, initial_texture)
+from handfit.camera import project
 from handfit.models import load_model
 from handfit.texture.unwrap import UVSamples, fill_push_pull, splat
 
@@ -146,7 +147,8 @@ def test_image_terms_alone_pull_a_perturbed_pose_back(model):
             return float((model(**q).vertices - truth).norm(dim=-1).mean())
 
     before = error(start)
-    stage = DenseStage(iters=80, texture_iters=5, weights=DenseWeights(kp2d=0.0, kp_trust=0.0), photo_mask="colour")
+    stage = DenseStage(iters=80, texture_iters=5, weights=DenseWeights(kp2d=0.0, kp_trust=0.0, anchor=0.0),
+                       photo_mask="colour")
     params = {k: v.clone() for k, v in start.items()}
     report, texture = fit_appearance(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
                                      backend="cpu", crop_size=128)
@@ -154,3 +156,25 @@ def test_image_terms_alone_pull_a_perturbed_pose_back(model):
     assert after < 0.7 * before, (before, after)
     assert report.metrics["photometric_after"][0] < report.metrics["photometric_before"][0]
     assert texture.shape == (1, T, T, 3)
+
+
+def test_anchor_term_is_zero_at_the_start_and_grows_with_pose_change(model):
+    """The anchor holds the dense fit near the keypoint stage's pose and orientation."""
+    T = 16
+    tex = torch.full((1, T, T, 3), 0.6)
+    scene, p = _scene(model, tex)
+    with torch.no_grad():
+        kp2d = project(model(**p).keypoints, scene.K)
+    start = {k: p[k].clone() for k in ("global_orient", "pose")}
+    sh = ambient_sh(1, "cpu", torch.float32)
+    terms = geometry_terms(model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh,
+                           DenseStage(weights=DenseWeights(anchor=2.0)), start)
+    q = {**{k: v.clone() for k, v in p.items()}, "texture": tex, "sh": sh}
+    with torch.no_grad():
+        assert float(terms(q)["anchor"]) == 0.0
+        q["pose"] = q["pose"] + 0.1
+        assert abs(float(terms(q)["anchor"]) - 2.0 * 0.01 * model.pose_dim) < 1e-4
+    no_start = geometry_terms(model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh,
+                              DenseStage())
+    with torch.no_grad():
+        assert "anchor" not in no_start(q)

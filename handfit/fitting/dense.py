@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .. import render as R
 from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
 from ..render.shading import sh_lights, sh_shading
-from .photo_mask import hand_probability, hand_probability_grabcut
+from .photo_mask import dilate, hand_probability, hand_probability_grabcut
 from ..texture.fill import prior_fill
 from ..texture.unwrap import fill_push_pull, splat, unwrap
 from ..options import DenseStage
@@ -219,18 +219,21 @@ def image_region(cover, valid, skin_p, sure, stage: DenseStage):
     around it, inside the photo (plus the confident photo hand when the
     background is inpainted, so uncovered hand pixels count too)."""
     with torch.no_grad():
-        region = F.max_pool2d(cover[:, None], 2 * stage.margin + 1, 1, stage.margin)[:, 0]
+        region = dilate(cover, stage.margin)
         if stage.background == "inpainted":
             region = torch.maximum(region, (skin_p > 0.5).to(region.dtype) * sure)
         return region * valid
 
 
-def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage):
+def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage,
+                   start: dict | None = None):
     """``terms(p) -> dict of (B,)`` for the geometry phase; p holds
     global_orient, pose, shape, transl, texture (B,d,d,3), the coarse albedo,
     and sh (B,9,3).
 
-    skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light.
+    skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light;
+    start: the keypoint stage's global_orient (B,3) and pose (B,P), which the
+    ``anchor`` term holds the fit near (None: no anchor).
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
@@ -241,7 +244,7 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
         r = scene.render(out_m.vertices, p["texture"].clamp(0, 1), p["sh"])
         region = image_region(r["cover"], validf, skin_p, sure, stage)
         uv = project(out_m.keypoints, K_full)
-        return {
+        t = {
             "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
             "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
             "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region * sure),
@@ -252,6 +255,10 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
             "shape": w.shape * L.shape_loss(p["shape"]),
             "sh": w.sh * (p["sh"] - sh0).square().sum((1, 2)),
         }
+        if start is not None and w.anchor > 0:
+            t["anchor"] = w.anchor * ((p["pose"] - start["pose"]).square().sum(-1)
+                                      + (p["global_orient"] - start["global_orient"]).square().sum(-1))
+        return t
 
     return terms
 
@@ -316,7 +323,8 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     state = {**params, "texture": coarse(tex_sharp, stage.texture_detail), "sh": sh0.clone()}
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
-    terms = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage)
+    start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
+    terms = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage, start)
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
                       on_step=on_step)
     for k in ("global_orient", "pose", "shape", "transl"):
