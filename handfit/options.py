@@ -75,10 +75,10 @@ class DenseWeights:
     kp2d: float = opt(0.2, min=0)         # 2D keypoints, lower than the keypoint stage's 1.0
     kp_trust: float = opt(100.0, min=0)   # squared hinge keeping each 2D keypoint within trust_radius
     # Squared distance (radians) of the pose and global orientation from the
-    # keypoint stage's: on real photos the image terms alone let poorly seen
-    # joints drift (Adam moves every parameter at its learning rate, however
-    # weak its gradient), which made the 3D error worse (docs/benchmarks.md, dev3d).
-    anchor: float = opt(1.0, min=0)
+    # keypoint stage's. On real photos (dev3d) the image terms let weakly seen
+    # joints drift and 1.0 stops that, but it costs most of the synthetic gain,
+    # so it is off by default (docs/benchmarks.md, "Real photos with 3D ground truth").
+    anchor: float = opt(0.0, min=0)
     pose_limit: float = opt(1.0, min=0)
     pose_l2: float = opt(1e-3, min=0)
     shape: float = opt(1e-3, min=0)
@@ -91,8 +91,8 @@ class DenseWeights:
 class DenseStage:
     """The dense rendered-appearance stage (see handfit/fitting/dense.py and docs/fitting.md)."""
 
-    iters: int = opt(50, min=1)           # geometry phase (stops earlier on convergence)
-    texture_iters: int = opt(20, min=0)   # texture phase, geometry fixed
+    iters: int = opt(120, min=1)          # geometry phase (stops earlier on convergence)
+    texture_iters: int = opt(40, min=0)   # texture phase, geometry fixed
     lr_orient: float = opt(0.005, min=0)
     lr_pose: float = opt(0.01, min=0)
     lr_shape: float = opt(0.02, min=0)
