@@ -216,6 +216,53 @@ def task_file(cache: str | os.PathLike | None = None) -> Path:
 # ---------------------------------------------------------------- stderr noise
 
 
+# Quiet blocks may overlap across threads (detection ahead in a worker while
+# the side check re-detects in the main thread). fd 2 is process-wide, so the
+# redirection is too: the first block in saves and redirects it, the last
+# block out restores it. Each block saving and restoring on its own would let
+# an overlapping block "restore" another block's temporary file for good.
+_quiet_lock = threading.Lock()
+_quiet = {"depth": 0, "saved": None, "sink": None}
+
+
+def _quiet_enter() -> bool:
+    with _quiet_lock:
+        if _quiet["depth"] == 0:
+            try:
+                sys.stderr.flush()
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 (embedded interpreters): nothing to silence
+                return False
+            sink = tempfile.TemporaryFile()
+            os.dup2(sink.fileno(), 2)
+            _quiet.update(saved=saved, sink=sink)
+        _quiet["depth"] += 1
+        return True
+
+
+def _quiet_exit() -> None:
+    with _quiet_lock:
+        _quiet["depth"] -= 1
+        if _quiet["depth"] == 0:
+            os.dup2(_quiet["saved"], 2)
+            os.close(_quiet["saved"])
+            _quiet["sink"].close()
+            _quiet.update(saved=None, sink=None)
+
+
+def _quiet_log() -> str:
+    """What native code wrote to fd 2 so far in the current quiet period."""
+    with _quiet_lock:
+        sink = _quiet["sink"]
+        if sink is None:
+            return ""
+        sink.seek(0)
+        return sink.read().decode("utf-8", "replace").strip()
+
+
 @contextlib.contextmanager
 def _quiet_stderr(enabled: bool = True):
     """Silence native (C++) writes to file descriptor 2 inside the block.
@@ -224,33 +271,20 @@ def _quiet_stderr(enabled: bool = True):
     ``GLOG_minloglevel`` says. They are captured to a temporary file; if the
     block raises, the captured text is attached to the exception as a note.
     Python's ``sys.stderr`` is flushed first so nothing of ours is lost.
+    Blocks may nest and overlap across threads (see ``_quiet_enter``).
     """
-    if not enabled:
+    if not enabled or not _quiet_enter():
         yield
         return
     try:
-        sys.stderr.flush()
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 (embedded interpreters): nothing to silence
         yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException as e:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", "replace").strip()
-            if text and hasattr(e, "add_note"):
-                e.add_note("mediapipe log:\n" + text[-4000:])
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    except BaseException as e:
+        text = _quiet_log()
+        if text and hasattr(e, "add_note"):
+            e.add_note("mediapipe log:\n" + text[-4000:])
+        raise
+    finally:
+        _quiet_exit()
 
 
 # ---------------------------------------------------------------- detector

@@ -201,3 +201,32 @@ def test_accepts_other_inputs(detector, dev_data):
     assert len(a) == len(b) == len(c) == 1
     np.testing.assert_allclose(a[0].keypoints, b[0].keypoints)
     np.testing.assert_allclose(a[0].keypoints, c[0].keypoints, atol=1.0)
+
+
+def test_overlapping_quiet_blocks_restore_stderr():
+    """Quiet blocks in two threads that overlap (A in, B in, A out, B out) must
+    leave fd 2 where it was: a block restoring on its own would restore A's
+    temporary file and lose every later line of stderr (batch's summary did)."""
+    import os
+    import threading
+
+    from handfit.detect import _quiet_stderr
+
+    before = os.fstat(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def block_a():
+        with _quiet_stderr():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    t = threading.Thread(target=block_a)
+    t.start()
+    a_in.wait(10)
+    with _quiet_stderr():
+        b_in.set()
+        a_out.wait(10)
+    t.join(10)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
