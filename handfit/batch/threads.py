@@ -36,6 +36,17 @@ def default_threads() -> int:
     return available_cores()
 
 
+def _pool_environment(n: int) -> None:
+    """Ask for ``n`` threads and sleeping idle OpenMP threads, through the environment
+    torch and numba read when they load (settings already there win)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch loads it
+        os.environ.setdefault("KMP_BLOCKTIME", "0")           # the same for Intel's OpenMP
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    if "numba" not in sys.modules:
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
+
+
 def configure_threads_env(threads: int | None = None) -> int:
     """At a command's start, before torch or numba load: size their pools and make
     idle OpenMP threads sleep, through the environment they read when they load.
@@ -45,12 +56,7 @@ def configure_threads_env(threads: int | None = None) -> int:
     if os.environ.get("HANDFIT_THREADS_CONFIG") == "0":
         return 0
     n = max(1, int(threads or default_threads()))
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch loads it
-        os.environ.setdefault("KMP_BLOCKTIME", "0")           # the same for Intel's OpenMP
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    if "numba" not in sys.modules:
-        os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
+    _pool_environment(n)
     return n
 
 
@@ -61,12 +67,7 @@ def configure_threads(threads: int | None = None) -> int:
     if torch has not been imported yet; the pool sizes always do.
     """
     n = max(1, int(threads or default_threads()))
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch loads it
-        os.environ.setdefault("KMP_BLOCKTIME", "0")           # the same for Intel's OpenMP
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    if "numba" not in sys.modules:
-        os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
+    _pool_environment(n)
     import torch
 
     torch.set_num_threads(n)

@@ -200,22 +200,27 @@ def loads_restricted(data: bytes) -> object:
     return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
+def _load_restricted(path: Path, what: str):
+    """Read and unpickle ``path`` with the restricted loader; every failure is a ModelError naming it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read {what} {path}: {e}") from e
+    try:
+        return loads_restricted(raw)
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated/garbage files raise anything
+        raise ModelError(f"{path} is not a readable {what} ({type(e).__name__}: {e})") from e
+
+
 def load_mano_pickle(path) -> dict:
     """Read a MANO ``.pkl`` into a plain dict of numpy arrays (sparse matrices densified).
 
     Raises :class:`ModelError` for a missing, malformed or unsafe file.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"cannot read MANO file {path}: {e}") from e
-    try:
-        obj = loads_restricted(raw)
-    except ModelError as e:
-        raise ModelError(f"{path}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - truncated/garbage files raise anything
-        raise ModelError(f"{path} is not a readable MANO pickle ({type(e).__name__}: {e})") from e
+    obj = _load_restricted(path, "MANO pickle")
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
     out = {}
@@ -242,13 +247,10 @@ def load_data_pickle(path) -> object:
     Raises :class:`ModelError` for a missing, malformed or unsafe file.
     """
     path = Path(path)
+    obj = _load_restricted(path, "pickle")
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"cannot read {path}: {e}") from e
-    try:
-        return _resolve(loads_restricted(raw))
+        return _resolve(obj)
     except ModelError as e:
         raise ModelError(f"{path}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - truncated/garbage files raise anything
+    except Exception as e:  # noqa: BLE001 - malformed entries raise anything
         raise ModelError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from e
