@@ -51,6 +51,9 @@ def main():
     ap.add_argument("--no-appearance", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--detect", default="fast", choices=["fast", "thorough"],
+                    help="detection mode (fast: the figures in docs/benchmarks.md; handfit batch follows --detect, "
+                         "whose default is thorough)")
     args = ap.parse_args()
 
     from handfit.batch.threads import configure_threads
@@ -64,10 +67,11 @@ def main():
 
     folders = args.folders or [str(DEV / d) for d in ("freihand", "onehand10k", "hamer") if (DEV / d).is_dir()]
     photos = [u.path for u in collect(folders) if u.kind == "photo"][: args.photos]
-    opts = FitOptions(device=args.device, appearance=not args.no_appearance)
+    opts = FitOptions(device=args.device, appearance=not args.no_appearance, detect=args.detect)
     dev = opts.torch_device()
     print(f"{len(photos)} photos from {', '.join(folders)}; device {dev}; torch threads {threads}; "
-          f"{'keypoint stage only' if args.no_appearance else 'default quality (dense stage on)'}")
+          f"{'keypoint stage only' if args.no_appearance else 'default quality (dense stage on)'}; "
+          f"{args.detect} detection")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         src.mkdir()
