@@ -123,7 +123,8 @@ def clear_caches() -> None:
         _DETECTORS.clear()
     clear_regressors()
     clear_model_cache()
-    _PRIORS.clear()
+    with _PRIORS_LOCK:
+        _PRIORS.clear()
 
 
 @dataclass
@@ -177,6 +178,7 @@ def _camera(K) -> np.ndarray:
 
 
 _PRIORS: dict = {}
+_PRIORS_LOCK = threading.Lock()
 
 
 def _texture_prior(spec: str, model: str, device, dtype):
@@ -185,11 +187,12 @@ def _texture_prior(spec: str, model: str, device, dtype):
     if spec == "none" or (spec == "default" and model != "anny"):
         return None
     key = (spec, str(device), dtype)
-    if key not in _PRIORS:
-        from .texture.fill import resolve_prior
+    with _PRIORS_LOCK:  # like the detector and regressor caches: safe from several threads
+        if key not in _PRIORS:
+            from .texture.fill import resolve_prior
 
-        _PRIORS[key] = resolve_prior(spec, device, dtype)
-    return _PRIORS[key]
+            _PRIORS[key] = resolve_prior(spec, device, dtype)
+        return _PRIORS[key]
 
 
 def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
