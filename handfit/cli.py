@@ -46,6 +46,9 @@ FIT_FLAGS = {
     "--texture-prior": ("texture_prior", "Texels the photo does not show, in the texture phase: 'default' (the "
                                          "shipped learned texture prior), 'none' (the coarse albedo), or a prior "
                                          "file from `handfit train`."),
+    "--geometry-albedo": ("dense.geometry_albedo", "The dense stage's appearance model while the geometry moves: "
+                                                   "'coarse' (a 4×4 albedo optimised with it) or 'prior' (the "
+                                                   "texture prior's prediction from what the mesh sees)."),
     "--photo-mask": ("dense.photo_mask", "How the photo's hand mask for the silhouette term is made "
                                          "(docs/fitting.md)."),
 }

@@ -107,6 +107,14 @@ class DenseStage:
     # Texels a side of the albedo optimised with the geometry: a sharper one,
     # unwrapped from a misaligned mesh, bakes the misalignment in.
     texture_detail: int = opt(4, min=1)
+    # The geometry phase's appearance model: "coarse", the albedo above
+    # optimised with the geometry, or "prior", the learned texture prior's
+    # prediction from the samples the current mesh sees (the paper's
+    # mechanism), area-averaged to prior_detail texels a side and re-predicted
+    # every prior_every iterations. "prior" needs a texture prior (FitOptions.texture_prior).
+    geometry_albedo: str = opt("coarse", choices=("coarse", "prior"))
+    prior_detail: int = opt(16, min=1)
+    prior_every: int = opt(10, min=1)
     # What the render is composited over: the photo, or the photo with its
     # confident hand pixels filled from around them.
     background: str = opt("photo", choices=("photo", "inpainted"))

@@ -178,3 +178,45 @@ def test_anchor_term_is_zero_at_the_start_and_grows_with_pose_change(model):
                               DenseStage())
     with torch.no_grad():
         assert "anchor" not in no_start(q)
+
+
+def test_prior_appearance_predicts_the_photo_colour_at_its_detail_and_refreshes_on_schedule(model):
+    """The geometry phase's prior albedo: an untrained prior returns the
+    samples' fill, so a flat-coloured hand gives that colour, at prior_detail
+    texels a side; it is re-predicted every ``every`` calls and held between."""
+    from handfit.fitting.dense import PriorAppearance
+    from handfit.texture.prior import PriorConfig, TexturePrior
+
+    colour = torch.tensor([0.7, 0.5, 0.4])
+    scene, p = _scene(model, colour.expand(1, 16, 16, 3).contiguous())
+    net = TexturePrior(PriorConfig(dim=16, heads=2, layers=1, cross_layers=1, grid=4, freqs=3, channels=(8,),
+                                   size=32)).eval()
+    app = PriorAppearance(net, scene, torch.ones(1, S, S), detail=8, every=3)
+    sh = ambient_sh(1, "cpu", torch.float32)
+    v = model(**p).vertices
+    first = app(v, sh)
+    assert first.shape == (1, 8, 8, 3)
+    assert torch.allclose(first, colour.expand_as(first), atol=0.02)
+    assert app(v, sh) is first and app(v, sh) is first   # held for `every` calls
+    assert app(v, sh) is not first                        # then predicted again
+
+
+def test_dense_stage_with_the_prior_as_geometry_albedo(model):
+    """geometry_albedo="prior" runs both phases and leaves the geometry phase's
+    albedo untouched by the optimiser (it is the prior's prediction)."""
+    from handfit.texture.prior import PriorConfig, TexturePrior
+
+    T = 32
+    scene, p = _scene(model, torch.full((1, 16, 16, 3), 0.6))
+    photo = (scene.target[0].numpy() * 255 + 0.5).astype(np.uint8)
+    with torch.no_grad():
+        kp2d = project(model(**p).keypoints, scene.K)
+    net = TexturePrior(PriorConfig(dim=16, heads=2, layers=1, cross_layers=1, grid=4, freqs=3, channels=(8,),
+                                   size=32)).eval()
+    stage = DenseStage(iters=12, texture_iters=3, geometry_albedo="prior", prior_detail=4, prior_every=5,
+                       photo_mask="colour")
+    params = {k: v.clone() for k, v in p.items()}
+    report, texture = fit_appearance(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
+                                     backend="cpu", crop_size=96, texture_prior=net)
+    assert texture.shape == (1, T, T, 3)
+    assert report.iters >= 1 and torch.isfinite(report.total).all()

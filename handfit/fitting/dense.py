@@ -225,15 +225,48 @@ def image_region(cover, valid, skin_p, sure, stage: DenseStage):
         return region * valid
 
 
+class PriorAppearance:
+    """The geometry phase's albedo from the learned texture prior.
+
+    Every ``every`` calls, the photo (divided by the current shading) is
+    unwrapped onto the current mesh and the prior predicts the texture from
+    those samples; it is area-averaged to ``detail`` texels a side and held
+    fixed (no gradient) until the next prediction. Limiting the detail keeps
+    the albedo from re-painting the photo onto a misplaced mesh.
+    """
+
+    def __init__(self, net, scene: CropScene, skin_p, detail: int, every: int, size: int = 64):
+        """net: a TexturePrior; skin_p (B,S,S) the photo's hand mask (sample weights)."""
+        self.net, self.scene, self.skin_p = net, scene, skin_p
+        self.detail, self.every, self.size = detail, every, size
+        self.calls, self.texture = 0, None
+
+    @torch.no_grad()
+    def predict(self, vertices, sh) -> torch.Tensor:
+        """vertices (B,V,3), sh (B,9,3) -> albedo (B,d,d,3) in [0,1]."""
+        g = self.scene.rasterize(vertices, points=True)
+        deshaded = self.scene.target / sh_shading(g.normals, sh).clamp(min=0.2)
+        tex = prior_fill(self.net, deshaded, g, self.scene.valid, self.skin_p, self.size)
+        return coarse(tex, self.detail)
+
+    def __call__(self, vertices, sh) -> torch.Tensor:
+        """The current albedo (B,d,d,3), re-predicted every ``every`` calls."""
+        if self.texture is None or self.calls % self.every == 0:
+            self.texture = self.predict(vertices.detach(), sh.detach())
+        self.calls += 1
+        return self.texture
+
+
 def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage,
-                   start: dict | None = None):
+                   start: dict | None = None, appearance: PriorAppearance | None = None):
     """``terms(p) -> dict of (B,)`` for the geometry phase; p holds
     global_orient, pose, shape, transl, texture (B,d,d,3), the coarse albedo,
     and sh (B,9,3).
 
     skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light;
     start: the keypoint stage's global_orient (B,3) and pose (B,P), which the
-    ``anchor`` term holds the fit near (None: no anchor).
+    ``anchor`` term holds the fit near (None: no anchor). appearance: the
+    prior's albedo (then p's texture is not used), or None.
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
@@ -241,7 +274,8 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
 
     def terms(p):
         out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
-        r = scene.render(out_m.vertices, p["texture"].clamp(0, 1), p["sh"])
+        tex = p["texture"].clamp(0, 1) if appearance is None else appearance(out_m.vertices, p["sh"])
+        r = scene.render(out_m.vertices, tex, p["sh"])
         region = image_region(r["cover"], validf, skin_p, sure, stage)
         uv = project(out_m.keypoints, K_full)
         t = {
@@ -324,12 +358,16 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
     start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
-    terms = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage, start)
+    appearance = None
+    if stage.geometry_albedo == "prior" and texture_prior is not None:
+        appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
+        del lrs["texture"]
+    terms = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage, start, appearance)
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
                       on_step=on_step)
     for k in ("global_orient", "pose", "shape", "transl"):
         params[k] = state[k]
-    albedo = state["texture"].detach().clamp(0, 1)
+    albedo = state["texture"].detach().clamp(0, 1) if appearance is None else appearance.texture
 
     # Phase 2: the full texture (and light) on the fixed final mesh.
     with torch.no_grad():
