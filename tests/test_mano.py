@@ -406,3 +406,26 @@ def test_fit_with_mano_end_to_end(mano_files, tmp_path):
     assert {"global_orient", "hand_pose", "betas", "transl"} <= set(hand["params"])
     params = np.load(tmp_path / "hand" / hand["files"]["params"])
     assert params["hand_pose"].shape[-1] == 45
+
+
+def test_texture_prior_fills_the_mano_atlas(mano_files):
+    """The texture prior only sees uv coordinates, so MANO's atlas works like
+    Anny's: a flat-coloured render of the sheet unwraps and fills to that colour."""
+    from handfit import render as R
+    from handfit.texture.fill import prior_fill
+    from handfit.texture.prior import PriorConfig, TexturePrior
+
+    m = load_model("mano", mano_path=mano_files["root"] / "npz")
+    p = {k: torch.zeros_like(v) for k, v in params(m, B=1).items()}
+    p["global_orient"] = torch.tensor([[-np.pi / 2, 0.0, 0.0]])   # the sheet faces the camera
+    p["transl"] = torch.tensor([[-0.09, 0.0, 0.35]])
+    v = m(**p).vertices
+    K = torch.tensor([[200.0, 0, 47.5], [0, 200.0, 47.5], [0, 0, 1]])
+    g = R.rasterize_mesh(v, m.faces, K, (96, 96), uv=m.uv_coords, uv_faces=m.uv_faces, points=True, backend="cpu")
+    assert int(g.cover.sum()) > 500
+    net = TexturePrior(PriorConfig(dim=16, heads=2, layers=1, cross_layers=1, grid=4, freqs=3, channels=(8,),
+                                   size=32)).eval()
+    colour = torch.tensor([0.3, 0.6, 0.2])
+    tex = prior_fill(net, colour.expand(1, 96, 96, 3).contiguous(), g, size=64)
+    assert tex.shape == (1, 64, 64, 3)
+    assert torch.allclose(tex, colour.expand_as(tex), atol=1e-3)
