@@ -75,6 +75,54 @@ def test_collect_walks_recursively_in_stable_order(tmp_path):
     assert keys == ["in/hand.jpg", "in/hand.png", "hand", "deeper/second"]
 
 
+def test_collect_keeps_namesakes_from_different_sources_apart(tmp_path):
+    from handfit.batch.inputs import collect
+
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "img.jpg").write_bytes(day.encode())
+    units = collect([tmp_path / "day1", tmp_path / "day2"])
+    assert [(Path(u.path).parent.name, u.key) for u in units] == [("day1", "day1/img"), ("day2", "day2/img")]
+    # The same file found twice (its folder and itself) is one unit.
+    again = collect([tmp_path / "day1", tmp_path / "day1" / "img.jpg", tmp_path / "day2"])
+    assert [u.key for u in again] == ["day1/img", "day2/img"]
+    # Two folders of the same name: the second label is told apart.
+    for top in ("a", "b"):
+        (tmp_path / top / "x").mkdir(parents=True)
+        (tmp_path / top / "x" / "img.jpg").write_bytes(top.encode())
+    keys = [u.key for u in collect([tmp_path / "a" / "x", tmp_path / "b" / "x"])]
+    assert len(set(keys)) == 2 and keys == ["x/img", "x-2/img"]
+
+
+def test_collect_never_nests_one_key_inside_another(tmp_path):
+    from handfit.batch.inputs import collect
+
+    d = tmp_path / "in"
+    (d / "x").mkdir(parents=True)
+    (d / "x.jpg").write_bytes(b"a")
+    (d / "x" / "y.jpg").write_bytes(b"b")
+    keys = [u.key for u in collect([d])]
+    assert keys == ["x.jpg", "x/y"]                      # OUT/x.jpg/ next to OUT/x/y/, not around it
+    for a in keys:
+        assert not any(b.startswith(a + "/") for b in keys)
+
+
+def test_commit_refuses_to_replace_a_folder_holding_other_results(tmp_path):
+    from handfit.batch import store
+
+    def fill(key):
+        def f(folder):
+            (folder / store.STATUS).write_text(json.dumps({"status": "ok", "key": key}))
+        return f
+
+    store.commit(tmp_path, "x/y", fill("x/y"), "s1of1")      # an earlier run wrote OUT/x/y
+    with pytest.raises(FileExistsError, match="another input"):
+        store.commit(tmp_path, "x", fill("x"), "s1of1")
+    assert store.read_status(tmp_path / "x" / "y")["key"] == "x/y"
+    assert not temp_folders(tmp_path) or store.clean_temps(tmp_path, None)
+    store.commit(tmp_path, "x/y", fill("x/y"), "s1of1")      # replacing a result itself still works
+
+
 def test_shards_are_disjoint_and_cover(tmp_path):
     from handfit.batch.inputs import Unit, parse_shard, shard
 

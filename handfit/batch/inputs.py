@@ -3,8 +3,8 @@
 :func:`collect` turns command-line sources into a stable, sorted list of
 :class:`Unit` objects. A unit is one photo or one whole video; its ``key`` is
 the output folder relative to ``OUT`` (the input's path relative to the folder
-it was found in, without extension), so two ``img.jpg`` in different
-subfolders never collide. :func:`read_frames` decodes the chosen frames of a
+it was found in, without extension; lengthened where two inputs would share a
+folder, see :func:`collect`), so two ``img.jpg`` never collide. :func:`read_frames` decodes the chosen frames of a
 video with PyAV.
 """
 
@@ -74,26 +74,80 @@ def collect(sources, glob: str | None = None) -> list[Unit]:
     Folders are walked recursively; ``glob`` (e.g. ``"*.jpg"`` or ``"cam1/*"``)
     filters the files found in folders by name or relative path. A text file
     lists one path per line (blank lines and ``#`` comments skipped), relative
-    to the text file's folder unless absolute. Keys that would collide keep
-    their extension (``img.jpg``, ``img.png``). Order: as given, folders sorted.
+    to the text file's folder unless absolute. A file found twice (same
+    resolved path) is one unit. Order: as given, folders sorted.
 
-    Raises UsageError for a source that does not exist or has an unknown type.
+    Keys never collide, and no key is a folder above another key (committing
+    ``x`` would replace ``OUT/x/`` and the results inside it): a key that
+    would is lengthened, step by step, until it does not: the extension kept
+    (``img.jpg``, ``img.png``), then the name of the folder it was found in
+    put in front (``day1/img``, ``day2/img`` for two folders given on the
+    command line), then both. Raises UsageError when that is not enough, and
+    for a source that does not exist or has an unknown type.
     """
-    found: list[tuple[str, Path, str]] = []  # (kind, path, relative name)
+    found: list[tuple[str, Path, str, Path]] = []  # (kind, path, relative name, the folder it is relative to)
     for src in sources:
         _expand(Path(src), glob, found, depth=0)
-    # Disambiguate colliding keys (a.jpg + a.png, or a photo named like another input).
-    keys: dict[str, int] = {}
-    for _, _, rel in found:
-        keys[_strip(rel)] = keys.get(_strip(rel), 0) + 1
-    units, seen = [], set()
-    for kind, path, rel in found:
-        key = _strip(rel) if keys[_strip(rel)] == 1 else rel
-        if key in seen:  # the very same file listed twice
+    entries, seen = [], set()
+    for kind, path, rel, root in found:
+        real = Path(path).resolve()
+        if real in seen:  # the very same file listed twice
             continue
-        seen.add(key)
-        units.append(Unit(kind, str(path), key))
-    return units
+        seen.add(real)
+        entries.append((kind, path, rel, root.resolve()))
+    keys = _unique_keys([(rel, root) for _, _, rel, root in entries])
+    return [Unit(kind, str(path), key) for (kind, path, _, _), key in zip(entries, keys)]
+
+
+def _root_labels(roots) -> dict:
+    """{root folder: a short, distinct name}: the folder's name, ``name-2`` ... for namesakes."""
+    labels, used = {}, set()
+    for root in roots:
+        if root in labels:
+            continue
+        base = root.name or "root"
+        label, i = base, 1
+        while label in used:
+            i += 1
+            label = f"{base}-{i}"
+        labels[root] = label
+        used.add(label)
+    return labels
+
+
+def _unique_keys(items: list) -> list[str]:
+    """Output keys for [(relative name, root folder)] of distinct files; see :func:`collect`."""
+    labels = _root_labels([root for _, root in items])
+
+    def form(level: int, rel: str, root: Path) -> str:
+        if level == 0:
+            return _strip(rel)
+        if level == 1:
+            return rel
+        return f"{labels[root]}/{_strip(rel) if level == 2 else rel}"
+
+    levels = [0] * len(items)
+    while True:
+        keys = [form(lv, rel, root) for lv, (rel, root) in zip(levels, items)]
+        owners: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            owners.setdefault(k, []).append(i)
+        clash = {i for ids in owners.values() if len(ids) > 1 for i in ids}
+        # A key that is a folder above another key: only the upper one changes (``x`` -> ``x.jpg``).
+        for k in keys:
+            parts = k.split("/")
+            for j in range(1, len(parts)):
+                clash.update(owners.get("/".join(parts[:j]), []))
+        if not clash:
+            return keys
+        for i in sorted(clash):
+            if levels[i] == 3:
+                others = [items[j][0] for j in range(len(items)) if j != i and
+                          (keys[j] == keys[i] or keys[j].startswith(keys[i] + "/"))]
+                raise UsageError(f"two inputs would write the same output folder {keys[i]!r} "
+                                 f"({items[i][0]} and {others[0] if others else '?'}); rename one or give "
+                                 "their common folder as the input")
+            levels[i] += 1
 
 
 def _expand(src: Path, glob, found, depth: int):
@@ -101,13 +155,13 @@ def _expand(src: Path, glob, found, depth: int):
         raise UsageError(f"{src}: path lists nested too deeply")
     if src.is_dir():
         for path, rel in _walk(src, glob):
-            found.append((kind_of(path), path, rel))
+            found.append((kind_of(path), path, rel, src))
         return
     if not src.exists():
         raise UsageError(f"{src}: no such file or folder")
     kind = kind_of(src)
     if kind is not None:
-        found.append((kind, src, src.name))
+        found.append((kind, src, src.name, src.parent))
         return
     if src.suffix.lower() in LIST_EXTS:
         base = src.parent
@@ -127,14 +181,14 @@ def _expand(src: Path, glob, found, depth: int):
             # A listed file keeps its path relative to the list as its key, so that the list's
             # layout is the output's; missing or unreadable files become `error` lines later.
             try:
-                rel = p.resolve().relative_to(base.resolve()).as_posix()
+                rel, root = p.resolve().relative_to(base.resolve()).as_posix(), base
             except ValueError:
-                rel = p.name
-            found.append((k, p, rel))
+                rel, root = p.name, p.parent
+            found.append((k, p, rel, root))
         return
     # An explicitly named file of unknown type: try it as a photo (it becomes an `error` line if it
     # is not one) rather than refusing the whole batch.
-    found.append(("photo", src, src.name))
+    found.append(("photo", src, src.name, src.parent))
 
 
 # ---------------------------------------------------------------- shards

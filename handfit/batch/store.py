@@ -58,8 +58,15 @@ def read_status(folder: Path) -> dict | None:
 def commit(out: Path, key: str, write, tag: str) -> Path:
     """Write a result folder atomically: ``write(tmp_folder)`` fills a temporary
     sibling of ``OUT/key``, which is then renamed into place (an existing folder
-    is replaced: moved aside, replaced, deleted). -> the final folder."""
+    is replaced: moved aside, replaced, deleted). -> the final folder.
+
+    Raises FileExistsError (an OSError: the input becomes an ``error`` line)
+    when ``OUT/key`` holds another input's finished result folder."""
     final = Path(out) / key
+    held = _results_inside(final)
+    if held is not None:
+        # Replacing OUT/x would delete the finished result OUT/x/y of another input.
+        raise FileExistsError(f"{final} holds another input's result ({held}); not replacing it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}.{tag}"
     if tmp.exists():
@@ -77,6 +84,17 @@ def commit(out: Path, key: str, write, tag: str) -> Path:
     else:
         os.rename(tmp, final)
     return final
+
+
+def _results_inside(folder: Path) -> Path | None:
+    """A finished result folder (with status.json) strictly below ``folder``, or None."""
+    if not folder.is_dir():
+        return None
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(TMP_PREFIX)]
+        if root != str(folder) and STATUS in files:
+            return Path(root)
+    return None
 
 
 def _fsync_tree(folder: Path):
