@@ -56,7 +56,7 @@ class _FitWrite:
         self.job, self.run_id = job, run_id
 
     def __call__(self, batch: dict) -> dict:
-        from .runner import error_record, fit_chunk, photo_record, write_photo
+        from .runner import error_record, fit_chunk, save_photo
 
         job, records, prepared = self.job, [], []
         for kind, path, key, payload in zip(batch["kind"], batch["path"], batch["key"], batch["payload"]):
@@ -75,12 +75,7 @@ class _FitWrite:
             if err is not None:
                 records.append(error_record(p.unit, err, p.seconds + sec))
                 continue
-            rec = photo_record(p.unit, result, p.seconds + sec, self.run_id)
-            try:
-                write_photo(job, p.unit, result, rec)
-            except OSError as exc:
-                rec = error_record(p.unit, f"cannot write {job.out / p.unit.key}: {exc}")
-            records.append(rec)
+            records.append(save_photo(job, p, result, p.seconds + sec, self.run_id))
         from . import store
 
         return {"record": [store.dumps(r) for r in records]}

@@ -120,6 +120,12 @@ def photo_record(unit: Unit, result, seconds: float, run_id: str) -> dict:
             "run": run_id}
 
 
+def describe(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"`` for an error line of the summary."""
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
 def error_record(unit: Unit, message: str, seconds: float = 0.0) -> dict:
     return {"path": unit.path, "key": unit.key, "kind": unit.kind, "status": "error", "hands": 0,
             "seconds": round(seconds, 3), "message": message}
@@ -135,6 +141,18 @@ def write_photo(job: BatchJob, unit: Unit, result, record: dict) -> dict:
 
     store.commit(job.out, unit.key, fill, job.tag)
     return record
+
+
+def save_photo(job: BatchJob, p: "Prepared", result, seconds: float, run_id: str) -> dict:
+    """Write one fitted photo's folder. -> its summary record, an ``error`` one when writing failed
+    (any exception: one photo must not stop the batch; KeyboardInterrupt passes)."""
+    try:
+        # seconds: this photo's load + detection + its share of the fit (writing is not counted).
+        return write_photo(job, p.unit, result, photo_record(p.unit, result, seconds, run_id))
+    except OSError as exc:
+        return error_record(p.unit, f"cannot write {job.out / p.unit.key}: {exc}")
+    except Exception as exc:  # noqa: BLE001
+        return error_record(p.unit, f"cannot write {job.out / p.unit.key}: {describe(exc)}")
 
 
 # ---------------------------------------------------------------- planning
@@ -169,6 +187,8 @@ class Prepared:
 class Preparer:
     """Load and detect photos (runs in a worker thread or a Ray task).
 
+    Never raises for one bad photo: any failure to load or detect it becomes
+    its ``error`` (KeyboardInterrupt and SystemExit still end the run).
     ``boxes``: {absolute photo path: [(x0, y0, x1, y1[, side]), ...]}; a photo
     listed there is searched only inside its boxes (see :func:`load_boxes`).
     """
@@ -187,12 +207,18 @@ class Preparer:
             return Prepared(unit, error=str(exc), seconds=time.perf_counter() - t0)
         except OSError as exc:
             return Prepared(unit, error=f"{unit.path}: {exc.strerror or exc}", seconds=time.perf_counter() - t0)
-        if self._det is None:
-            from ..detect import Detector
+        except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the batch
+            return Prepared(unit, error=f"{unit.path}: cannot read: {describe(exc)}",
+                            seconds=time.perf_counter() - t0)
+        try:
+            if self._det is None:
+                from ..detect import Detector
 
-            self._det = Detector(max_hands=self.max_hands, mode=self.mode)
-        boxes = self.boxes.get(str(Path(unit.path).resolve()))
-        dets = self._det.detect_in_boxes(photo.rgb, boxes) if boxes is not None else self._det.detect(photo.rgb)
+                self._det = Detector(max_hands=self.max_hands, mode=self.mode)
+            boxes = self.boxes.get(str(Path(unit.path).resolve()))
+            dets = self._det.detect_in_boxes(photo.rgb, boxes) if boxes is not None else self._det.detect(photo.rgb)
+        except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the batch
+            return Prepared(unit, error=f"detection failed: {describe(exc)}", seconds=time.perf_counter() - t0)
         return Prepared(unit, photo, dets, seconds=time.perf_counter() - t0)
 
 
@@ -250,8 +276,7 @@ def fit_chunk(items: list[Prepared], opts, fit=None) -> list:
             half = len(items) // 2
             return fit_chunk(items[:half], opts, fit) + fit_chunk(items[half:], opts, fit)
         if len(items) == 1:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return [(items[0], None, f"fit failed: {type(exc).__name__}: {msg}", time.perf_counter() - t0)]
+            return [(items[0], None, f"fit failed: {describe(exc)}", time.perf_counter() - t0)]
         return [r for p in items for r in fit_chunk([p], opts, fit)]
     share = (time.perf_counter() - t0) / len(items)
     for r, p in zip(results, items):
@@ -289,14 +314,7 @@ def run_local(todo: list[Unit], job: BatchJob, log: store.SummaryLog, run_id: st
         if err is not None:
             log.append(error_record(p.unit, err, p.seconds + seconds))
             return
-        # seconds: this photo's load + detection + its share of the fit (writing is not counted).
-        rec = photo_record(p.unit, result, p.seconds + seconds, run_id)
-        try:
-            write_photo(job, p.unit, result, rec)
-        except OSError as exc:
-            log.append(error_record(p.unit, f"cannot write {job.out / p.unit.key}: {exc}"))
-            return
-        log.append(rec)
+        log.append(save_photo(job, p, result, p.seconds + seconds, run_id))
 
     # Detection of chunk i+1 runs while chunk i is fitted; writing runs behind in its own thread.
     with ThreadPoolExecutor(1, thread_name_prefix="handfit-detect") as detect_pool, \

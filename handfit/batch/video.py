@@ -306,18 +306,27 @@ def track_metrics(frames, tracks, fits) -> list:
 
 
 def process_video(unit, job, run_id: str) -> dict:
-    """Fit a whole video and commit OUT/<video>/ atomically. -> its summary record"""
-    from ..io.save import save_result
-    from .runner import error_record
+    """Fit a whole video and commit OUT/<video>/ atomically. -> its summary record
+
+    Never raises for one bad video: any failure becomes its ``error`` record
+    (KeyboardInterrupt and SystemExit still end the run).
+    """
+    from .runner import describe, error_record
 
     t0 = time.perf_counter()
-    opts, vopts = job.fit_options(), job.video
     try:
-        res = run_video(unit.path, opts, vopts)
-    except ImageError as exc:
-        return error_record(unit, str(exc), time.perf_counter() - t0)
+        return _process_video(unit, job, run_id, t0)
     except HandfitError as exc:
         return error_record(unit, str(exc), time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
+        return error_record(unit, f"video failed: {describe(exc)}", time.perf_counter() - t0)
+
+
+def _process_video(unit, job, run_id: str, t0: float) -> dict:
+    from ..io.save import save_result
+
+    opts, vopts = job.fit_options(), job.video
+    res = run_video(unit.path, opts, vopts)
     frames, tracks, fits = res["frames"], res["tracks"], res["fits"]
     results = _frame_results(frames, tracks, fits, opts)
     hands = sum(len(r.hands) for r in results)
