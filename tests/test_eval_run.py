@@ -176,3 +176,55 @@ def test_partial_results_after_every_batch(tmp_path):
     evaluate(recs, FitOptions(), ("mediapipe", "dense"), detector=FakeDetector(recs), fit_batch=fake_fit_batch,
              warmup=False, on_chunk=on_chunk)
     assert seen == [1, 2, 3]
+
+
+def test_one_bad_image_is_recorded_and_the_run_goes_on(tmp_path):
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path, 3)
+    recs.append(Record(tmp_path / "0.png", K, [HandLabel("left", keypoints_3d=_hand(0))], name="again.png"))
+
+    class Det(FakeDetector):
+        def detect(self, rgb):
+            if int(rgb[0, 0, 0]) == 1:
+                raise RuntimeError("graph failure")
+            return super().detect(rgb)
+
+    def fit(images, detections=None, intrinsics=None, options=None):
+        if any(int(img.rgb[0, 0, 0]) == 0 for img in images) and len(images) == 1 and fit.fail_next:
+            fit.fail_next = False
+            raise ValueError("singular matrix")
+        if len(images) > 1:
+            raise ValueError("the batch fails as a whole")
+        return fake_fit_batch(images, detections, intrinsics, options)
+
+    fit.fail_next = True
+    ev = evaluate(recs, FitOptions(), ("mediapipe", "dense"), batch_size=4, detector=Det(recs), fit_batch=fit,
+                  warmup=False)
+    by = {r["image"]: r for r in ev.rows}
+    assert "RuntimeError: graph failure" in by["1.png"]["error"] and not by["1.png"]["detected"]
+    assert "ValueError: singular matrix" in by["0.png"]["error"]            # its fit failed alone ...
+    assert by["0.png"]["detected"] and np.isfinite(by["0.png"]["mediapipe_pa_mpjpe_mm"])   # ... MediaPipe kept
+    assert not np.isfinite(by["0.png"]["dense_pa_mpjpe_mm"])
+    assert by["again.png"]["error"] == "" and np.isfinite(by["again.png"]["dense_pa_mpjpe_mm"])
+    assert ev.summary["dense"]["n"] == 1 and ev.summary["mediapipe"]["n"] == 2
+
+
+def test_report_files_are_replaced_atomically(tmp_path):
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path, 2)
+    ev = evaluate(recs, FitOptions(), ("mediapipe", "dense"), detector=FakeDetector(recs), fit_batch=fake_fit_batch,
+                  warmup=False)
+    paths = write_report(ev, tmp_path / "out", plot=False)
+    before = {k: p.read_bytes() for k, p in paths.items()}
+
+    class Unprintable:
+        def __str__(self):
+            raise KeyboardInterrupt  # a kill while the CSV is being written
+
+    ev.rows[-1]["error"] = Unprintable()
+    with pytest.raises(KeyboardInterrupt):
+        write_report(ev, tmp_path / "out", plot=False)
+    assert {k: p.read_bytes() for k, p in paths.items()} == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "pck.json", "per_image.csv"]

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -33,21 +35,35 @@ def metrics_document(summary: dict) -> dict:
     return {v: {k: _clean(m[k]) for k in SUMMARY_KEYS} for v, m in summary.items()}
 
 
+def _write_atomic(path: Path, text: str):
+    """Write a file so that a kill at any moment leaves the old or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_report(ev, out, plot: bool = True) -> dict:
-    """Write the evaluation's files into folder ``out`` -> {name: path}. ``plot``: also pck.png."""
+    """Write the evaluation's files into folder ``out`` (each atomically) -> {name: path}.
+    ``plot``: also pck.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "csv": out / "per_image.csv", "curves": out / "pck.json",
              "plot": out / "pck.png"}
-    paths["metrics"].write_text(json.dumps(metrics_document(ev.summary), indent=1) + "\n")
-    with open(paths["csv"], "w", newline="") as f:
-        cols = list(ev.rows[0].keys()) if ev.rows else ["image", "hand"]
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in ev.rows:
-            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
-                            (f"{v:.4f}" if isinstance(v, float) else v)) for k, v in r.items()})
-    paths["curves"].write_text(json.dumps({
+    _write_atomic(paths["metrics"], json.dumps(metrics_document(ev.summary), indent=1) + "\n")
+    buf = io.StringIO(newline="")
+    cols = list(ev.rows[0].keys()) if ev.rows else ["image", "hand"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in ev.rows:
+        w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
+                        (f"{v:.4f}" if isinstance(v, float) else v)) for k, v in r.items()})
+    _write_atomic(paths["csv"], buf.getvalue())
+    _write_atomic(paths["curves"], json.dumps({
         "thresholds_mm": [float(t) for t in ev.thresholds_mm],
         "pck": {v: [_clean(c) for c in ev.curves[v]] for v in ev.curves},
         "note": "fraction of the Procrustes-aligned keypoints within each threshold, over all detected hands",
@@ -80,8 +96,14 @@ def _plot(ev, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
     return True
 
 

@@ -139,6 +139,9 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
         on_chunk: called as ``on_chunk(Evaluation)`` with the images done so far
             after each batch (the CLI writes its files then, so an interrupted
             run leaves its results).
+
+    An image that cannot be read, detected or fitted never ends the run: its
+    hands get the ``error`` (and count as missed for the fitted variants).
         warmup: before the first timed fit, run a throw-away fit of two iterations
             per stage, so that one-off costs (JIT compilation, caches, thread
             pools) do not land in the first hand's seconds.
@@ -177,15 +180,22 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
                 evs = [HandEval(rec.name, i, h.side, h.keypoints_3d, rec.keypoints_2d(h), h.visible)
                        for i, h in enumerate(rec.hands)]
                 hands.extend(evs)
+                # One bad image is recorded (its hands count as missed) and never ends the run.
                 try:
                     photo = load_image(rec.image)
                 except ImageError as exc:
-                    for e in evs:
-                        e.error = str(exc)
+                    _fail(evs, str(exc))
                     continue
-                t = time.perf_counter()
-                dets = list(detector.detect(photo.rgb))
-                det_s = (time.perf_counter() - t) / max(len(dets), 1)
+                except Exception as exc:  # noqa: BLE001
+                    _fail(evs, f"{rec.image}: cannot read: {_describe(exc)}")
+                    continue
+                try:
+                    t = time.perf_counter()
+                    dets = list(detector.detect(photo.rgb))
+                    det_s = (time.perf_counter() - t) / max(len(dets), 1)
+                except Exception as exc:  # noqa: BLE001
+                    _fail(evs, f"detection failed: {_describe(exc)}")
+                    continue
                 assign = match_hands([e.gt2d for e in evs], [e.visible for e in evs], dets, match_threshold)
                 pairs = []
                 for e, j in zip(evs, assign):
@@ -200,10 +210,13 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
                 if pairs and fitted:
                     jobs.append((rec, photo, [d for _, d in sorted(pairs, key=lambda p: -p[1].score)], pairs))
             if jobs and warmup:
-                _warm_up(jobs[0], opts, use_label_camera, fit_batch)
+                try:
+                    _warm_up(jobs[0], opts, use_label_camera, fit_batch)
+                except Exception:  # noqa: BLE001 - the timed fit of that image will record the failure
+                    pass
                 warmup = False
             if jobs:
-                _fit_jobs(jobs, fitted, opts, use_label_camera, fit_batch, on_fit)
+                _fit_jobs_safe(jobs, fitted, opts, use_label_camera, fit_batch, on_fit)
             if bar is not None:
                 bar.update(len(chunk))
                 _postfix(bar, hands, variants)
@@ -216,6 +229,34 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
             detector.close()
     rows, summary, curves = score(hands, variants)
     return Evaluation(variants, hands, rows, summary, curves, M.PCK_THRESHOLDS_MM.copy())
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _fail(evs, message: str):
+    for e in evs:
+        e.error = message
+
+
+def _fit_jobs_safe(jobs, fitted, opts, use_label_camera, fit_batch, on_fit):
+    """:func:`_fit_jobs`, image by image when a batch fails: an image whose fit
+    raises keeps its MediaPipe prediction, loses the fitted ones and records
+    the error (KeyboardInterrupt passes)."""
+    try:
+        _fit_jobs(jobs, fitted, opts, use_label_camera, fit_batch, on_fit)
+    except Exception as exc:  # noqa: BLE001
+        if len(jobs) > 1:
+            for job in jobs:
+                _fit_jobs_safe([job], fitted, opts, use_label_camera, fit_batch, on_fit)
+            return
+        evs = [e for e, _ in jobs[0][3]]
+        for e in evs:
+            for v in fitted:
+                e.preds.pop(v, None)
+        _fail(evs, f"fit failed: {_describe(exc)}")
 
 
 def _fit_jobs(jobs, fitted, opts, use_label_camera, fit_batch, on_fit):
