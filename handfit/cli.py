@@ -277,7 +277,8 @@ Exit codes: 0 any hand fitted; 3 inputs read but no hand found;
 @click.option("--no-gallery", is_flag=True, help="Do not write OUT/index.html.")
 @click.option("--boxes", "boxes_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help='Your own hand boxes: a JSON file {"photo path": [[x0,y0,x1,y1(,"left"|"right")], ...]} '
-                   "(paths relative to the JSON file); listed photos are searched only inside their boxes.")
+                   "(paths relative to the JSON file); listed photos are searched only inside their boxes. "
+                   "Photos only: videos are searched whole.")
 def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smooth, overwrite, shard_spec, engine,
           no_gallery, boxes_file, **params):
     from .batch.runner import VideoOptions, environ_progress, load_boxes, run_batch, summary_line

@@ -112,3 +112,57 @@ def test_dev_clip_end_to_end(tmp_path, dev_data):
         s = c.streams.video[0]
         assert sum(1 for _ in c.decode(s)) == 4 and abs(float(s.average_rate) - 5.0) < 1e-6
     assert "overlay.mp4" in (out / "index.html").read_text()
+
+
+def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
+    """--detect reaches the video detector; --intrinsics (else --focal) gives every frame's K."""
+    import types
+
+    from handfit.batch import inputs, video
+    from handfit.options import FitOptions
+
+    made = []
+
+    class Det:
+        def __init__(self, max_hands=None, mode="fast"):
+            made.append(mode)
+
+        def detect(self, rgb):
+            return [_det("right", 10.0)]
+
+    frames = [(i, i / 10, np.zeros((48, 64, 3), np.uint8)) for i in range(3)]
+    monkeypatch.setattr("handfit.detect.Detector", Det)
+    monkeypatch.setattr(inputs, "video_info", lambda p: inputs.VideoInfo(10.0, 64, 48, 3))
+    monkeypatch.setattr(inputs, "read_frames", lambda *a, **kw: iter(frames))
+    seen_K = []
+
+    def fake_fit_track(model, trk, Ks, opts, vopts, net, device, dtype=torch.float32):
+        seen_K.append(Ks)
+        T = len(trk.frames)
+        return {"params": {}, "K": torch.tensor(Ks, dtype=dtype), "kp2d": torch.zeros(T, 21, 2)}
+
+    model = lambda **p: types.SimpleNamespace(keypoints=torch.ones(3, 21, 3), vertices=torch.zeros(3, 5, 3))  # noqa
+    monkeypatch.setattr(video, "fit_track", fake_fit_track)
+    monkeypatch.setattr("handfit.models.load_model", lambda *a, **kw: model)
+    monkeypatch.setattr("handfit.fitting.init.load_regressor", lambda *a, **kw: None)
+
+    opts = FitOptions(detect="thorough", intrinsics=(500.0, 510.0, 30.0, 20.0), device="cpu")
+    from handfit.batch.runner import VideoOptions
+
+    res = video.run_video("clip.mp4", opts, VideoOptions())
+    assert made == ["thorough"]
+    want = np.array([[500.0, 0, 30.0], [0, 510.0, 20.0], [0, 0, 1]])
+    assert len(seen_K) == 1 and np.allclose(seen_K[0], want[None].repeat(3, 0))
+    results = video._frame_results(res["frames"], [], [], opts)
+    assert all(np.allclose(r.K, want) for r in results)
+    opts = FitOptions(focal=321.0)
+    assert video.frame_K(64, 48, opts)[0, 0] == 321.0
+
+
+def test_boxes_warn_that_videos_are_searched_whole(tmp_path, monkeypatch):
+    from handfit.batch import runner
+
+    make_clip(tmp_path / "clip.mp4", n=2)
+    monkeypatch.setattr(runner, "run_local", lambda todo, job, log, run_id, fit=None: 0)
+    with pytest.warns(UserWarning, match="videos are searched whole"):
+        runner.run_batch([tmp_path], tmp_path / "out", boxes={"x.png": [(0, 0, 1, 1)]}, gallery=False)

@@ -363,7 +363,8 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
     ``overwrite``; ``shard_spec="K/N"`` takes the K-th of N disjoint parts.
     ``engine``: "local" (threads in this process) or "ray" (a Ray Data
     pipeline; RAY_ADDRESS joins a cluster). ``boxes``: your own hand boxes per
-    photo (:func:`load_boxes`), searched instead of the whole photo. ``fit``:
+    photo (:func:`load_boxes`), searched instead of the whole photo (videos are
+    searched whole; a warning says so). ``fit``:
     replaces :func:`handfit.api.fit_batch` (tests). Raises UsageError for bad options.
     """
     k, n = parse_shard(shard_spec)
@@ -371,6 +372,10 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
                    video=video or VideoOptions(), progress=progress, gallery=gallery, boxes=boxes)
     units_all = collect(sources, glob)
     units = shard(units_all, k, n)
+    if boxes and any(u.kind == "video" for u in units):
+        import warnings
+
+        warnings.warn("--boxes applies to photos only: videos are searched whole", stacklevel=2)
     job.out.mkdir(parents=True, exist_ok=True)
     # Temporary folders of a killed run of this shard (or of any, for an unsharded job).
     store.clean_temps(job.out, job.tag if n > 1 else None)

@@ -162,12 +162,22 @@ def fit_track(model, trk: Track, Ks: np.ndarray, opts, vopts, net, device, dtype
             "terms": {k: v.detach() for k, v in rep.terms.items()}, "kp2d": kp2d, "K": K}
 
 
+def frame_K(width: int, height: int, opts) -> np.ndarray:
+    """(3,3) intrinsics of a video frame: ``opts.intrinsics`` when given, else ``opts.focal`` or the default FOV
+    (video frames carry no EXIF)."""
+    from ..camera import intrinsics, intrinsics_matrix
+
+    if opts.intrinsics is not None:
+        return intrinsics_matrix(*opts.intrinsics)
+    return intrinsics(width, height, focal=opts.focal)
+
+
 def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tuple:
     """Fit every track of a video. frames: [(index, seconds, rgb)], dets: per frame detections.
 
     -> (tracks, fits): fits[i] is fit_track's dict for tracks[i] plus model outputs
     """
-    from ..camera import intrinsics, project
+    from ..camera import project
     from ..fitting.init import load_regressor
     from ..models import load_model
 
@@ -180,8 +190,7 @@ def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tupl
             models[trk.side] = load_model(opts.model, side=trk.side, mano_path=opts.mano, device=device, dtype=dtype)
             nets[trk.side] = load_regressor(models[trk.side], device, dtype)
         model = models[trk.side]
-        Ks = np.stack([intrinsics(frames[f][2].shape[1], frames[f][2].shape[0], focal=opts.focal)
-                       for f in trk.frames])
+        Ks = np.stack([frame_K(frames[f][2].shape[1], frames[f][2].shape[0], opts) for f in trk.frames])
         fit = fit_track(model, trk, Ks, opts, vopts, nets[trk.side], device, dtype)
         with torch.no_grad():
             out = model(**fit["params"])
@@ -196,7 +205,6 @@ def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tupl
 def _frame_results(frames, tracks, fits, opts):
     """Per chosen frame, a FitResult holding the hands of every track seen in it."""
     from ..api import SKIN_RGB, FitResult, HandResult
-    from ..camera import intrinsics
 
     tex = np.empty((opts.texture_size, opts.texture_size, 3), np.uint8)
     tex[:] = (np.array(SKIN_RGB) * 255 + 0.5).astype(np.uint8)
@@ -226,7 +234,7 @@ def _frame_results(frames, tracks, fits, opts):
         H, W = rgb.shape[:2]
         hs = [h for _, h in sorted(hands[f], key=lambda x: -x[0])]
         results.append(FitResult(image_path=None, width=W, height=H,
-                                 K=np.asarray(intrinsics(W, H, focal=opts.focal), np.float64),
+                                 K=np.asarray(frame_K(W, H, opts), np.float64),
                                  model=opts.model, hands=hs, image=rgb))
     return results
 
@@ -282,7 +290,7 @@ def run_video(path, opts, vopts, detector=None, progress=None) -> dict:
     if detector is None:
         from ..detect import Detector
 
-        detector = Detector(max_hands=opts.max_hands)
+        detector = Detector(max_hands=opts.max_hands, mode=opts.detect)
     dets = [detector.detect(rgb)[: opts.max_hands] for _, _, rgb in frames]
     t_detect = time.perf_counter() - t0 - t_read
     tracks, fits = fit_video_frames(frames, dets, opts, vopts)
