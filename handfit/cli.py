@@ -274,7 +274,8 @@ Exit codes: 0 any hand fitted; 3 inputs read but no hand found;
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: threads in this process. ray: a Ray Data pipeline (pip install 'handfit[ray]'); "
                    "a local Ray instance, or the cluster in RAY_ADDRESS.")
-@click.option("--no-gallery", is_flag=True, help="Do not write OUT/index.html.")
+@click.option("--no-gallery", is_flag=True,
+              help="Do not write OUT/index.html (with --shard it is never written: `handfit merge` writes it).")
 @click.option("--boxes", "boxes_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help='Your own hand boxes: a JSON file {"photo path": [[x0,y0,x1,y1(,"left"|"right")], ...]} '
                    "(paths relative to the JSON file); listed photos are searched only inside their boxes. "

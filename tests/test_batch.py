@@ -351,3 +351,39 @@ def test_ray_engine_gives_the_same_summary(tmp_path):
         if x["status"] == "ok":
             assert (ray_out / x["key"] / "result.json").is_file() and x["seconds"] > 0
     assert not temp_folders(ray_out)
+
+
+def test_gallery_writers_never_share_a_temporary_file(tmp_path, monkeypatch):
+    from handfit.batch import gallery
+
+    real_replace = os.replace
+    nested = []
+
+    def replace(src, dst):
+        if not nested:  # another shard writes the gallery between this one's write and rename
+            nested.append(1)
+            gallery.write_gallery(tmp_path, [{"key": "b", "path": "b.jpg", "status": "error", "message": "x"}])
+        real_replace(src, dst)
+
+    monkeypatch.setattr(gallery.os, "replace", replace)
+    gallery.write_gallery(tmp_path, [{"key": "a", "path": "a.jpg", "status": "error", "message": "x"}])
+    assert "a.jpg" in (tmp_path / "index.html").read_text()
+    assert not temp_folders(tmp_path) and [p.name for p in tmp_path.iterdir()] == ["index.html"]
+
+
+def test_a_shard_leaves_the_gallery_to_merge(tmp_path, monkeypatch):
+    from handfit.batch import runner
+    from handfit.batch.merge import merge
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (d / name).write_bytes(b"")
+    monkeypatch.setattr(runner, "run_local", lambda todo, job, log, run_id, fit=None: 0)
+    for k in (1, 2):
+        runner.run_batch([d], tmp_path / "out", shard_spec=f"{k}/2")
+        assert not (tmp_path / "out" / "index.html").exists()
+    merge(tmp_path / "out")
+    assert (tmp_path / "out" / "index.html").is_file()
+    runner.run_batch([d], tmp_path / "one")
+    assert (tmp_path / "one" / "index.html").is_file()

@@ -115,10 +115,19 @@ def render(out: Path, records: list) -> str:
 
 
 def write_gallery(out: Path, records: list) -> Path:
-    """Write OUT/index.html atomically. -> its path"""
+    """Write OUT/index.html atomically (a temporary file of its own, renamed: two
+    writers at once never share or remove each other's temporary). -> its path"""
+    import tempfile
+
     out = Path(out)
     path = out / "index.html"
-    tmp = out / f"{store.TMP_PREFIX}index.html"
-    tmp.write_text(render(out, records), encoding="utf-8")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f"{store.TMP_PREFIX}index.", suffix=".html")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(render(out, records))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

@@ -364,7 +364,8 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
     ``engine``: "local" (threads in this process) or "ray" (a Ray Data
     pipeline; RAY_ADDRESS joins a cluster). ``boxes``: your own hand boxes per
     photo (:func:`load_boxes`), searched instead of the whole photo (videos are
-    searched whole; a warning says so). ``fit``:
+    searched whole; a warning says so). ``gallery``: write OUT/index.html
+    (not for one shard of a job: ``handfit merge`` writes it). ``fit``:
     replaces :func:`handfit.api.fit_batch` (tests). Raises UsageError for bad options.
     """
     k, n = parse_shard(shard_spec)
@@ -394,20 +395,11 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
     finally:
         log.close()
     records = store.compact(job.out, units, job.summary_path, done)
-    if gallery:
+    if gallery and n == 1:  # a sharded job's gallery is written by `handfit merge`, once every shard is done
         from .gallery import write_gallery
 
-        write_gallery(job.out, _all_records(job, records))
+        write_gallery(job.out, records)
     return BatchReport(records=records, summary=job.summary_path, computed=computed)
-
-
-def _all_records(job: BatchJob, records: list) -> list:
-    """The gallery shows every shard's results that are on disk, not only this shard's."""
-    if job.shard[1] == 1:
-        return records
-    from .merge import merged_records
-
-    return merged_records(job.out)
 
 
 def summary_line(report: BatchReport, out) -> str:
