@@ -67,7 +67,10 @@ def test_tracking_by_overlap_and_side():
     tracks = track(frames)
     assert [(t.side, t.frames) for t in tracks] == [("right", [0, 1, 2, 4, 5, 6]), ("left", [0, 1, 2, 3, 4, 5]),
                                                     ("right", [6])]
-    # A track unseen for more than MAX_GAP frames ends; the hand then starts a new track.
+    # A track survives MAX_GAP missed frames (docs/batch.md: 3) ...
+    gap = [[_det("right", 100)]] + [[] for _ in range(MAX_GAP)] + [[_det("right", 100)]]
+    assert MAX_GAP == 3 and [t.frames for t in track(gap)] == [[0, MAX_GAP + 1]]
+    # ... and ends at one more; the hand then starts a new track.
     gap = [[_det("right", 100)]] + [[] for _ in range(MAX_GAP + 1)] + [[_det("right", 100)]]
     assert len(track(gap)) == 2
 

@@ -9,7 +9,7 @@ rate divided by ``--every``.
 1. Detect every chosen frame (MediaPipe).
 2. Track: a detection joins the live track of the same side whose last box
    overlaps it most (IoU >= 0.1); otherwise it starts a new track. A track
-   that has not been seen for ``MAX_GAP`` chosen frames ends.
+   survives ``MAX_GAP`` missed chosen frames in a row; it ends at the next.
 3. Fit each track in order: its first frame from the regressor with the full
    keypoint stage; each later frame warm-started from the previous frame's
    pose and translation with ``warm_iters`` iterations and the shape fixed.
@@ -35,7 +35,7 @@ import torch
 from ..errors import HandfitError, ImageError
 from . import store
 
-MAX_GAP = 3           # chosen frames a track may miss before it ends
+MAX_GAP = 3           # chosen frames in a row a track may miss and go on
 MIN_IOU = 0.1
 SIGMA_POSE = 0.3      # radians of acceleration per chosen frame that cost as much as ...
 SIGMA_TRANSL = 0.005  # ... metres of acceleration; both against the 2D term's scale
@@ -70,7 +70,7 @@ def track(detections: list) -> list[Track]:
     """
     tracks: list[Track] = []
     for f, dets in enumerate(detections):
-        live = [t for t in tracks if f - t.frames[-1] <= MAX_GAP]
+        live = [t for t in tracks if f - t.frames[-1] - 1 <= MAX_GAP]  # frames missed since its last
         pairs = sorted(((iou(t.last_box, d.box_xyxy), ti, di) for ti, t in enumerate(live)
                         for di, d in enumerate(dets) if t.side == d.side), reverse=True)
         used_t, used_d = set(), set()
