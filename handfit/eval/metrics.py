@@ -4,8 +4,11 @@ Every function takes batches: ``B`` hands of ``N`` keypoints. Units are
 whatever the inputs use (the evaluation passes millimetres and pixels).
 
 * :func:`similarity_align` / :func:`pa_errors` / :func:`pa_mpjpe`: Procrustes
-  alignment with scale (Umeyama), a proper rotation (no reflection: a mirrored
-  hand is an error, not a match), as in the FreiHAND and HO3D evaluations.
+  alignment with scale (Umeyama) and a proper rotation (no reflection: a
+  mirrored hand is an error, not a match). This differs from the FreiHAND and
+  HO3D evaluation scripts, whose alignment (scipy's orthogonal_procrustes,
+  no determinant correction) lets a reflection count as a match: our PA
+  errors can only be equal or larger on the same predictions.
 * :func:`rr_mpjpe`: root-relative error, both sets translated to their root
   (wrist) joint, no rotation or scale.
 * :func:`pck` and :func:`auc`: the fraction of keypoints under each threshold
