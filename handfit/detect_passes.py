@@ -13,9 +13,9 @@ pixel-centre convention.
 Extra passes see many more image regions than the full pass, so they would
 report more false hands (animal paws, faces, textures). Their detections are
 therefore accepted more strictly (:func:`plausible`): higher detector
-thresholds (a second landmarker), a hand-shaped set of world landmarks, a
-hand that is not tiny in its view, and (for hands that only tiles found)
-agreement of two views.
+thresholds (a second landmarker), a hand-shaped set of world landmarks and a
+hand that is not tiny in its view. A hand that one view alone found is kept
+when it passes these checks (no second view has to agree).
 """
 
 from __future__ import annotations
@@ -195,8 +195,8 @@ def hand_size(kp: np.ndarray) -> float:
 
 
 def same_hand(a, b, frac: float = 0.25) -> bool:
-    """Mean keypoint distance under ``frac`` of the larger hand size, or wrists and
-    middle knuckles both close: the same hand seen by two passes."""
+    """Mean keypoint distance under ``frac`` of the larger hand size: the same
+    hand seen by two passes."""
     ref = max(hand_size(a.keypoints), hand_size(b.keypoints), 1.0)
     d = np.linalg.norm(a.keypoints - b.keypoints, axis=1)
     return bool(d.mean() < frac * ref)
@@ -288,9 +288,9 @@ def _in_view(detector, view: View, strict: bool, check: bool = True) -> list:
 def run_extra_passes(detector, rgb: np.ndarray, passes) -> list:
     """Every detection of the named extra passes, mapped to full-image pixels.
 
-    Duplicates are left in (:func:`merge` removes them); a hand that only the
-    tiles found must be found by two overlapping tiles (or another pass) to
-    be kept: single-tile hands are the commonest false positives.
+    Duplicates are left in (:func:`merge` removes them). Every detection that
+    passes :func:`plausible` in its view is returned, also a hand that only
+    one tile found.
     """
     H, W = rgb.shape[:2]
     out = []
@@ -339,9 +339,9 @@ def pose_hand_boxes(detector, rgb: np.ndarray, min_visibility: float = 0.3) -> l
 
     Uses the legacy ``solutions.pose`` graph with the full landmark model that
     the mediapipe 0.10.21 wheel ships (model_complexity=1: nothing is
-    downloaded). The box is centred between the wrist and the hand landmarks
-    of the pose model and sized from the forearm, as the holistic graph does
-    before its hand re-crop."""
+    downloaded). The box is centred on the mean of the pose model's hand
+    landmarks (pinky, index, thumb) and sized from the forearm and the
+    wrist-to-hand distance, as the holistic graph does before its hand re-crop."""
     H, W = rgb.shape[:2]
     pose = _pose(detector)
     small = rgb
@@ -359,7 +359,7 @@ def pose_hand_boxes(detector, rgb: np.ndarray, min_visibility: float = 0.3) -> l
             continue
         w = lm[wrist, :2]
         f = lm[fingers, :2].mean(0)
-        c = w + 1.0 * (f - w)  # the hand's centre lies beyond the wrist, towards the fingers
+        c = f  # the hand's centre: the pose model's hand landmarks lie beyond the wrist, on the hand
         forearm = np.linalg.norm(lm[elbow, :2] - w)
         size = max(0.7 * forearm, 2.5 * np.linalg.norm(f - w), 24.0)
         boxes.append((c[0] - size / 2, c[1] - size / 2, c[0] + size / 2, c[1] + size / 2))
