@@ -306,6 +306,11 @@ def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smoo
     sys.exit(report.exit_code)
 
 
+for _p in batch.params:  # the shared -o says "OUT/<image stem>/"; batch keeps the inputs' relative paths
+    if _p.name == "outdir":
+        _p.help = "Output folder; each input gets OUT/<its path relative to its input folder, without extension>/."
+
+
 @main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @click.argument("extra", nargs=-1, type=click.Path(exists=True, dir_okay=False))

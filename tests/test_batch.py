@@ -387,3 +387,14 @@ def test_a_shard_leaves_the_gallery_to_merge(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "index.html").is_file()
     runner.run_batch([d], tmp_path / "one")
     assert (tmp_path / "one" / "index.html").is_file()
+
+
+def test_batch_help_says_where_results_go():
+    from click.testing import CliRunner
+
+    from handfit.cli import main
+
+    r = CliRunner().invoke(main, ["batch", "--help"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "<image stem>" not in text
+    assert "OUT/<its path relative to its input folder, without extension>/" in text

@@ -228,3 +228,14 @@ def test_report_files_are_replaced_atomically(tmp_path):
         write_report(ev, tmp_path / "out", plot=False)
     assert {k: p.read_bytes() for k, p in paths.items()} == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "pck.json", "per_image.csv"]
+
+
+def test_eval_help_tells_the_true_defaults():
+    from click.testing import CliRunner
+
+    from handfit.cli import main
+
+    r = CliRunner().invoke(main, ["eval", "--help"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "the one with test labels" not in text and "ho3d train (its" in text
+    assert "after every image" not in text and "after every --batch-size images" in text

@@ -1,7 +1,8 @@
 """``handfit batch --engine ray``: the same job as a Ray Data pipeline.
 
     read (the unit list) -> detect (CPU actors: load + MediaPipe)
-                         -> fit + write (GPU actors with num_gpus=1 when CUDA is there, else CPU actors)
+                         -> fit + write (GPU actors when the cluster has GPUs, num_gpus = GPUs / workers
+                                         up to 1; else CPU actors)
 
 Each fit actor commits result folders exactly as the local engine does
 (temporary sibling, rename, status.json), and the driver appends the records

@@ -31,7 +31,8 @@ def make_command(common, build_options, fail):
                   help="Dataset layout; auto recognises each from its files.")
     @click.option("--split", default=None,
                   help="Dataset split (freihand: training|evaluation, ho3d: train, interhand: train|val|test, "
-                       "rhd: training|evaluation). Default: the one with test labels.")
+                       "rhd: training|evaluation). Default: freihand evaluation (training when its labels are "
+                       "absent), ho3d train (its evaluation labels are hidden), interhand test, rhd evaluation.")
     @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
                   help="Images fitted together. 1 fits each image alone, as `handfit fit` does; larger is "
                        "faster on a GPU and changes results slightly (a batch converges as a whole).")
@@ -51,8 +52,8 @@ def make_command(common, build_options, fail):
         PA-MPJPE and root-relative MPJPE (mm), the AUC of the 3D PCK curve over
         0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
         hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json and OUT/pck.png
-        (all but the plot are rewritten after every image, so an interrupted run
-        leaves the results of the images done).
+        (all but the plot are rewritten after every --batch-size images, so an
+        interrupted run leaves the results of the batches done).
         """
         from ..errors import HandfitError, UsageError
         from . import evaluate, open_dataset, select, summary_table, write_report
