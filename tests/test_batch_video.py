@@ -169,3 +169,16 @@ def test_boxes_warn_that_videos_are_searched_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_local", lambda todo, job, log, run_id, fit=None: 0)
     with pytest.warns(UserWarning, match="videos are searched whole"):
         runner.run_batch([tmp_path], tmp_path / "out", boxes={"x.png": [(0, 0, 1, 1)]}, gallery=False)
+
+
+def test_end_not_after_start_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from handfit.cli import main
+
+    make_clip(tmp_path / "clip.mp4", n=2)
+    for start, end in ((5, 5), (5, 3)):
+        r = CliRunner().invoke(main, ["batch", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out"),
+                                      "--start", str(start), "--end", str(end), "-q"])
+        assert r.exit_code == 2 and "--end" in r.output, r.output
+    assert not (tmp_path / "out" / "summary.jsonl").exists()

@@ -57,6 +57,12 @@ class BatchJob:
         self.out = Path(self.out)
         if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
+        v = self.video
+        if v.every < 1 or v.start < 0:
+            raise UsageError("--every must be at least 1 and --start at least 0")
+        if v.end is not None and v.end <= v.start:
+            # Checked here, not per video: every video would otherwise become an error line.
+            raise UsageError(f"--end {v.end} must be greater than --start {v.start}")
 
     @property
     def tag(self) -> str:
