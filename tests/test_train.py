@@ -45,6 +45,8 @@ def write(tmp_path, cfg=TINY, name="tiny.yaml"):
     ({"data": {"sources": [{"kind": "pictures"}]}}, "data.sources[0].kind"),
     ({"data": {"sources": [{"kind": "photos"}]}}, "data.sources[0].path"),
     ({"data": {"hide": [0.6, 0.2]}}, "data.hide"),
+    ({"data": {"hide": ["a", "b"]}}, "data.hide"),
+    ({"data": {"hide": [0.2, None]}}, "data.hide"),
     ({"device": "tpu"}, "device"),
     ({"amp": "yes"}, "amp"),
     ({"optim": {"batch_size": 0}}, "optim.batch_size"),

@@ -113,6 +113,14 @@ POSITIVE = {"optim.steps", "optim.batch_size", "optim.lr", "model.dim", "model.h
             "source.scenes", "source.stride"}
 
 
+def _holds(check, v) -> bool:
+    """A rule's check; a value it cannot even compare (``["a", "b"]`` for numbers) fails it."""
+    try:
+        return bool(check(v))
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
 def _build(cls, raw, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
@@ -148,7 +156,7 @@ def _build(cls, raw, where: str):
             if not isinstance(v, list):
                 raise ConfigError(f"{key}: expected a list, got {v!r}")
         rule = key if key in RULES else ("source." + k if "sources[" in key else None)
-        if rule in RULES and not RULES[rule][0](v):
+        if rule in RULES and not _holds(RULES[rule][0], v):
             raise ConfigError(f"{key}: expected {RULES[rule][1]}, got {v!r}")
         pos = "source." + k if "sources[" in key else key
         if pos in POSITIVE and not v > 0:
