@@ -146,3 +146,24 @@ def test_two_ddp_ranks_hold_equal_parameters(tmp_path):
     assert init
     for k in r0:  # ...yet hold the same parameters after the step
         assert torch.equal(r0[k], r1[k]), k
+
+
+def test_fresh_run_drops_stale_files_and_resume_trims_the_log(tmp_path, monkeypatch):
+    from handfit.train.trainer import Trainer
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = parse_config(TINY)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"an old run's")
+    (out / "log.jsonl").write_text('{"step": 7}\n')
+    t = Trainer(cfg, out, progress=False, log=lambda m: None)
+    assert not (out / "checkpoint.pt").exists() and not (out / "log.jsonl").exists()
+    t.step = 4
+    t.save()
+    lines = [{"step": 0, "val_total": 1.0}, {"step": 2}, {"step": 4}, {"step": 4, "val_total": 0.5}, {"step": 6},
+             {"step": 8}]
+    (out / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 1')
+    r = Trainer(cfg, out, resume=True, progress=False, log=lambda m: None)
+    assert r.step == 4
+    assert [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] == lines[:4]

@@ -105,8 +105,12 @@ class Trainer:
         self.ckpt = self.out / "checkpoint.pt"
         if resume:
             self._load()
-        elif self.rank == 0 and (self.out / "log.jsonl").exists():
-            (self.out / "log.jsonl").unlink()
+        elif self.rank == 0:
+            # A fresh run: an old run's log and checkpoint would mix with this one's (a --resume after
+            # this run dies before its first checkpoint would load the old run's).
+            for stale in (self.out / "log.jsonl", self.ckpt):
+                if stale.exists():
+                    stale.unlink()
 
     def _device(self) -> torch.device:
         d = self.cfg.device
@@ -206,6 +210,8 @@ class Trainer:
         if ck["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng_cuda"])
         self.step = int(ck["step"])
+        if self.rank == 0:
+            _trim_log(self.out / "log.jsonl", self.step)
 
     # -- loop --------------------------------------------------------------------------
     @torch.no_grad()
@@ -289,6 +295,24 @@ class Trainer:
         else:
             self.log_fn(msg)
         plot_log(self.out / "log.jsonl", self.out / "loss.png")
+
+
+def _trim_log(log: Path, step: int):
+    """Drop the log's entries after ``step`` (logged after the last checkpoint by a run that was then
+    killed): the resumed run logs those steps again. Torn lines go too. Rewritten atomically."""
+    if not log.is_file():
+        return
+    keep = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("step", 0) <= step:
+            keep.append(line + "\n")
+    tmp = log.with_name(log.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, log)
 
 
 def plot_log(log: Path, png: Path):
