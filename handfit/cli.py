@@ -14,8 +14,6 @@ import click
 
 from . import __version__
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
 
 def _fail(exc) -> NoReturn:
     code = getattr(exc, "exit_code", 1)
