@@ -324,8 +324,8 @@ def merge(out, extra, no_gallery):
         records, missing = merge_summaries(Path(out), [Path(p) for p in extra], gallery=not no_gallery)
     except HandfitError as exc:
         _fail(exc)
-    if missing:
-        click.echo(f"handfit: warning: no summary from shard(s) {', '.join(missing)}", err=True)
+    for problem in missing:  # shards without a summary, or killed before their end
+        click.echo(f"handfit: warning: shard {problem}", err=True)
     click.echo(f"{len(records)} input(s) merged -> {Path(out) / 'summary.jsonl'}", err=True)
     sys.exit(exit_code(records))
 

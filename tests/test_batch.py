@@ -398,3 +398,27 @@ def test_batch_help_says_where_results_go():
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "<image stem>" not in text
     assert "OUT/<its path relative to its input folder, without extension>/" in text
+
+
+def test_merge_reports_a_shard_that_did_not_finish(tmp_path, monkeypatch):
+    from handfit.batch import runner
+    from handfit.batch.merge import merge
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg", "e.jpg"):
+        (d / name).write_bytes(b"")
+    out = tmp_path / "out"
+    runner.run_batch([d], out, shard_spec="1/2")                      # finishes (a, c: unreadable)
+
+    def killed(todo, job, log, run_id, fit=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_local", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_batch([d], out, shard_spec="2/2")                  # killed before b, e were done
+    records, problems = merge(out, gallery=False)
+    assert [r["key"] for r in records] == ["a", "b", "c", "e"]        # every input has a line
+    by = {r["key"]: r for r in records}
+    assert "shard 2/2 did not finish" in by["b"]["message"] and "did not finish" in by["e"]["message"]
+    assert problems == ["2/2: not finished, 2 of 2 inputs without a result"]

@@ -388,6 +388,8 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
     store.clean_temps(job.out, job.tag if n > 1 else None)
     todo, done = plan(units, job)
     run_id = uuid.uuid4().hex[:12]
+    if n > 1:  # merge tells a shard that was killed (or is still running) from a finished one
+        store.write_manifest(job.out, k, n, units, complete=False)
     log = store.SummaryLog(job.summary_path)
     try:
         if engine == "local":
@@ -401,6 +403,8 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
     finally:
         log.close()
     records = store.compact(job.out, units, job.summary_path, done)
+    if n > 1:
+        store.write_manifest(job.out, k, n, units, complete=True)
     if gallery and n == 1:  # a sharded job's gallery is written by `handfit merge`, once every shard is done
         from .gallery import write_gallery
 

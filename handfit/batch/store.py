@@ -28,6 +28,28 @@ def summary_name(k: int = 1, n: int = 1) -> str:
     return "summary.jsonl" if n == 1 else f"summary-{k}-of-{n}.jsonl"
 
 
+def manifest_name(k: int, n: int) -> str:
+    """shard-K-of-N.json: the units a shard holds, and whether it finished (read by merge)."""
+    return f"shard-{k}-of-{n}.json"
+
+
+def write_manifest(out: Path, k: int, n: int, units, complete: bool):
+    """Record shard K/N's units ([kind, path, key]) and whether it ran to its end, atomically."""
+    import tempfile
+
+    path = Path(out) / manifest_name(k, n)
+    doc = {"shard": [k, n], "complete": complete, "count": len(units),
+           "units": [[u.kind, u.path, u.key] for u in units]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, separators=(",", ":")))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def shard_tag(k: int = 1, n: int = 1) -> str:
     return f"s{k}of{n}"
 
