@@ -167,3 +167,38 @@ def test_fresh_run_drops_stale_files_and_resume_trims_the_log(tmp_path, monkeypa
     r = Trainer(cfg, out, resume=True, progress=False, log=lambda m: None)
     assert r.step == 4
     assert [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] == lines[:4]
+
+
+def test_photo_cache_decodes_each_video_once_and_skips_broken_ones(tmp_path, monkeypatch):
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    from handfit.train import data
+
+    src = tmp_path / "media"
+    src.mkdir()
+    with av.open(str(src / "clip.mp4"), "w") as c:            # frame i has brightness 10*i
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(12):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    (src / "broken.mp4").write_bytes(b"\0" * 64)
+    seen = []
+
+    def fake_fit(rgb, appearance=True):
+        seen.append(round(float(rgb.mean()) / 10))
+        return [{"side": "right", "K": torch.eye(3), "vertices": torch.zeros(4, 3), "kp2d": torch.zeros(21, 2)}]
+
+    opens = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **kw: opens.append(a[0]) or real_open(*a, **kw))
+    monkeypatch.setattr(data, "fit_hands", fake_fit)
+    files = data.photo_cache(src, tmp_path / "cache", stride=3, progress=False)
+    assert seen == [0, 3, 6, 9] and len(files) == 4                 # the right frames, each fitted once
+    assert sum(o.endswith("clip.mp4") for o in opens) == 2          # listed once, decoded once
+    assert [torch.load(f, weights_only=True)["frame"] for f in files] == [0, 3, 6, 9]
+    opens.clear()
+    assert data.photo_cache(src, tmp_path / "cache", stride=3, progress=False) == files and seen == [0, 3, 6, 9]

@@ -196,8 +196,9 @@ def list_media(folder) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
 
 
-def video_frames(path: Path, stride: int, limit: int | None = None):
-    """Every ``stride``-th frame of a video as (index, (H,W,3) uint8)."""
+def video_frames(path: Path, stride: int, limit: int | None = None, rgb: bool = True):
+    """Every ``stride``-th frame of a video as (index, (H,W,3) uint8); ``rgb=False``: (index, None),
+    without converting the pixels (to list the frames)."""
     import av
 
     with av.open(str(path)) as c:
@@ -205,7 +206,7 @@ def video_frames(path: Path, stride: int, limit: int | None = None):
             if limit is not None and i // stride >= limit:
                 break
             if i % stride == 0:
-                yield i, fr.to_ndarray(format="rgb24")
+                yield i, fr.to_ndarray(format="rgb24") if rgb else None
 
 
 def fit_hands(image, appearance: bool = True) -> list[dict]:
@@ -237,34 +238,71 @@ def photo_cache(folder, cache: Path, appearance: bool = True, stride: int = 15, 
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(desc="fitting photos (cached)", disable=not progress, file=sys.stderr, unit="photo")
     items = []
     for p in list_media(folder):
         if p.suffix.lower() in VIDEO_EXTS:
-            items += [(p, i) for i, _ in video_frames(p, stride, limit=None if max_items is None else max_items)]
+            try:  # decoded without pixel conversion: only the frame numbers are needed here
+                for i, _ in video_frames(p, stride, None if max_items is None else max_items, rgb=False):
+                    items.append((p, i))
+            except Exception as exc:  # noqa: BLE001 - any PyAV failure: the frames listed before it are kept
+                bar.write(f"handfit train: {p}: cannot read the video ({type(exc).__name__}: {exc})",
+                          file=sys.stderr)
         else:
             items.append((p, None))
     if max_items is not None:
         items = items[:max_items]
-    files = []
-    bar = tqdm(items, desc="fitting photos (cached)", disable=not progress, file=sys.stderr)
-    for p, frame in bar:
-        key = hashlib.sha1(f"{p.resolve()}|{frame}|{appearance}".encode()).hexdigest()[:16]
-        f = cache / f"{key}.pt"
-        files.append(f)
-        if f.is_file():
-            continue
-        try:
-            if frame is None:
-                rgb = load_image(p).rgb
-            else:
-                rgb = next(fr for i, fr in video_frames(p, 1) if i == frame)
-            hands = fit_hands(rgb, appearance)
-        except HandfitError as exc:  # unreadable, no hand: cache the empty result too
-            bar.write(f"handfit train: {p}: {exc}", file=sys.stderr)
-            rgb, hands = None, []
+
+    def cache_file(p, frame):
+        return cache / (hashlib.sha1(f"{p.resolve()}|{frame}|{appearance}".encode()).hexdigest()[:16] + ".pt")
+
+    def fit_and_save(p, frame, rgb, f):
+        """rgb None: unreadable (already reported); its empty result is cached too."""
+        hands = []
+        if rgb is not None:
+            try:
+                hands = fit_hands(rgb, appearance)
+            except HandfitError as exc:  # no hand, ...: cache the empty result too
+                bar.write(f"handfit train: {p}: {exc}", file=sys.stderr)
         entry = {"path": str(p), "frame": -1 if frame is None else frame, "hands": hands,
                  "image": torch.from_numpy(np.ascontiguousarray(rgb)) if rgb is not None and hands else torch.zeros(0)}
         atomic_save(entry, f, torch.save)
+        bar.update(1)
+
+    files = [cache_file(p, frame) for p, frame in items]
+    todo: dict = {}  # path -> {frame: cache file} still to fit, in order
+    for (p, frame), f in zip(items, files):
+        if not f.is_file():
+            todo.setdefault(p, {})[frame] = f
+    bar.reset(total=len(items))
+    bar.update(len(items) - sum(map(len, todo.values())))
+    for p, wanted in todo.items():
+        if None in wanted:  # a photo
+            try:
+                rgb = load_image(p).rgb
+            except HandfitError as exc:
+                bar.write(f"handfit train: {p}: {exc}", file=sys.stderr)
+                rgb = None
+            fit_and_save(p, None, rgb, wanted[None])
+            continue
+        # A video is decoded once, front to back, for all its frames still to fit.
+        frames = video_frames(p, stride, max(wanted) // stride + 1)
+        try:
+            while wanted:
+                try:
+                    i, rgb = next(frames)
+                except StopIteration:
+                    break
+                except Exception as exc:  # noqa: BLE001 - a PyAV failure: the frames not reached are unreadable
+                    bar.write(f"handfit train: {p}: cannot decode ({type(exc).__name__}: {exc})", file=sys.stderr)
+                    break
+                if i in wanted:
+                    fit_and_save(p, i, rgb, wanted.pop(i))
+        finally:
+            frames.close()
+        for i, f in list(wanted.items()):  # not decoded (a truncated video): cached as empty
+            fit_and_save(p, i, None, f)
+    bar.close()
     return files
 
 
