@@ -202,3 +202,28 @@ def test_photo_cache_decodes_each_video_once_and_skips_broken_ones(tmp_path, mon
     assert [torch.load(f, weights_only=True)["frame"] for f in files] == [0, 3, 6, 9]
     opens.clear()
     assert data.photo_cache(src, tmp_path / "cache", stride=3, progress=False) == files and seen == [0, 3, 6, 9]
+
+
+def test_ddp_group_waits_long_enough_for_the_photo_cache(monkeypatch):
+    """The other ranks wait in a barrier while rank 0 fits the photo cache: hours, not the default minutes."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from handfit.train.trainer import Trainer
+
+    got = {}
+
+    class Stop(Exception):
+        pass
+
+    def init(backend, **kw):
+        got.update(kw, backend=backend)
+        raise Stop
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", init)
+    with pytest.raises(Stop):
+        Trainer(parse_config(TINY), "unused", progress=False)
+    assert got["backend"] == "gloo" and got.get("timeout", datetime.timedelta(0)) >= datetime.timedelta(hours=4)

@@ -41,6 +41,9 @@ from .config import TrainConfig
 from .data import Views, make_batch, photo_cache, photo_views, synthetic_views
 
 VAL_SEED = 10_000_019  # synthetic validation views are drawn far from the training seeds
+# Collective timeout of the process group. The other ranks wait in a barrier while rank 0 fits the photo
+# cache (seconds per photo, hours for a large folder); the default (10-30 min) would kill them there.
+DDP_TIMEOUT_S = 12 * 3600
 
 
 def prior_config(cfg: TrainConfig) -> PriorConfig:
@@ -77,7 +80,9 @@ class Trainer:
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if cfg.device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
+            from datetime import timedelta
+
+            dist.init_process_group(backend, timeout=timedelta(seconds=DDP_TIMEOUT_S))
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         if cfg.threads:
