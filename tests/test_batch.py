@@ -422,3 +422,15 @@ def test_merge_reports_a_shard_that_did_not_finish(tmp_path, monkeypatch):
     by = {r["key"]: r for r in records}
     assert "shard 2/2 did not finish" in by["b"]["message"] and "did not finish" in by["e"]["message"]
     assert problems == ["2/2: not finished, 2 of 2 inputs without a result"]
+
+
+def test_ray_workers_get_one_thread_unless_asked(monkeypatch):
+    from handfit.batch.ray_engine import _worker_env
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")        # what the CLI sets in the driver: every core
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "16")
+    monkeypatch.delenv("HANDFIT_THREADS", raising=False)
+    env = _worker_env()
+    assert env["OMP_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == "1"
+    monkeypatch.setenv("HANDFIT_THREADS", "3")
+    assert _worker_env()["OMP_NUM_THREADS"] == "3"

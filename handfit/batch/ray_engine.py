@@ -126,8 +126,11 @@ def run_ray(todo: list, job, log, run_id: str) -> int:
 
 
 def _worker_env() -> dict:
-    """Environment the Ray workers inherit: handfit's import path and single-threaded pools."""
+    """Environment the Ray workers inherit: handfit's import path and single-threaded pools
+    (``HANDFIT_THREADS`` threads when it is set). Not the driver's OMP_NUM_THREADS: the CLI sets that
+    to every core, and with several actors per machine each would then use every core."""
     env = {k: os.environ[k] for k in ("PYTHONPATH", "HANDFIT_CACHE", "HANDFIT_NO_FSYNC") if k in os.environ}
-    env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    env.setdefault("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", "1"))
+    n = os.environ.get("HANDFIT_THREADS", "").strip()
+    n = n if n.isdigit() and int(n) >= 1 else "1"
+    env.update(OMP_NUM_THREADS=n, NUMBA_NUM_THREADS=n, HANDFIT_THREADS=n)
     return env
