@@ -156,8 +156,8 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
     assert made == ["thorough"]
     want = np.array([[500.0, 0, 30.0], [0, 510.0, 20.0], [0, 0, 1]])
     assert len(seen_K) == 1 and np.allclose(seen_K[0], want[None].repeat(3, 0))
-    results = video._frame_results(res["frames"], [], [], opts)
-    assert all(np.allclose(r.K, want) for r in results)
+    assert [f[2] for f in res["frames"]] == [(48, 64)] * 3          # sizes kept, not pixels
+    assert np.allclose(video._frame_result(frames[0][2], [], opts).K, want)
     opts = FitOptions(focal=321.0)
     assert video.frame_K(64, 48, opts)[0, 0] == 321.0
 
@@ -182,3 +182,42 @@ def test_end_not_after_start_is_a_usage_error(tmp_path):
                                       "--start", str(start), "--end", str(end), "-q"])
         assert r.exit_code == 2 and "--end" in r.output, r.output
     assert not (tmp_path / "out" / "summary.jsonl").exists()
+
+
+def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
+    """Detection and writing each see one decoded frame at a time; the outputs are whole."""
+    import gc
+    import weakref
+
+    from handfit.batch import inputs, runner, video
+
+    make_clip(tmp_path / "clip.mp4", n=12)
+    real_read = inputs.read_frames
+    alive, peak = [], [0]
+
+    def read_frames(*a, **kw):
+        for idx, sec, rgb in real_read(*a, **kw):
+            gc.collect()
+            alive[:] = [r for r in alive if r() is not None]
+            peak[0] = max(peak[0], len(alive))
+            alive.append(weakref.ref(rgb))
+            yield idx, sec, rgb
+
+    class NoHands:
+        def __init__(self, *a, **kw):
+            pass
+
+        def detect(self, rgb):
+            return []
+
+    monkeypatch.setattr(inputs, "read_frames", read_frames)
+    monkeypatch.setattr("handfit.detect.Detector", NoHands)
+    job = runner.BatchJob(out=tmp_path / "out")
+    rec = video.process_video(inputs.Unit("video", str(tmp_path / "clip.mp4"), "clip"), job, "run")
+    assert rec["status"] == "no_hand" and rec["frames"] == 12, rec
+    assert peak[0] <= 2, peak        # all 12 frames were held at once before
+    out = tmp_path / "out" / "clip"
+    assert sorted(p.name for p in out.glob("frame_*")) == [f"frame_{i:06d}" for i in range(12)]
+    av = pytest.importorskip("av")
+    with av.open(str(out / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == 12

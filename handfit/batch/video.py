@@ -6,6 +6,12 @@ Per video (``OUT/<video>/``, written to a temporary sibling and renamed whole):
 every fitted frame, ``tracks.npz`` and ``overlay.mp4`` at the source's frame
 rate divided by ``--every``.
 
+Frames are streamed, never all held in memory: a first decoding detects
+each chosen frame and keeps only its detections; the tracks are fitted; a
+second decoding writes the frames' folders and encodes overlay.mp4 one frame
+at a time. A video is the unit of resume: its folder is committed whole, and
+a video interrupted part way is redone from its start.
+
 1. Detect every chosen frame (MediaPipe).
 2. Track: a detection joins the live track of the same side whose last box
    overlaps it most (IoU >= 0.1); otherwise it starts a new track. A track
@@ -172,8 +178,14 @@ def frame_K(width: int, height: int, opts) -> np.ndarray:
     return intrinsics(width, height, focal=opts.focal)
 
 
+def _hw(frame) -> tuple:
+    """(H, W) of a chosen frame (index, seconds, rgb (H,W,3) or its size (H, W))."""
+    x = frame[2]
+    return tuple(x.shape[:2]) if hasattr(x, "shape") else tuple(x)
+
+
 def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tuple:
-    """Fit every track of a video. frames: [(index, seconds, rgb)], dets: per frame detections.
+    """Fit every track of a video. frames: [(index, seconds, rgb or (H, W))], dets: per frame detections.
 
     -> (tracks, fits): fits[i] is fit_track's dict for tracks[i] plus model outputs
     """
@@ -190,7 +202,7 @@ def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tupl
             models[trk.side] = load_model(opts.model, side=trk.side, mano_path=opts.mano, device=device, dtype=dtype)
             nets[trk.side] = load_regressor(models[trk.side], device, dtype)
         model = models[trk.side]
-        Ks = np.stack([frame_K(frames[f][2].shape[1], frames[f][2].shape[0], opts) for f in trk.frames])
+        Ks = np.stack([frame_K(_hw(frames[f])[1], _hw(frames[f])[0], opts) for f in trk.frames])
         fit = fit_track(model, trk, Ks, opts, vopts, nets[trk.side], device, dtype)
         with torch.no_grad():
             out = model(**fit["params"])
@@ -202,41 +214,58 @@ def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tupl
     return tracks, fits
 
 
-def _frame_results(frames, tracks, fits, opts):
-    """Per chosen frame, a FitResult holding the hands of every track seen in it."""
-    from ..api import SKIN_RGB, FitResult, HandResult
+def _frame_hands(n: int, tracks) -> list:
+    """Per chosen frame, the hands seen in it as (track index, index in the track), best score first."""
+    out = [[] for _ in range(n)]
+    for ti, trk in enumerate(tracks):
+        for b, f in enumerate(trk.frames):
+            out[f].append((ti, b))
+    for hs in out:
+        hs.sort(key=lambda tb: -float(tracks[tb[0]].dets[tb[1]].score))
+    return out
+
+
+def _hand_result(tracks, fits, ti: int, b: int, tex: np.ndarray, shared: dict):
+    """The HandResult of track ``ti`` in its ``b``-th frame (built when its frame is written, not kept).
+    ``shared``: per side the model's faces and UV arrays, made once (they are only read)."""
+    from ..api import HandResult
+
+    trk, fit = tracks[ti], fits[ti]
+    model, p, d = fit["model"], fit["params"], trk.dets[b]
+    if trk.side not in shared:
+        shared[trk.side] = dict(faces=model.faces.cpu().numpy(), uv_coords=model.uv_coords.double().cpu().numpy(),
+                                uv_faces=model.uv_faces.cpu().numpy())
+    err = float((fit["uv"][b] - fit["kp2d"][b]).norm(dim=-1).mean())
+    return HandResult(
+        side=trk.side, score=float(d.score), bbox_xyxy=np.asarray(d.box_xyxy, np.float64),
+        keypoints_2d_detected=np.asarray(d.keypoints, np.float64),
+        keypoints_2d_fitted=fit["uv"][b].double().cpu().numpy(),
+        keypoints_3d=fit["keypoints_3d"][b].double().cpu().numpy(),
+        world_landmarks=np.asarray(d.world, np.float64),
+        params=model.export_params({k: v[b:b + 1] for k, v in p.items()}),
+        vertices=fit["vertices"][b].double().cpu().numpy(), **shared[trk.side],
+        texture=tex, init=fit["init"] if b == 0 else "warm",
+        losses={"keypoint": {k: float(v[b]) for k, v in fit["terms"].items()}},
+        metrics={"kp2d_px": err, "track": ti, "keypoint_iters": fit["warm_iters"][b],
+                 "refine_iters": fit["refine_iters"]},
+        seconds=0.0)
+
+
+def _skin_texture(opts) -> np.ndarray:
+    from ..api import SKIN_RGB
 
     tex = np.empty((opts.texture_size, opts.texture_size, 3), np.uint8)
     tex[:] = (np.array(SKIN_RGB) * 255 + 0.5).astype(np.uint8)
-    hands = {f: [] for f in range(len(frames))}
-    for ti, (trk, fit) in enumerate(zip(tracks, fits)):
-        model = fit["model"]
-        p = fit["params"]
-        for b, f in enumerate(trk.frames):
-            d = trk.dets[b]
-            err = float((fit["uv"][b] - fit["kp2d"][b]).norm(dim=-1).mean())
-            hands[f].append((float(d.score), HandResult(
-                side=trk.side, score=float(d.score), bbox_xyxy=np.asarray(d.box_xyxy, np.float64),
-                keypoints_2d_detected=np.asarray(d.keypoints, np.float64),
-                keypoints_2d_fitted=fit["uv"][b].double().cpu().numpy(),
-                keypoints_3d=fit["keypoints_3d"][b].double().cpu().numpy(),
-                world_landmarks=np.asarray(d.world, np.float64),
-                params=model.export_params({k: v[b:b + 1] for k, v in p.items()}),
-                vertices=fit["vertices"][b].double().cpu().numpy(), faces=model.faces.cpu().numpy(),
-                uv_coords=model.uv_coords.double().cpu().numpy(), uv_faces=model.uv_faces.cpu().numpy(),
-                texture=tex, init=fit["init"] if b == 0 else "warm",
-                losses={"keypoint": {k: float(v[b]) for k, v in fit["terms"].items()}},
-                metrics={"kp2d_px": err, "track": ti, "keypoint_iters": fit["warm_iters"][b],
-                         "refine_iters": fit["refine_iters"]},
-                seconds=0.0)))
-    results = []
-    for f, (idx, sec, rgb) in enumerate(frames):
-        H, W = rgb.shape[:2]
-        hs = [h for _, h in sorted(hands[f], key=lambda x: -x[0])]
-        results.append(FitResult(image_path=None, width=W, height=H,
-                                 K=np.asarray(frame_K(W, H, opts), np.float64),
-                                 model=opts.model, hands=hs, image=rgb))
-    return results
+    return tex
+
+
+def _frame_result(rgb: np.ndarray, hands: list, opts):
+    """The FitResult of one chosen frame: rgb (H,W,3) uint8, hands: its HandResults."""
+    from ..api import FitResult
+
+    H, W = rgb.shape[:2]
+    return FitResult(image_path=None, width=W, height=H, K=np.asarray(frame_K(W, H, opts), np.float64),
+                     model=opts.model, hands=hands, image=rgb)
 
 
 def tracks_arrays(frames, tracks, fits) -> dict:
@@ -257,45 +286,66 @@ def tracks_arrays(frames, tracks, fits) -> dict:
     return out
 
 
-def write_mp4(path: Path, images: list, fps: Fraction):
-    """Encode (H,W,3) uint8 frames as H.264 (yuv420p; sizes padded to even)."""
+def write_mp4(path: Path, images, fps: Fraction):
+    """Encode (H,W,3) uint8 frames, an iterable consumed one at a time, as H.264 (yuv420p).
+
+    The video takes the first frame's size, padded to even; a later frame of
+    another size is padded or cropped to it."""
     import av
 
-    H = max(i.shape[0] for i in images)
-    W = max(i.shape[1] for i in images)
-    H, W = H + H % 2, W + W % 2
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.options = {"crf": "23", "preset": "veryfast"}
+    c = s = None
+    try:
         for img in images:
+            if s is None:
+                H, W = img.shape[0] + img.shape[0] % 2, img.shape[1] + img.shape[1] % 2
+                c = av.open(str(path), "w")
+                s = c.add_stream("libx264", rate=fps)
+                s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+                s.options = {"crf": "23", "preset": "veryfast"}
             canvas = np.zeros((H, W, 3), np.uint8)
-            canvas[:img.shape[0], :img.shape[1]] = img
+            h, w = min(H, img.shape[0]), min(W, img.shape[1])
+            canvas[:h, :w] = img[:h, :w]
             for pkt in s.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
                 c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
+        if s is not None:
+            for pkt in s.encode():
+                c.mux(pkt)
+    finally:
+        if c is not None:
+            c.close()
 
 
 def run_video(path, opts, vopts, detector=None, progress=None) -> dict:
-    """Read, detect, track and fit a video in memory. -> dict with frames, tracks, fits, timings"""
+    """Read and detect a video frame by frame (keeping only the detections), then track and fit.
+
+    -> dict with ``frames`` [(index, seconds, (H, W))] (no pixels: the caller
+    decodes again to write), ``dets``, ``tracks``, ``fits``, ``seconds``."""
     from .inputs import read_frames, video_info
 
     info = video_info(path)
-    t0 = time.perf_counter()
-    frames = list(read_frames(path, vopts.every, vopts.start, vopts.end))
-    if not frames:
-        raise ImageError(f"{path}: no frame in the chosen range")
-    t_read = time.perf_counter() - t0
-    if detector is None:
+    own = detector is None
+    if own:
         from ..detect import Detector
 
         detector = Detector(max_hands=opts.max_hands, mode=opts.detect)
-    dets = [detector.detect(rgb)[: opts.max_hands] for _, _, rgb in frames]
-    t_detect = time.perf_counter() - t0 - t_read
+    t0 = time.perf_counter()
+    frames, dets, t_detect = [], [], 0.0
+    try:
+        for idx, sec, rgb in read_frames(path, vopts.every, vopts.start, vopts.end):
+            t = time.perf_counter()
+            dets.append(detector.detect(rgb)[: opts.max_hands])
+            t_detect += time.perf_counter() - t
+            frames.append((idx, sec, tuple(rgb.shape[:2])))
+    finally:
+        if own and hasattr(detector, "close"):
+            detector.close()
+    if not frames:
+        raise ImageError(f"{path}: no frame in the chosen range")
+    t_read = time.perf_counter() - t0 - t_detect
+    t1 = time.perf_counter()
     tracks, fits = fit_video_frames(frames, dets, opts, vopts)
-    t_fit = time.perf_counter() - t0 - t_read - t_detect
-    return {"info": info, "frames": frames, "tracks": tracks, "fits": fits,
+    t_fit = time.perf_counter() - t1
+    return {"info": info, "frames": frames, "dets": dets, "tracks": tracks, "fits": fits,
             "seconds": {"read": t_read, "detect": t_detect, "fit": t_fit}}
 
 
@@ -333,11 +383,13 @@ def process_video(unit, job, run_id: str) -> dict:
 def _process_video(unit, job, run_id: str, t0: float) -> dict:
     from ..io.save import save_result
 
+    from .inputs import read_frames
+
     opts, vopts = job.fit_options(), job.video
     res = run_video(unit.path, opts, vopts)
     frames, tracks, fits = res["frames"], res["tracks"], res["fits"]
-    results = _frame_results(frames, tracks, fits, opts)
-    hands = sum(len(r.hands) for r in results)
+    per_frame = _frame_hands(len(frames), tracks)
+    hands = sum(map(len, per_frame))
     metrics = track_metrics(frames, tracks, fits)
     fps = Fraction(res["info"].fps).limit_denominator(1001) / vopts.every
     names = [f"frame_{idx:06d}" for idx, _, _ in frames]
@@ -348,17 +400,31 @@ def _process_video(unit, job, run_id: str, t0: float) -> dict:
               "overlay_video": f"{unit.key}/overlay.mp4", "poster": f"{unit.key}/{poster}/overlay.png",
               "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id}
 
-    def fill(tmp: Path):
+    tex, shared = _skin_texture(opts), {}
+
+    def overlays(tmp: Path):
+        """Decode the video again and write each chosen frame's folder; -> its overlay, one at a time."""
         from PIL import Image
 
-        images = []
-        for name, (idx, sec, _), r in zip(names, frames, results):
+        f = 0
+        for idx, _, rgb in read_frames(unit.path, vopts.every, vopts.start, vopts.end):
+            if f == len(frames):
+                break
+            if idx != frames[f][0] or tuple(rgb.shape[:2]) != frames[f][2]:
+                raise ImageError(f"{unit.path}: the second decoding gave frame {idx}, not {frames[f][0]}")
+            r = _frame_result(rgb, [_hand_result(tracks, fits, ti, b, tex, shared) for ti, b in per_frame[f]], opts)
             r.image_path = f"{unit.path}#frame={idx}"
-            folder = save_result(r, tmp, name)
-            images.append(np.asarray(Image.open(folder / "overlay.png").convert("RGB")))
+            folder = save_result(r, tmp, names[f])
+            del r, rgb
+            f += 1
+            yield np.asarray(Image.open(folder / "overlay.png").convert("RGB"))
+        if f != len(frames):
+            raise ImageError(f"{unit.path}: the second decoding ended after {f} of {len(frames)} frames")
+
+    def fill(tmp: Path):
+        write_mp4(tmp / "overlay.mp4", overlays(tmp), fps)
         np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=res["info"].fps, every=vopts.every,
                             smooth=vopts.smooth, **tracks_arrays(frames, tracks, fits))
-        write_mp4(tmp / "overlay.mp4", images, fps)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         (tmp / store.STATUS).write_text(store.dumps(record))
 
