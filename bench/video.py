@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--end", type=int, default=None)
     ap.add_argument("--weights", default="0,1", help="smoothing weights to compare (0 = off)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--detect", default="thorough", choices=("fast", "thorough"),
+                    help="detection cascade (handfit batch uses --detect, default thorough, for videos too)")
     args = ap.parse_args()
 
     from handfit.batch.threads import configure_threads
@@ -45,7 +47,7 @@ def main():
     t0 = time.perf_counter()
     frames = list(read_frames(args.video, args.every, args.start, args.end))
     t_read = time.perf_counter() - t0
-    det = Detector(max_hands=opts.max_hands)
+    det = Detector(max_hands=opts.max_hands, mode=args.detect)
     t0 = time.perf_counter()
     dets = [det.detect(rgb) for _, _, rgb in frames]
     t_det = time.perf_counter() - t0
