@@ -83,6 +83,27 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path):
     assert r.exit_code == 2 and "checkpoint" in r.output
 
 
+def test_init_starts_from_given_weights(tmp_path):
+    """init: the trainer's model starts as the given prior file; a prior of
+    another size is a usage error naming init."""
+    from handfit.texture.prior import PriorConfig, TexturePrior, save_prior
+    from handfit.train.trainer import Trainer, prior_config
+
+    cfg = parse_config(TINY)
+    torch.manual_seed(123)
+    src = TexturePrior(prior_config(cfg))
+    for p in src.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    save_prior(src, tmp_path / "start.pt")
+    t = Trainer(parse_config({**TINY, "init": str(tmp_path / "start.pt")}), tmp_path / "run", progress=False)
+    for k, v in src.state_dict().items():
+        assert torch.equal(t.net.state_dict()[k], v), k
+    save_prior(TexturePrior(PriorConfig(dim=8, heads=2, layers=1, cross_layers=1, grid=4, freqs=2, channels=(4,),
+                                        size=16)), tmp_path / "other.pt")
+    r = cli([write(tmp_path, {**TINY, "init": str(tmp_path / "other.pt")}), "--out", tmp_path / "bad"])
+    assert r.exit_code == 2 and "init" in r.output
+
+
 @pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_final_step_and_weights(tmp_path):
     """A CLI run killed with SIGKILL after a checkpoint, then resumed, ends

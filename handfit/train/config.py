@@ -88,6 +88,7 @@ class TrainConfig:
     device: str = "cpu"         # cpu | cuda | auto
     amp: bool = False           # mixed precision (CUDA only)
     threads: int = 0            # torch CPU threads per process (0 = leave as is)
+    init: str = ""              # start from these prior weights (a prior file or checkpoint; "" = random)
     checkpoint_every: int = 100
     val_every: int = 100        # validation also runs at every checkpoint and at the end
     log_every: int = 10

@@ -90,7 +90,10 @@ class Trainer:
         self.device = self._device()
         self.progress = progress and self.rank == 0
         torch.manual_seed(cfg.seed)
-        self.net = TexturePrior(prior_config(cfg)).to(self.device)
+        self.net = TexturePrior(prior_config(cfg))
+        if cfg.init and not resume:  # fine-tuning: a resumed run's checkpoint holds the weights
+            self._init_from(cfg.init)
+        self.net = self.net.to(self.device)
         self.model = self.net
         if self.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -116,6 +119,15 @@ class Trainer:
             for stale in (self.out / "log.jsonl", self.ckpt):
                 if stale.exists():
                     stale.unlink()
+
+    def _init_from(self, path):
+        from ..errors import UsageError
+
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = ck.get("prior_config", ck.get("config"))
+        if cfg != _prior_cfg_dict(self.net):
+            raise UsageError(f"init: {path} holds a model of another size than the config's")
+        self.net.load_state_dict({k: v.float() for k, v in ck["model"].items()})
 
     def _device(self) -> torch.device:
         d = self.cfg.device
