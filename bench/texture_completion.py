@@ -2,9 +2,11 @@
 
 Real photos: each hand's geometry is fitted once by handfit (cached, see
 handfit.train.data.photo_cache); a contiguous third of its visible pixels (a
-half-plane cut in a seeded random direction) is hidden; the fills below are
+half-plane cut in a random direction) is hidden; the fills below are
 made from the remaining samples and read at the hidden pixels' uv; the score
 is the mean absolute colour error there (0-255 per channel), averaged over
+``--cuts`` cut directions per hand (seeded by the photo's folder and name, so
+a hand gets the same cuts whichever photos it is benchmarked with) and over
 hands. Fills:
 
   prior        the learned texture prior (handfit/texture/prior.py)
@@ -23,6 +25,8 @@ texels no visible pixel saw (inside the atlas).
 
 import argparse
 import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +48,8 @@ ap.add_argument("--synthetic", type=int, default=40, help="synthetic scenes (0: 
 ap.add_argument("--hide", type=float, default=1 / 3)
 ap.add_argument("--crop", type=int, default=256)
 ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--cuts", type=int, default=8,
+                help="cut directions per hand (each hand's error is their mean; seeded by the photo's path)")
 a = ap.parse_args()
 
 net = load_prior(a.weights)
@@ -74,22 +80,42 @@ def fills(views, idx, hidden):
             "mean": mean[:, None, None, :].expand(B, T, T, 3)}, conf, albedo
 
 
+def cut_seeds(views) -> list:
+    """A seed per hand from its source (photo path, and which hand of it) and --seed,
+    so a hand gets the same cuts whichever photos are benchmarked with it."""
+    seen, out = {}, []
+    for i, name in enumerate(views.source):
+        short = "/".join(Path(name).parts[-2:])  # the same whichever way the folder was named
+        key = f"{short}#{seen.get(name, 0)}" if name != "synthetic" else f"synthetic#{i}"
+        seen[name] = seen.get(name, 0) + 1
+        out.append(zlib.crc32(f"{key}|{a.seed}".encode()))
+    return out
+
+
 def hidden_errors(views, name):
-    g = torch.Generator().manual_seed(a.seed)
+    """Per hand, the mean over --cuts cut directions of the mean |error| on the hidden pixels."""
+    seeds = cut_seeds(views)
     errs = {}
     n = 0
     for i in range(0, len(views), 8):
         idx = torch.arange(i, min(i + 8, len(views)))
-        hidden = hide_region(views.weight[idx], torch.full((len(idx),), a.hide), g)
-        fs, _, albedo = fills(views, idx, hidden)
-        for k, tex in fs.items():
-            col = R.texture(tex.contiguous(), views.uv[idx].contiguous())
-            e = ((col - albedo).abs().mean(-1) * hidden).sum((1, 2)) / hidden.sum((1, 2)).clamp(min=1)
+        per = {}
+        for c in range(a.cuts):
+            hidden = torch.cat([hide_region(views.weight[j:j + 1], torch.full((1,), a.hide),
+                                            torch.Generator().manual_seed(seeds[j] * 101 + c)) for j in idx.tolist()])
+            fs, _, albedo = fills(views, idx, hidden)
             ok = hidden.sum((1, 2)) > 0
-            errs.setdefault(k, []).extend((255 * e[ok]).tolist())
-        n += int((hidden.sum((1, 2)) > 0).sum())
+            for k, tex in fs.items():
+                col = R.texture(tex.contiguous(), views.uv[idx].contiguous())
+                e = ((col - albedo).abs().mean(-1) * hidden).sum((1, 2)) / hidden.sum((1, 2)).clamp(min=1)
+                per.setdefault(k, []).append(torch.where(ok, e, torch.full_like(e, float("nan"))))
+        for k, v in per.items():
+            e = torch.stack(v).nanmean(0)
+            errs.setdefault(k, []).extend((255 * e[~e.isnan()]).tolist())
+        n += int((~e.isnan()).sum())
     coarse_err = np.mean(errs["coarse"])
-    print(f"\n{name}: {n} hands, hidden = {a.hide:.2f} of the visible pixels; mean |error| on hidden pixels (0-255)")
+    print(f"\n{name}: {n} hands, hidden = {a.hide:.2f} of the visible pixels ({a.cuts} cuts per hand); "
+          "mean |error| on hidden pixels (0-255)")
     print("| fill | error | vs coarse albedo |\n|---|---|---|")
     for k in ("prior", "pushpull", "coarse", "mean"):
         print(f"| {k} | {np.mean(errs[k]):.2f} | {np.mean(errs[k]) / coarse_err:.2f}x |")

@@ -48,6 +48,7 @@ def write(tmp_path, cfg=TINY, name="tiny.yaml"):
     ({"data": {"hide": ["a", "b"]}}, "data.hide"),
     ({"data": {"hide": [0.2, None]}}, "data.hide"),
     ({"device": "tpu"}, "device"),
+    ({"loss": {"masked_norm": "l2"}}, "loss.masked_norm"),
     ({"amp": "yes"}, "amp"),
     ({"optim": {"batch_size": 0}}, "optim.batch_size"),
 ])

@@ -60,6 +60,7 @@ class LossCfg:
     photo: float = 1.0          # rendered texture vs photo over the given (visible) pixels
     structure: float = 0.5      # image-gradient term over the visible hand
     masked: float = 2.0         # rendered texture vs photo over the hidden pixels
+    masked_norm: str = "robust"  # the hidden-pixel error: robust (saturating, as the photo term) | l1
     uv: float = 1.0             # synthetic: UV L1 against the true texture
 
 
@@ -106,6 +107,7 @@ RULES = {  # key -> (check, message)
     "device": (lambda v: v in ("cpu", "cuda", "auto") or str(v).startswith("cuda:"), "cpu, cuda or auto"),
     "source.kind": (lambda v: v in ("synthetic", "photos"), "synthetic or photos"),
     "optim.schedule": (lambda v: v in ("cosine", "constant"), "cosine or constant"),
+    "loss.masked_norm": (lambda v: v in ("robust", "l1"), "robust or l1"),
     "data.hide": (lambda v: len(v) == 2 and 0 <= v[0] <= v[1] < 1, "[lo, hi] with 0 <= lo <= hi < 1"),
     "model.channels": (lambda v: len(v) >= 1 and all(isinstance(c, int) and c > 0 for c in v), "a list of positive ints"),
 }
