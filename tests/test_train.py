@@ -61,7 +61,7 @@ def test_config_errors_name_the_key(raw, key):
 def test_example_configs_are_valid():
     from handfit.train.config import load_config
 
-    for name in ("tiny_cpu", "default", "gpu"):
+    for name in ("tiny_cpu", "default", "gpu", "mixed_photos", "photos_finetune"):
         cfg = load_config(REPO / "examples" / "configs" / f"{name}.yaml")
         assert cfg.optim.steps > 0
 
