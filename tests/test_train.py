@@ -103,6 +103,8 @@ def test_init_starts_from_given_weights(tmp_path):
                                         size=16)), tmp_path / "other.pt")
     r = cli([write(tmp_path, {**TINY, "init": str(tmp_path / "other.pt")}), "--out", tmp_path / "bad"])
     assert r.exit_code == 2 and "init" in r.output
+    r = cli([write(tmp_path, {**TINY, "init": str(tmp_path / "missing.pt")}), "--out", tmp_path / "bad2"])
+    assert r.exit_code == 2 and "init" in r.output
 
 
 @pytest.mark.slow

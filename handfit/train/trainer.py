@@ -130,6 +130,8 @@ class Trainer:
     def _init_from(self, path):
         from ..errors import UsageError
 
+        if not Path(path).is_file():
+            raise UsageError(f"init: no prior file at {path}")
         ck = torch.load(path, map_location="cpu", weights_only=True)
         cfg = ck.get("prior_config", ck.get("config"))
         if cfg != _prior_cfg_dict(self.net):
