@@ -28,13 +28,21 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
     named in ``lrs`` (name -> learning rate). Others stay fixed.
 
-    Convergence: every hand's total loss improved by less than ``tol`` (relative)
-    over the last ``patience`` iterations.
+    Convergence, per hand: once a hand's total loss has improved by less than
+    ``tol`` (relative) for ``patience`` iterations in a row (and at least
+    ``min_iters`` have run), that hand is frozen: its rows of every optimised
+    tensor stay where they are. The loop ends when every hand is frozen. A
+    hand's fit therefore does not depend on which other hands share its batch
+    (Adam is elementwise). When an optimised tensor is not batched along dim 0
+    like the loss, hands cannot be frozen one by one and the loop ends once
+    every hand has stalled.
     """
     leaves = {k: params[k].detach().clone().requires_grad_(True) for k in lrs}
     opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr} for k, lr in lrs.items()])
     best = None
-    stall = 0
+    stall = None       # (B,) iterations in a row without improvement, per hand
+    frozen = None      # (B,) bool
+    kept = {}          # name -> the frozen hands' rows, restored after every step
     it = 0
     converged = False
     for it in range(1, max_iters + 1):
@@ -47,13 +55,26 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
         t = total.detach()
         if best is None:
             best = t.clone()
+            stall = torch.zeros_like(t, dtype=torch.long)
+            frozen = torch.zeros_like(t, dtype=torch.bool)
+            per_hand = t.dim() == 1 and all(v.dim() > 0 and v.shape[0] == t.shape[0] for v in leaves.values())
         else:
             improved = t < best * (1 - tol) - 1e-12
             best = torch.minimum(best, t)
-            stall = 0 if bool(improved.any()) else stall + 1
+            stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
+        with torch.no_grad():
+            if kept:  # Adam's momentum would still move frozen hands: put them back
+                for k, v in leaves.items():
+                    v[frozen] = kept[k][frozen]
+            if per_hand and it >= min_iters:
+                newly = (stall >= patience) & ~frozen
+                if bool(newly.any()):
+                    for k, v in leaves.items():
+                        kept.setdefault(k, v.detach().clone())[newly] = v[newly]
+                    frozen |= newly
         if on_step is not None:
             on_step(it, float(t.sum()))
-        if it >= min_iters and stall >= patience:
+        if it >= min_iters and bool((stall >= patience).all()):
             converged = True
             break
     with torch.no_grad():
