@@ -98,7 +98,9 @@ def main(argv=None):
         scenes.append(make_scene(model, seed, occlusion=(i % 4 == 3)))
     # MediaPipe finds the keypoints; its handedness is replaced by the truth:
     # on renders without palm creases or nails it cannot tell a palm from
-    # the back of the other hand (see docs/benchmarks.md).
+    # the back of the other hand (see docs/benchmarks.md). The side check
+    # (which refits low-score hands with both models) is off for the same
+    # reason: it would overrule the true side.
     from handfit.detect import Detector
 
     det = Detector(max_hands=1)
@@ -115,7 +117,7 @@ def main(argv=None):
         for c in range(0, len(scenes), args.chunk):
             chunk = scenes[c:c + args.chunk]
             results = handfit.fit_batch([s.image for s in chunk], detections=detections[c:c + args.chunk],
-                                        device=args.device, max_hands=1, dense=dense,
+                                        device=args.device, max_hands=1, dense=dense, side_check_below=0.0,
                                         appearance=(mode == "dense"), focal=float(chunk[0].K[0, 0]))
             for j, (s, r) in enumerate(zip(chunk, results)):
                 hands = [h for h in r.hands if h.side == s.side]
