@@ -225,6 +225,14 @@ def image_region(cover, valid, skin_p, sure, stage: DenseStage):
         return region * valid
 
 
+def prior_texture(net, scene: CropScene, g: R.MeshBuffers, sh, skin_p, size: int) -> torch.Tensor:
+    """The learned prior's texture (B,size,size,3) from the photo divided by
+    the shading of light ``sh`` (B,9,3) and unwrapped onto the mesh buffers ``g``
+    (made with ``points=True``); skin_p (B,S,S) weights the samples."""
+    deshaded = scene.target / sh_shading(g.normals, sh).clamp(min=0.2)
+    return prior_fill(net, deshaded, g, scene.valid, skin_p, size)
+
+
 class PriorAppearance:
     """The geometry phase's albedo from the learned texture prior.
 
@@ -245,9 +253,7 @@ class PriorAppearance:
     def predict(self, vertices, sh) -> torch.Tensor:
         """vertices (B,V,3), sh (B,9,3) -> albedo (B,d,d,3) in [0,1]."""
         g = self.scene.rasterize(vertices, points=True)
-        deshaded = self.scene.target / sh_shading(g.normals, sh).clamp(min=0.2)
-        tex = prior_fill(self.net, deshaded, g, self.scene.valid, self.skin_p, self.size)
-        return coarse(tex, self.detail)
+        return coarse(prior_texture(self.net, self.scene, g, sh, self.skin_p, self.size), self.detail)
 
     def __call__(self, vertices, sh) -> torch.Tensor:
         """The current albedo (B,d,d,3), re-predicted every ``every`` calls."""
@@ -376,8 +382,7 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     sh1 = state["sh"].detach()
     tex_prior = resize_texture(albedo, texture_size)
     if texture_prior is not None:  # the learned prior's texture, from this mesh's samples, replaces it
-        deshaded = scene.target / sh_shading(g.normals, sh1).clamp(min=0.2)
-        tex_prior = prior_fill(texture_prior, deshaded, g, scene.valid, skin_p, texture_size)
+        tex_prior = prior_texture(texture_prior, scene, g, sh1, skin_p, texture_size)
     tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=tex_prior, g=g)
     prior_w = 1 - conf1.clamp(max=1.0)  # (B,T,T,1): 1 where unseen
     tstate = {"texture": tex1, "sh": sh1.clone()}
