@@ -79,6 +79,12 @@ class DenseWeights:
     # joints drift and 1.0 stops that, but it costs most of the synthetic gain,
     # so it is off by default (docs/benchmarks.md, "Real photos with 3D ground truth").
     anchor: float = opt(0.0, min=0)
+    # Squared change of each keypoint's depth relative to the wrist (in palm
+    # lengths) from the keypoint stage's, leaving the 2D projection free. A
+    # photo pins where the fingers are in the image but hardly how far they
+    # reach towards the camera: on real photos (dev3d) the image terms bent
+    # weakly seen joints in depth, which this stops.
+    depth: float = opt(0.0, min=0)
     pose_limit: float = opt(1.0, min=0)
     pose_l2: float = opt(1e-3, min=0)
     shape: float = opt(1e-3, min=0)

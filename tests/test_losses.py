@@ -24,6 +24,33 @@ def test_keypoint_trust_is_free_inside_the_ball_and_grows_outside():
                                torch.tensor([0.05 ** 2 / 21], dtype=torch.float64))
 
 
+def _hand_points(seed: int = 0) -> torch.Tensor:
+    """(1,21,3) float64 keypoints in front of the camera, root at index 0, palm (0 -> 9) 0.09 long."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(1, 21, 3, generator=g, dtype=torch.float64) * 0.03 + torch.tensor([0.02, -0.01, 0.5], dtype=torch.float64)
+    k[0, 9] = k[0, 0] + torch.tensor([0.0, -0.09, 0.0], dtype=torch.float64)
+    return k
+
+
+def test_relative_depth_ignores_2d_motion_and_camera_scaling_but_not_depth():
+    ref = _hand_points()
+    assert L.relative_depth_loss(ref, ref).item() == 0.0
+    # Scaling the hand about the camera centre (the projective ambiguity) keeps every depth ratio.
+    assert L.relative_depth_loss(ref * 1.7, ref).item() < 1e-20
+    # Moving keypoints sideways (in x, y) changes the 2D projection only: free.
+    side = ref.clone()
+    side[0, 8, :2] += torch.tensor([0.02, -0.015], dtype=torch.float64)
+    assert L.relative_depth_loss(side, ref).item() < 1e-20
+    # A fingertip 0.009 (a tenth of the palm) closer to the camera: (0.1)^2 / 21.
+    tip = ref.clone()
+    tip[0, 8, 2] -= 0.009
+    torch.testing.assert_close(L.relative_depth_loss(tip, ref), torch.tensor([0.01 / 21], dtype=torch.float64))
+    # Twice as far in depth costs four times as much.
+    tip2 = ref.clone()
+    tip2[0, 8, 2] -= 0.018
+    torch.testing.assert_close(L.relative_depth_loss(tip2, ref), 4 * L.relative_depth_loss(tip, ref))
+
+
 def test_keypoint_trust_gradcheck():
     gen = torch.Generator().manual_seed(0)
     pred = (torch.randn(2, 21, 2, generator=gen, dtype=torch.float64) * 6).requires_grad_()
@@ -129,6 +156,9 @@ def _cases():
                                       r(g, B, 21, lo=0.1, hi=1.0)), (True, True, True, True)),
         "trust": (lambda p, q, s: L.keypoint_trust_loss(p, q, s, 0.05),
                   lambda g, B: (n(g, B, 21, 2, s=8), n(g, B, 21, 2, s=8), r(g, B, lo=40, hi=80)), (True, True, True)),
+        "depth": (L.relative_depth_loss,
+                  lambda g, B: tuple(torch.cat([n(g, B, 21, 2, s=0.05), r(g, B, 21, 1, lo=0.4, hi=0.6)], -1)
+                                     for _ in range(2)), (True, True)),
         "kp3d": (L.keypoint_3d_loss, lambda g, B: (n(g, B, 21, 3), n(g, B, 21, 3)), (True, True)),
         "pose_limit": (L.pose_limit_loss, lambda g, B: (n(g, B, 6, s=2), r(g, 6, lo=-1.0, hi=-0.2),
                                                         r(g, 6, lo=0.2, hi=1.0)), (True, False, False)),

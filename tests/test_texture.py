@@ -158,6 +158,29 @@ def test_image_terms_alone_pull_a_perturbed_pose_back(model):
     assert texture.shape == (1, T, T, 3)
 
 
+def test_depth_term_is_zero_at_the_start_and_grows_when_fingers_bend_in_depth(model):
+    """The depth term holds each keypoint's depth relative to the wrist; not its 2D position."""
+    T = 16
+    tex = torch.full((1, T, T, 3), 0.6)
+    scene, p = _scene(model, tex)
+    with torch.no_grad():
+        kp3d = model(**p).keypoints
+    kp2d = project(kp3d, scene.K)
+    start = {**{k: p[k].clone() for k in ("global_orient", "pose")}, "keypoints": kp3d}
+    sh = ambient_sh(1, "cpu", torch.float32)
+    args = (model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh)
+    terms = geometry_terms(*args, DenseStage(weights=DenseWeights(depth=3.0)), start)
+    q = {**{k: v.clone() for k, v in p.items()}, "texture": tex, "sh": sh}
+    with torch.no_grad():
+        assert float(terms(q)["depth"]) < 1e-10
+        moved = {**q, "transl": q["transl"] + torch.tensor([[0.01, -0.02, 0.0]])}  # the whole hand sideways
+        assert float(terms(moved)["depth"]) < 1e-8
+        q["pose"] = q["pose"] + 0.1
+        assert float(terms(q)["depth"]) > 1e-3
+    with torch.no_grad():
+        assert "depth" not in geometry_terms(*args, DenseStage(), start)(q)
+
+
 def test_anchor_term_is_zero_at_the_start_and_grows_with_pose_change(model):
     """The anchor holds the dense fit near the keypoint stage's pose and orientation."""
     T = 16

@@ -271,8 +271,9 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
 
     skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light;
     start: the keypoint stage's global_orient (B,3) and pose (B,P), which the
-    ``anchor`` term holds the fit near (None: no anchor). appearance: the
-    prior's albedo (then p's texture is not used), or None.
+    ``anchor`` term holds the fit near, and its keypoints (B,21,3), whose
+    relative depths the ``depth`` term holds (None: neither term).
+    appearance: the prior's albedo (then p's texture is not used), or None.
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
@@ -298,6 +299,8 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
         if start is not None and w.anchor > 0:
             t["anchor"] = w.anchor * ((p["pose"] - start["pose"]).square().sum(-1)
                                       + (p["global_orient"] - start["global_orient"]).square().sum(-1))
+        if start is not None and w.depth > 0:
+            t["depth"] = w.depth * L.relative_depth_loss(out_m.keypoints, start["keypoints"])
         return t
 
     return terms
@@ -364,6 +367,7 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
     start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
+    start["keypoints"] = out0.keypoints
     appearance = None
     if stage.geometry_albedo == "prior" and texture_prior is not None:
         appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)

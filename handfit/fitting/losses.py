@@ -55,6 +55,22 @@ def keypoint_3d_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (_normalise(pred) - _normalise(target)).square().sum(-1).mean(-1)
 
 
+def relative_depth_loss(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Change of each keypoint's depth relative to the root, from ``ref``.
+
+    pred, ref: (B,K,3) camera frame, keypoint 0 the root. Each keypoint's
+    depth is taken as the ratio z_k / z_root, which scaling the hand about
+    the camera centre (the projective ambiguity) leaves unchanged; the change
+    is expressed in ``ref``'s palm lengths (root to keypoint 9) so the term
+    does not depend on the hand's size or distance. The 2D projection is free.
+    -> (B,) mean over keypoints of the squared change
+    """
+    ratio = pred[..., 2] / pred[:, :1, 2]
+    ratio_ref = ref[..., 2] / ref[:, :1, 2]
+    palm = (ref[:, 9] - ref[:, 0]).norm(dim=-1) / ref[:, 0, 2]  # (B,) palm length / root depth
+    return ((ratio - ratio_ref) / palm.clamp(min=1e-6)[:, None]).square().mean(-1)
+
+
 def pose_limit_loss(pose: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """Squared hinge outside the anatomical box. pose: (B,P); lower, upper: (P,). -> (B,)"""
     return (torch.relu(lower - pose).square() + torch.relu(pose - upper).square()).sum(-1)
