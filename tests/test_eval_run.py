@@ -124,6 +124,21 @@ def test_evaluate_one_fit_gives_both_variants_and_the_schema(tmp_path):
     curves = json.loads(paths["curves"].read_text())
     assert len(curves["thresholds_mm"]) == len(curves["pck"]["dense"]) == 101
     assert "| dense | 0.00 |" in summary_table(ev.summary)
+    # predictions.json: the truth and each variant's keypoints, enough to recompute the metrics
+    pred = json.loads(paths["predictions"].read_text())["hands"]
+    assert [(h["image"], h["hand"]) for h in pred] == [(r["image"], r["hand"]) for r in ev.rows]
+    by = {h["image"]: h for h in pred}
+    assert "dense" not in by["2.png"] and by["2.png"]["gt_3d"] is not None          # missed: truth only
+    for name in ("0.png", "1.png"):
+        h = by[name]
+        assert set(h) >= {"mediapipe", "keypoint", "dense", "gt_3d", "gt_2d", "visible", "side", "detected_side"}
+        gt, k3 = np.array(h["gt_3d"]), np.array(h["keypoint"]["keypoints_3d"])
+        assert gt.shape == k3.shape == (21, 3)
+        assert np.array(h["dense"]["keypoints_2d"]).shape == (21, 2)
+    gt = np.stack([np.array(by[n]["gt_3d"]) for n in ("0.png", "1.png")]) * 1000
+    k3 = np.stack([np.array(by[n]["keypoint"]["keypoints_3d"]) for n in ("0.png", "1.png")]) * 1000
+    from handfit.eval import metrics as M
+    assert M.pa_errors(k3, gt).mean() == pytest.approx(s["keypoint"]["pa_mpjpe_mm"], rel=1e-6)
 
 
 def test_evaluate_keypoint_only_and_fallback(tmp_path):
@@ -227,7 +242,8 @@ def test_report_files_are_replaced_atomically(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_report(ev, tmp_path / "out", plot=False)
     assert {k: p.read_bytes() for k, p in paths.items()} == before
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "pck.json", "per_image.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "pck.json", "per_image.csv",
+                                                                        "predictions.json"]
 
 
 def test_eval_help_tells_the_true_defaults():

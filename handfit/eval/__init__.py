@@ -4,7 +4,7 @@
 * :mod:`~handfit.eval.datasets`: readers (dev3d ``.gt.json``, FreiHAND, HO3D, InterHand2.6M, RHD);
 * :mod:`~handfit.eval.metrics`: PA-MPJPE, root-relative MPJPE, PCK/AUC, 2D error (batched numpy);
 * :mod:`~handfit.eval.run`: :func:`evaluate` (detect once, fit, measure every variant);
-* :mod:`~handfit.eval.report`: ``metrics.json``, ``per_image.csv``, ``pck.json``, ``pck.png``.
+* :mod:`~handfit.eval.report`: ``metrics.json``, ``per_image.csv``, ``pck.json``, ``predictions.json``, ``pck.png``.
 
 Example::
 

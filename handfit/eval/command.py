@@ -51,8 +51,9 @@ def make_command(common, build_options, fail):
         for the fit (or, with --compare, for the keypoint and the dense fit):
         PA-MPJPE and root-relative MPJPE (mm), the AUC of the 3D PCK curve over
         0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
-        hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json and OUT/pck.png
-        (all but the plot are rewritten after every --batch-size images, so an
+        hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
+        OUT/predictions.json (each hand's truth and every variant's 2D and 3D
+        keypoints, for other metrics) and OUT/pck.png (all but the plot are rewritten after every --batch-size images, so an
         interrupted run leaves the results of the batches done).
         """
         from ..errors import HandfitError, UsageError
@@ -91,5 +92,5 @@ def make_command(common, build_options, fail):
     for p in eval_command.params:  # the shared -o/--out says "OUT/<image stem>/"; eval writes reports
         if p.name == "outdir":
             p.default = DEFAULT_OUT
-            p.help = "Output folder for metrics.json, per_image.csv, pck.json and pck.png."
+            p.help = "Output folder for metrics.json, per_image.csv, pck.json, predictions.json and pck.png."
     return eval_command

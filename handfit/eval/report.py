@@ -1,5 +1,5 @@
 """Write an :class:`~handfit.eval.run.Evaluation`: ``metrics.json``, ``per_image.csv``,
-``pck.json`` and ``pck.png``, and format its summary as a Markdown table."""
+``pck.json``, ``predictions.json`` and ``pck.png``, and format its summary as a Markdown table."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from .run import SUMMARY_KEYS
 
-__all__ = ["write_report", "metrics_document", "summary_table"]
+__all__ = ["write_report", "metrics_document", "predictions_document", "summary_table"]
 
 _LABELS = {"mediapipe": "MediaPipe world landmarks", "keypoint": "keypoint fit", "dense": "dense fit"}
 
@@ -33,6 +33,27 @@ def _clean(x):
 def metrics_document(summary: dict) -> dict:
     """``{"<variant>": {key: value for key in SUMMARY_KEYS}}`` with JSON-safe values (NaN -> null)."""
     return {v: {k: _clean(m[k]) for k in SUMMARY_KEYS} for v, m in summary.items()}
+
+
+def _array(a):
+    return None if a is None else [[_clean(x) for x in row] for row in np.asarray(a, np.float64).tolist()]
+
+
+def predictions_document(hands: list) -> dict:
+    """Every labelled hand's ground truth and each variant's keypoints, so that other
+    metrics (or other methods' predictions) can be computed on the same hands:
+    ``{"units": ..., "hands": [{"image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
+    "gt_2d" (21x2 px), "visible", "<variant>": {"keypoints_3d", "keypoints_2d"}}]}``."""
+    out = []
+    for e in hands:
+        h = {"image": e.record, "hand": e.hand, "side": e.side, "detected_side": e.det_side,
+             "gt_3d": _array(e.gt3d), "gt_2d": _array(e.gt2d),
+             "visible": None if e.visible is None else [bool(v) for v in np.asarray(e.visible)]}
+        for v, p in e.preds.items():
+            h[v] = {"keypoints_3d": _array(p.get("kp3d")), "keypoints_2d": _array(p.get("kp2d"))}
+        out.append(h)
+    return {"units": "keypoints_3d and gt_3d in metres, camera frame; keypoints_2d and gt_2d in pixels",
+            "keypoint_order": "MediaPipe's 21 landmarks", "hands": out}
 
 
 def _write_atomic(path: Path, text: str):
@@ -53,7 +74,7 @@ def write_report(ev, out, plot: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "csv": out / "per_image.csv", "curves": out / "pck.json",
-             "plot": out / "pck.png"}
+             "predictions": out / "predictions.json", "plot": out / "pck.png"}
     _write_atomic(paths["metrics"], json.dumps(metrics_document(ev.summary), indent=1) + "\n")
     buf = io.StringIO(newline="")
     cols = list(ev.rows[0].keys()) if ev.rows else ["image", "hand"]
@@ -68,6 +89,7 @@ def write_report(ev, out, plot: bool = True) -> dict:
         "pck": {v: [_clean(c) for c in ev.curves[v]] for v in ev.curves},
         "note": "fraction of the Procrustes-aligned keypoints within each threshold, over all detected hands",
     }, indent=1) + "\n")
+    _write_atomic(paths["predictions"], json.dumps(predictions_document(ev.hands)) + "\n")
     if not (plot and _plot(ev, paths["plot"])):
         del paths["plot"]
     return paths
