@@ -53,8 +53,9 @@ def make_command(common, build_options, fail):
         0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
         hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
         OUT/predictions.json (each hand's truth and every variant's 2D and 3D
-        keypoints, for other metrics) and OUT/pck.png (all but the plot are rewritten after every --batch-size images, so an
-        interrupted run leaves the results of the batches done).
+        keypoints, for other metrics) and OUT/pck.png (all but the plot are
+        rewritten after every --batch-size images, so an interrupted run
+        leaves the results of the batches done).
         """
         from ..errors import HandfitError, UsageError
         from . import evaluate, open_dataset, select, summary_table, write_report
