@@ -53,7 +53,7 @@ def test_missing_weights_warn_and_name_the_file(tmp_path, monkeypatch):
     import pytest
 
     import handfit.weights as W
-    from handfit.fitting.init import _read_regressor
+    from handfit.fitting.init import load_regressor as _read_regressor
     from handfit.models import load_model
     from handfit.models.anny import shipped_keypoint_offsets
 

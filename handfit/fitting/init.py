@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import nn
 
@@ -75,27 +73,9 @@ def regressor_file(model_name: str) -> str:
     return f"regressor_{model_name}.pt"
 
 
-_REGRESSORS: dict = {}
-_REGRESSORS_LOCK = threading.Lock()
-
-
 def load_regressor(model, device, dtype=torch.float32) -> KeypointRegressor | None:
-    """The shipped regressor for ``model`` or None when there is none matching it
-    (read once per process, model, device and dtype; see :func:`clear_regressors`)."""
-    key = (model.name, model.pose_dim, model.shape_dim, str(device), dtype)
-    with _REGRESSORS_LOCK:
-        if key not in _REGRESSORS:
-            _REGRESSORS[key] = _read_regressor(model, device, dtype)
-        return _REGRESSORS[key]
-
-
-def clear_regressors() -> None:
-    """Forget the regressors read so far (e.g. after retraining one)."""
-    with _REGRESSORS_LOCK:
-        _REGRESSORS.clear()
-
-
-def _read_regressor(model, device, dtype) -> KeypointRegressor | None:
+    """The shipped regressor for ``model``, read from ``handfit/weights/``, or None when
+    there is none matching it. Read anew on every call: keep it (handfit.fitting.Resources does)."""
     from ..weights import load_weights
 
     # MANO has no shipped regressor: that is expected, not worth a warning.

@@ -30,21 +30,16 @@ def side_loss(model, items: list, device, stage, net=None) -> tuple[torch.Tensor
     """Fit B detections with one model and score them.
 
     items: [(K (3,3) ndarray, Detection)]; stage: a KeypointStage (its ``iters``
-    is the budget). -> (loss (B,), unweighted terms name -> (B,))
+    is the budget); net: the model's regressor (None: IK).
+    -> (loss (B,), unweighted terms name -> (B,))
     """
-    from ..fitting.init import initialise, load_regressor
-    from ..fitting.keypoint import fit_keypoints
+    from .init import initialise
+    from .keypoint import fit_keypoints
+    from .pipeline import to_batch
 
-    dtype = torch.float32
-    K = torch.tensor(np.stack([k for k, _ in items]), device=device, dtype=dtype)            # (B,3,3)
-    kp2d = torch.tensor(np.stack([d.keypoints for _, d in items]), device=device, dtype=dtype)  # (B,21,2)
-    world = torch.tensor(np.stack([d.world for _, d in items]), device=device, dtype=dtype)     # (B,21,3)
-    box = np.stack([d.box_xyxy for _, d in items])
-    scale = torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype)
-    if net is None:
-        net = load_regressor(model, device, dtype)
-    params, _ = initialise(model, world, kp2d, K, net)
-    report = fit_keypoints(model, params, K, kp2d, world, scale, stage)
+    b = to_batch(items, device, torch.float32)
+    params, _ = initialise(model, b.world, b.kp2d, b.K, net)
+    report = fit_keypoints(model, params, b.K, b.kp2d, b.world, b.scale, stage)
     w = stage.weights
     raw = {}
     for name, weight in (("kp2d", w.kp2d), ("kp3d", w.kp3d), ("pose_limit", w.pose_limit)):
@@ -87,51 +82,76 @@ def side_candidates(detector, rgb: np.ndarray, det) -> dict:
     return best, votes
 
 
-def resolve_sides(photos: list, opts, device, check_below: float, detector=None, iters: int = 120) -> None:
-    """Decide each detection's side when its handedness is uncertain.
+def _given(d) -> bool:
+    """A side the user gave with a box is kept as is."""
+    return getattr(d, "side_source", None) == "user"
 
-    photos: objects with ``.K`` (3,3), ``.photo.rgb`` and ``.detections``
-    (list, replaced in place). A detection whose score is below
-    ``check_below`` (1.0: every detection; 0: none) is looked at again in 8
-    views of its crop (:func:`side_candidates`, needs ``detector``); then each
-    side's model is fitted for ``iters`` keypoint iterations to the landmarks
-    of the views that called the hand that side (the original landmarks when
-    none did), and the side with the lower :func:`side_loss` is kept, with
-    its landmarks. Every detection gets ``side_source`` (``"detector"`` or
-    ``"fit"``) and, when checked, ``side_losses`` {left, right} and
-    ``detector_side``. A side given with a box (``side_source == "user"``) is
-    never changed.
-    """
-    from ..models import load_model
 
-    def given(d):  # a side the user gave with a box is kept as is
-        return getattr(d, "side_source", None) == "user"
-
-    for p in photos:
-        p.detections = [d if given(d) else replace(d, side_source="detector", side_losses=None)
-                        for d in p.detections]
-    todo = [(p, i) for p in photos for i, d in enumerate(p.detections) if d.score < check_below and not given(d)]
-    if not todo:
-        return
+def _side_losses(items: list, opts, res, device, iters: int) -> dict:
+    """{side: (B,) side_loss} of B (K, Detection-for-that-side) pairs per side."""
     stage = replace(opts.keypoint, iters=min(iters, opts.keypoint.iters))
-    cands = []
-    for p, i in todo:
-        d = p.detections[i]
-        best = {}
-        rgb = getattr(getattr(p, "photo", None), "rgb", None)
-        if detector is not None and rgb is not None:
-            best, _ = side_candidates(detector, rgb, d)
-        cands.append({s: best.get(s, d) for s in SIDES})
     losses = {}
     for side in SIDES:
-        model = load_model(opts.model, side=side, mano_path=opts.mano, device=device, dtype=torch.float32)
-        items = [(p.K, c[side]) for (p, _), c in zip(todo, cands)]
-        losses[side], _ = side_loss(model, items, device, stage)
-    for b, (p, i) in enumerate(todo):
-        d = p.detections[i]
+        model = res.model(opts.model, side, opts.mano, device, torch.float32)
+        net = res.regressor(model, device, torch.float32)
+        losses[side], _ = side_loss(model, items[side], device, stage, net)
+    return losses
+
+
+def resolve_sides(items: list, opts, res, device, check_below: float, detector=None, iters: int = 120) -> list:
+    """Decide each detection's side when its handedness is uncertain.
+
+    items: [(K (3,3), Detection, rgb (H,W,3) uint8 or None)]; res: a
+    :class:`~handfit.fitting.resources.Resources`. A detection whose score is
+    below ``check_below`` (1.0: every detection; 0: none) is looked at again
+    in 8 views of its crop (:func:`side_candidates`, needs ``detector`` and
+    the photo); then each side's model is fitted for ``iters`` keypoint
+    iterations to the landmarks of the views that called the hand that side
+    (the original landmarks when none did), and the side with the lower
+    :func:`side_loss` is kept, with its landmarks. -> the detections, each
+    with ``side_source`` (``"detector"`` or ``"fit"``) and, when checked,
+    ``side_losses`` {left, right} and ``detector_side``. A side given with
+    a box (``side_source == "user"``) is never changed.
+    """
+    dets = [d if _given(d) else replace(d, side_source="detector", side_losses=None) for _, d, _ in items]
+    todo = [i for i, d in enumerate(dets) if d.score < check_below and not _given(d)]
+    if not todo:
+        return dets
+    cands = []
+    for i in todo:
+        K, d, rgb = items[i][0], dets[i], items[i][2]
+        best = side_candidates(detector, rgb, d)[0] if detector is not None and rgb is not None else {}
+        cands.append({s: best.get(s, d) for s in SIDES})
+    losses = _side_losses({s: [(items[i][0], c[s]) for i, c in zip(todo, cands)] for s in SIDES},
+                          opts, res, device, iters)
+    for b, i in enumerate(todo):
+        d = dets[i]
         ls = {s: float(losses[s][b]) for s in SIDES}
         side = min(SIDES, key=lambda s: ls[s])
-        chosen = cands[b][side] if cands[b][side] is not d else d
-        p.detections[i] = replace(chosen, side=side, score=d.score, pass_name=d.pass_name,
-                                  box_xyxy=chosen.box_xyxy, side_source="fit", side_losses=ls,
-                                  detector_side=d.side)
+        chosen = cands[b][side]
+        dets[i] = replace(chosen, side=side, score=d.score, pass_name=d.pass_name, box_xyxy=chosen.box_xyxy,
+                          side_source="fit", side_losses=ls, detector_side=d.side)
+    return dets
+
+
+def resolve_track_side(items: list, opts, res, device, check_below: float, iters: int = 120,
+                       frames: int = 8) -> list:
+    """One side for all T frames of a tracked hand. items: [(K, Detection)] in frame order.
+
+    When any frame's handedness score is below ``check_below``, both models
+    are fitted (as in :func:`resolve_sides`, on the frames' own landmarks) to
+    up to ``frames`` evenly spaced frames, and the side with the lower mean
+    :func:`side_loss` is every frame's. -> the T detections with ``side_source``
+    (and, when checked, ``side_losses`` and ``detector_side``)."""
+    dets = [d for _, d in items]
+    if all(_given(d) for d in dets):
+        return dets
+    if not any(d.score < check_below for d in dets):
+        return [d if _given(d) else replace(d, side_source="detector", side_losses=None) for d in dets]
+    pick = sorted(set(np.linspace(0, len(items) - 1, min(frames, len(items))).round().astype(int).tolist()))
+    sub = [items[i] for i in pick]
+    losses = _side_losses({s: sub for s in SIDES}, opts, res, device, iters)
+    ls = {s: float(losses[s].mean()) for s in SIDES}
+    side = min(SIDES, key=lambda s: ls[s])
+    return [d if _given(d) else replace(d, side=side, side_source="fit", side_losses=ls, detector_side=d.side)
+            for d in dets]

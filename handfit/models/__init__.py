@@ -9,21 +9,14 @@
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-
 import torch
 
 from ..errors import UsageError
 from .base import KEYPOINT_NAMES, SKELETON, HandModel, ModelOutput
 
-__all__ = ["load_model", "clear_model_cache", "HandModel", "ModelOutput", "KEYPOINT_NAMES", "SKELETON",
-           "MODEL_NAMES"]
+__all__ = ["load_model", "HandModel", "ModelOutput", "KEYPOINT_NAMES", "SKELETON", "MODEL_NAMES"]
 
 MODEL_NAMES = ("anny", "mano")
-
-_instances: dict = {}
-_lock = threading.Lock()
 
 
 def load_model(name: str = "anny", side: str = "right", mano_path=None, device=None,
@@ -35,8 +28,8 @@ def load_model(name: str = "anny", side: str = "right", mano_path=None, device=N
     ``.pkl``/``.npz`` file or the folder holding them).
     side: "right" or "left".
 
-    Instances are cached per process and per (name, side, file, device, dtype):
-    treat them as read-only (their buffers are shared).
+    Each call builds a new instance: build it once and pass it on
+    (:class:`handfit.fitting.resources.Resources` does).
     Raises :class:`UsageError` for bad arguments and :class:`ModelError` for
     missing or malformed model files.
     """
@@ -49,27 +42,16 @@ def load_model(name: str = "anny", side: str = "right", mano_path=None, device=N
     if name == "anny" and mano_path is not None:
         mano_path = None   # --mano only matters for the MANO model
     device = torch.device(device) if device is not None else torch.device("cpu")
-    key_path = str(Path(mano_path).expanduser().resolve()) if mano_path is not None else None
-    key = (name, side, key_path, str(device), dtype)
-    with _lock:
-        model = _instances.get(key)
-        if model is None:
-            if name == "anny":
-                from .anny import AnnyHand
+    if name == "anny":
+        from .anny import AnnyHand
 
-                model = AnnyHand(side=side)
-            else:
-                from .mano import load_mano
+        model = AnnyHand(side=side)
+    else:
+        from .mano import load_mano
 
-                model = load_mano(mano_path, side=side)
-            model = model.to(device=device, dtype=dtype).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            _instances[key] = model
-        return model
+        model = load_mano(mano_path, side=side)
+    model = model.to(device=device, dtype=dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
-
-def clear_model_cache() -> None:
-    """Forget the per-process model instances (e.g. after changing ``HANDFIT_CACHE``)."""
-    with _lock:
-        _instances.clear()

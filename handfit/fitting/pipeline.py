@@ -1,0 +1,302 @@
+"""The one fit pipeline: detected hands in, :class:`HandResult` objects out.
+
+Every caller (``handfit.fit``/``fit_batch``, ``handfit eval``, batch photos
+and batch videos) comes through here, and every hand goes through the same
+stages in this order:
+
+1. **side decision** (:mod:`.side`): when MediaPipe's handedness is unsure,
+   both hand models are fitted and the better one is kept;
+2. **initialise** (:mod:`.init`): the regressor (or IK) from the world
+   landmarks, translation from the 2D keypoints;
+3. **keypoint** (:mod:`.keypoint`): pose, shape and translation against the
+   2D keypoints and world landmarks; for a video track, the warm-started
+   sequence with one shape and temporal terms instead (:mod:`.temporal`);
+4. **dense** (:mod:`.dense`): the geometry phase against the rendered
+   appearance, then the UV texture and light (skipped with
+   ``dense.enabled = False``, or for a hand given without its photo);
+5. **assemble**: numpy results in full-photo coordinates (:func:`assemble`).
+
+Hands are grouped per side, each side in one batch (:class:`SideFit`).
+Resources (detectors, models, regressors, priors) come in as one
+:class:`~handfit.fitting.resources.Resources`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..camera import project
+from ..options import FitOptions
+from .resources import Resources
+from .results import FitResult, HandResult, flat_texture
+
+__all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish",
+           "assemble", "frame_intrinsics", "Resources", "FitResult", "HandResult"]
+
+SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
+
+
+@dataclass
+class HandItem:
+    """One detected hand to fit."""
+
+    K: np.ndarray                   # (3,3) intrinsics of its photo
+    detection: object               # handfit.detect.Detection: side, score, box_xyxy, keypoints, world
+    rgb: np.ndarray | None = None   # (H,W,3) uint8 photo; the side views and the dense stage need it
+
+
+@dataclass
+class HandBatch:
+    """The tensors of B detected hands: the one place detections become tensors."""
+
+    K: torch.Tensor        # (B,3,3)
+    kp2d: torch.Tensor     # (B,21,2) detected pixels
+    world: torch.Tensor    # (B,21,3) MediaPipe world landmarks, metres
+    scale: torch.Tensor    # (B,) side of the detection box, pixels
+
+    def select(self, idx) -> "HandBatch":
+        i = torch.as_tensor(list(idx), dtype=torch.long, device=self.K.device)
+        return HandBatch(self.K[i], self.kp2d[i], self.world[i], self.scale[i])
+
+
+def to_batch(items: list, device, dtype=torch.float32) -> HandBatch:
+    """items: B :class:`HandItem` (or (K, Detection) pairs) -> :class:`HandBatch`."""
+    pairs = [(it.K, it.detection) if isinstance(it, HandItem) else it for it in items]
+    box = np.stack([d.box_xyxy for _, d in pairs])
+    return HandBatch(
+        K=torch.tensor(np.stack([k for k, _ in pairs]), device=device, dtype=dtype),
+        kp2d=torch.tensor(np.stack([d.keypoints for _, d in pairs]), device=device, dtype=dtype),
+        world=torch.tensor(np.stack([d.world for _, d in pairs]), device=device, dtype=dtype),
+        scale=torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype))
+
+
+@dataclass
+class SideFit:
+    """B hands of one side, one model, between stages. Tensors are (B,·)."""
+
+    side: str
+    model: object                   # handfit.models.HandModel
+    items: list                     # B HandItem
+    batch: HandBatch
+    params: dict                    # global_orient, pose, shape, transl
+    init: list                      # per hand: "regressor" | "ik" | "warm"
+    losses: dict = field(default_factory=dict)    # stage -> term -> (B,) tensor
+    metrics: dict = field(default_factory=dict)   # name -> (B,) tensor or list, or one value for all
+    stages: dict = field(default_factory=dict)    # stage -> {"keypoints_3d": (B,21,3), "keypoints_2d": (B,21,2)}
+    textures: list | None = None    # B (T,T,3) uint8 after the dense stage
+    seconds: np.ndarray | None = None  # (B,) each hand's share of the optimisation time
+
+    def select(self, idx) -> "SideFit":
+        """The hands ``idx`` (a list of indices) as a SideFit of their own."""
+        idx = list(idx)
+        t = torch.as_tensor(idx, dtype=torch.long, device=self.batch.K.device)
+
+        def pick(v):
+            if torch.is_tensor(v) and v.dim() > 0:
+                return v[t]
+            if isinstance(v, np.ndarray) and v.ndim > 0:
+                return v[idx]
+            if isinstance(v, list):
+                return [v[i] for i in idx]
+            return v
+
+        return SideFit(self.side, self.model, [self.items[i] for i in idx], self.batch.select(idx),
+                       {k: v.detach()[t] for k, v in self.params.items()}, pick(self.init),
+                       {s: {k: pick(v) for k, v in terms.items()} for s, terms in self.losses.items()},
+                       {k: pick(v) for k, v in self.metrics.items()},
+                       {s: {k: pick(v) for k, v in d.items()} for s, d in self.stages.items()},
+                       None if self.textures is None else pick(self.textures),
+                       None if self.seconds is None else self.seconds[idx])
+
+
+ProgressFn = Callable[[str, str, int, int], None]   # (stage, side, iteration, total)
+
+
+def frame_intrinsics(width: int, height: int, opts: FitOptions, exif_focal: float | None = None) -> np.ndarray:
+    """(3,3) intrinsics of a photo or video frame: ``opts.intrinsics`` when given, else
+    ``opts.focal``, the photo's EXIF focal length, or the default field of view."""
+    from ..camera import intrinsics, intrinsics_matrix
+
+    if opts.intrinsics is not None:
+        return np.asarray(intrinsics_matrix(*opts.intrinsics), np.float64)
+    return np.asarray(intrinsics(width, height, focal=opts.focal, exif_focal=exif_focal), np.float64)
+
+
+def _device(opts: FitOptions):
+    return opts.torch_device(), torch.float32
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
+    """Stage 1 for photos: each uncertain detection's side (:func:`.side.resolve_sides`). -> new items"""
+    from .side import resolve_sides
+
+    device, _ = _device(opts)
+    needs_views = any(it.rgb is not None for it in items)
+    detector = res.detector(opts.detect) if needs_views and opts.side_check_below > 0 else None
+    dets = resolve_sides([(it.K, it.detection, it.rgb) for it in items], opts, res, device,
+                         opts.side_check_below, detector)
+    return [replace(it, detection=d) for it, d in zip(items, dets)]
+
+
+def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
+                 ) -> SideFit:
+    """Stages 2 and 3 for B photos' hands of one side: initialise, then the keypoint stage."""
+    from .init import initialise
+    from .keypoint import fit_keypoints
+
+    device, dtype = _device(opts)
+    model = res.model(opts.model, side, opts.mano, device, dtype)
+    batch = to_batch(items, device, dtype)
+    t0 = time.perf_counter()
+    net = res.regressor(model, device, dtype)
+    params, method = initialise(model, batch.world, batch.kp2d, batch.K, net)
+    with torch.no_grad():
+        init_err = (project(model(**params).keypoints, batch.K) - batch.kp2d).norm(dim=-1).mean(-1)
+    report = fit_keypoints(model, params, batch.K, batch.kp2d, batch.world, batch.scale, opts.keypoint,
+                           on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
+                           if progress else None)
+    B = len(items)
+    fit = SideFit(side, model, list(items), batch, params, [method] * B,
+                  losses={"keypoint": dict(report.terms)},
+                  metrics={"init_kp2d_px": init_err, "keypoint_iters": report.iters})
+    fit.metrics["keypoint_seconds"] = (time.perf_counter() - t0) / B
+    fit.seconds = np.full(B, fit.metrics["keypoint_seconds"])
+    return fit
+
+
+def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> SideFit:
+    """Stage 4: the dense stage's geometry and texture phases (``fit.params`` updated in place).
+    Every hand needs its photo (``item.rgb``)."""
+    from .dense import fit_appearance
+
+    model, batch, params = fit.model, fit.batch, fit.params
+    device, dtype = batch.K.device, batch.K.dtype
+    with torch.no_grad():  # the keypoint fit, kept for comparisons (handfit eval --compare)
+        kp3d = model(**params).keypoints
+        fit.stages["keypoint"] = {"keypoints_3d": kp3d.double().cpu().numpy(),
+                                  "keypoints_2d": project(kp3d, batch.K).double().cpu().numpy()}
+    steps = opts.dense.iters + opts.dense.texture_iters  # both phases' caps
+    report, tex = fit_appearance(
+        model, params, batch.K, batch.kp2d, batch.scale, [it.rgb for it in fit.items], opts.dense,
+        opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
+        texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
+        on_step=(lambda it, loss: progress("appearance", fit.side, it, steps)) if progress else None)
+    fit.textures = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
+    fit.losses["appearance"] = dict(report.terms)
+    fit.metrics.update(report.metrics)
+    return fit
+
+
+def assemble(fit: SideFit, opts: FitOptions) -> list:
+    """Stage 5: the B hands' :class:`HandResult` objects (numpy, full-photo coordinates)."""
+    model, batch, params = fit.model, fit.batch, fit.params
+    with torch.no_grad():
+        out = model(**params)
+        uv = project(out.keypoints, batch.K)
+        err = (uv - batch.kp2d).norm(dim=-1).mean(-1)
+    textures = fit.textures or [flat_texture(opts.texture_size)] * len(fit.items)
+    faces, uv_coords, uv_faces = (model.faces.cpu().numpy(), model.uv_coords.double().cpu().numpy(),
+                                  model.uv_faces.cpu().numpy())
+    seconds = fit.seconds if fit.seconds is not None else np.zeros(len(fit.items))
+
+    def one(v, b):
+        if torch.is_tensor(v):
+            return float(v[b]) if v.dim() else float(v)
+        if isinstance(v, (list, np.ndarray)):
+            return v[b].item() if isinstance(v[b], np.generic) else v[b]
+        return v
+
+    results = []
+    for b, item in enumerate(fit.items):
+        det = item.detection
+        metrics = {k: one(v, b) for k, v in fit.metrics.items() if k == "init_kp2d_px"}
+        metrics["kp2d_px"] = float(err[b])
+        metrics.update({k: one(v, b) for k, v in fit.metrics.items() if k != "init_kp2d_px"})
+        results.append(HandResult(
+            side=fit.side, score=float(det.score), bbox_xyxy=np.asarray(det.box_xyxy, np.float64),
+            keypoints_2d_detected=np.asarray(det.keypoints, np.float64),
+            keypoints_2d_fitted=uv[b].double().cpu().numpy(),
+            keypoints_3d=out.keypoints[b].double().cpu().numpy(),
+            world_landmarks=np.asarray(det.world, np.float64),
+            params=model.export_params({k: v[b:b + 1] for k, v in params.items()}),
+            vertices=out.vertices[b].double().cpu().numpy(), faces=faces, uv_coords=uv_coords, uv_faces=uv_faces,
+            texture=textures[b], init=fit.init[b],
+            losses={s: {k: float(v[b]) for k, v in terms.items()} for s, terms in fit.losses.items()},
+            metrics=metrics, seconds=float(seconds[b]),
+            detect_pass=getattr(det, "pass_name", "full"), side_source=getattr(det, "side_source", "detector"),
+            side_losses=getattr(det, "side_losses", None),
+            stages={s: {k: v[b] for k, v in d.items()} for s, d in fit.stages.items()}))
+    return results
+
+
+def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> list:
+    """Stages 4 and 5: the dense stage (when enabled and every hand has its photo), then
+    :func:`assemble`. Its time is added to each hand's ``seconds``."""
+    t0 = time.perf_counter()
+    if opts.appearance and all(it.rgb is not None for it in fit.items):
+        dense_fit(fit, opts, res, progress)
+    share = (time.perf_counter() - t0) / len(fit.items)
+    fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
+    return assemble(fit, opts)
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+
+def fit_side(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> list:
+    """Every stage after the side decision for B hands of one side. -> B HandResult, in order."""
+    return finish(keypoint_fit(side, items, opts, res, progress), opts, res, progress)
+
+
+def fit_hands(items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> list:
+    """The whole pipeline for detected hands of any photos. items: :class:`HandItem` list.
+
+    -> one :class:`HandResult` per item, in the items' order (a side may have changed)."""
+    items = decide_sides(items, opts, res)
+    out: list = [None] * len(items)
+    for side in SIDE_ORDER:
+        idx = [i for i, it in enumerate(items) if it.detection.side == side]
+        if idx:
+            for i, hand in zip(idx, fit_side(side, [items[i] for i in idx], opts, res, progress)):
+                out[i] = hand
+    return out
+
+
+def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 60, smooth_weight: float = 1.0
+              ) -> SideFit:
+    """Stages 1-3 for the T frames of one tracked hand (items in frame order, photos not needed).
+
+    Side decision once for the whole track (:func:`.side.resolve_track_side`), then
+    :func:`.temporal.fit_sequence`: the first frame initialised and fitted in full, each
+    later frame warm-started from the one before (``warm_iters`` iterations), then all
+    frames refined together with one shape and, with ``smooth_weight`` > 0, temporal
+    terms. Finish frames with :func:`finish` (the dense stage needs their photos)."""
+    from .init import initialise
+    from .side import resolve_track_side
+    from .temporal import fit_sequence
+
+    device, dtype = _device(opts)
+    dets = resolve_track_side([(it.K, it.detection) for it in items], opts, res, device, opts.side_check_below)
+    items = [replace(it, detection=d) for it, d in zip(items, dets)]
+    side = items[0].detection.side
+    model = res.model(opts.model, side, opts.mano, device, dtype)
+    batch = to_batch(items, device, dtype)
+    t0 = time.perf_counter()
+    net = res.regressor(model, device, dtype)
+    params, method, report = fit_sequence(model, batch, opts.keypoint, lambda b: initialise(model, b.world, b.kp2d,
+                                                                                          b.K, net),
+                                          warm_iters=warm_iters, smooth_weight=smooth_weight)
+    T = len(items)
+    fit = SideFit(side, model, items, batch, params, [method] + ["warm"] * (T - 1),
+                  losses={"keypoint": report["terms"]},
+                  metrics={"keypoint_iters": report["warm_iters"], "refine_iters": report["refine_iters"]})
+    fit.seconds = np.full(T, (time.perf_counter() - t0) / T)
+    return fit
