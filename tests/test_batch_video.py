@@ -76,7 +76,8 @@ def test_tracking_by_overlap_and_side():
 
 
 def test_smoothness_term_penalises_acceleration_only():
-    from handfit.batch.video import _smooth_terms, jitter
+    from handfit.batch.video import jitter
+    from handfit.fitting.temporal import smooth_terms as _smooth_terms
 
     T = 6
     t = torch.arange(T, dtype=torch.float64)[:, None]
@@ -99,7 +100,7 @@ def test_dev_clip_end_to_end(tmp_path, dev_data):
            "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "handfit.cli", "batch", str(clip), "-o", str(out), "--every", "5",
-                        "--end", "20", "--kp-iters", "50", "-q"], capture_output=True, text=True, env=env, timeout=600)
+                        "--end", "20", "--kp-iters", "50", "--dense-iters", "20", "--texture-iters", "10", "-q"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "summary.jsonl").read_text())
     assert rec["status"] == "ok" and rec["frames"] == 4 and rec["kind"] == "video"
@@ -119,9 +120,8 @@ def test_dev_clip_end_to_end(tmp_path, dev_data):
 
 def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
     """--detect reaches the video detector; --intrinsics (else --focal) gives every frame's K."""
-    import types
-
     from handfit.batch import inputs, video
+    from handfit.fitting import pipeline
     from handfit.options import FitOptions
 
     made = []
@@ -139,16 +139,11 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
     monkeypatch.setattr(inputs, "read_frames", lambda *a, **kw: iter(frames))
     seen_K = []
 
-    def fake_fit_track(model, trk, Ks, opts, vopts, net, device, dtype=torch.float32):
-        seen_K.append(Ks)
-        T = len(trk.frames)
-        return {"params": {}, "K": torch.tensor(Ks, dtype=dtype), "kp2d": torch.zeros(T, 21, 2)}
+    def fake_fit_track(items, opts, res, warm_iters=60, smooth_weight=1.0):
+        seen_K.append(np.stack([it.K for it in items]))
+        return pipeline.SideFit("right", None, items, None, {}, ["ik"] * len(items))
 
-    model = lambda **p: types.SimpleNamespace(keypoints=torch.ones(3, 21, 3), vertices=torch.zeros(3, 5, 3))  # noqa
-    monkeypatch.setattr(video, "fit_track", fake_fit_track)
-    monkeypatch.setattr("handfit.models.load_model", lambda *a, **kw: model)
-    monkeypatch.setattr("handfit.fitting.init.load_regressor", lambda *a, **kw: None)
-
+    monkeypatch.setattr(pipeline, "fit_track", fake_fit_track)
     opts = FitOptions(detect="thorough", intrinsics=(500.0, 510.0, 30.0, 20.0), device="cpu")
     from handfit.batch.runner import VideoOptions
 
@@ -159,7 +154,84 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
     assert [f[2] for f in res["frames"]] == [(48, 64)] * 3          # sizes kept, not pixels
     assert np.allclose(video._frame_result(frames[0][2], [], opts).K, want)
     opts = FitOptions(focal=321.0)
-    assert video.frame_K(64, 48, opts)[0, 0] == 321.0
+    assert pipeline.frame_intrinsics(64, 48, opts)[0, 0] == 321.0
+
+
+def _synthetic_clip(path: Path, n: int = 3):
+    """A short clip of a rendered right hand turning slowly; -> per-frame (keypoints_2d, keypoints_3d)."""
+    av = pytest.importorskip("av")
+    from handfit.models import load_model
+    from handfit.train.synth import make_scene, render_scene
+
+    model = load_model("anny", side="right")
+    first = make_scene(model, seed=3, size=(192, 256))
+    truth = []
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 256, 192, "yuv420p"
+        s.options = {"crf": "12"}
+        for i in range(n):
+            p = {k: v.clone() for k, v in first.params.items()}
+            p["global_orient"] = p["global_orient"] + torch.tensor([0.0, 0.08 * i, 0.0])
+            bg = np.full((192, 256, 3), 0.35, np.float32)
+            sc = render_scene(model, p, first.K, (192, 256), first.texture.astype(np.float32), bg)
+            truth.append((sc.keypoints_2d.astype(np.float64), sc.keypoints.astype(np.float64)))
+            for pkt in s.encode(av.VideoFrame.from_ndarray(sc.image, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return truth, first.K
+
+
+@pytest.mark.slow
+def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
+    """A short synthetic video through `handfit batch`: every frame gets the track's side
+    decision (side_source) and, by default, the dense stage with a texture of its own;
+    with --no-appearance the frames are keypoint fits with the flat skin texture."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from handfit.cli import main
+    from handfit.detect import Detection
+
+    truth, K = _synthetic_clip(tmp_path / "clip.mp4")
+    calls = []
+
+    class TruthDetector:  # MediaPipe stand-in: the rendered truth, with an unsure handedness score
+        def __init__(self, *a, **kw):
+            pass
+
+        def detect(self, rgb):
+            kp, kp3 = truth[len(calls) % len(truth)]
+            calls.append(1)
+            box = np.concatenate([kp.min(0) - 10, kp.max(0) + 10])
+            return [Detection(side="right", score=0.6, box_xyxy=box, keypoints=kp, keypoints_z=np.zeros(21),
+                              world=kp3 - kp3.mean(0), image_size=(256, 192))]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("handfit.detect.Detector", TruthDetector)
+    small = ["--kp-iters", "40", "--dense-iters", "8", "--texture-iters", "4", "--intrinsics", f"{K[0, 0]},{K[1, 1]},{K[0, 2]},{K[1, 2]}", "-q",
+             "--no-gallery"]
+    for extra, dense in (([], True), (["--no-appearance"], False)):
+        calls.clear()
+        out = tmp_path / f"out_{dense}"
+        r = CliRunner().invoke(main, ["batch", str(tmp_path / "clip.mp4"), "-o", str(out)] + small + extra)
+        assert r.exit_code == 0, r.output
+        folders = sorted((out / "clip").glob("frame_*"))
+        assert len(folders) == 3
+        for f in folders:
+            doc = json.loads((f / "result.json").read_text())
+            (hand,) = doc["hands"]
+            assert hand["side"] == "right" and hand["side_source"] == "fit", hand["side_source"]
+            assert set(hand["side_losses"]) == {"left", "right"}
+            tex = np.asarray(Image.open(f / hand["files"]["texture"]).convert("RGB"), np.float64)
+            stage = "dense" if "dense" in hand["losses"] else "appearance"
+            assert (stage in hand["losses"]) == dense
+            assert (tex.std(axis=(0, 1)).max() > 2.0) == dense      # a fitted texture, or the flat skin
+        z = np.load(out / "clip" / "tracks.npz")
+        assert str(z["track0_side_source"]) == "fit" and z["track0_dense"].tolist() == [dense] * 3
 
 
 def test_boxes_warn_that_videos_are_searched_whole(tmp_path, monkeypatch):

@@ -36,17 +36,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import HandfitError, ImageError
 from . import store
 
 MAX_GAP = 3           # chosen frames in a row a track may miss and go on
 MIN_IOU = 0.1
-SIGMA_POSE = 0.3      # radians of acceleration per chosen frame that cost as much as ...
-SIGMA_TRANSL = 0.005  # ... metres of acceleration; both against the 2D term's scale
-SMOOTH_SCALE = 5e-5   # against the 2D term; chosen on the dev clip (docs/benchmarks.md)
-REFINE_ITERS = 150
 
 
 @dataclass
@@ -93,11 +88,6 @@ def track(detections: list) -> list[Track]:
     return tracks
 
 
-def acceleration(x: torch.Tensor) -> torch.Tensor:
-    """Second differences along the first axis: (T,...) -> (T-2,...)."""
-    return x[2:] - 2 * x[1:-1] + x[:-2]
-
-
 def jitter(points: np.ndarray) -> float:
     """Mean norm of the acceleration of (T,J,D) points (per chosen frame squared); nan when T < 3."""
     if len(points) < 3:
@@ -106,76 +96,28 @@ def jitter(points: np.ndarray) -> float:
     return float(np.linalg.norm(a, axis=-1).mean())
 
 
-def _smooth_terms(params: dict, weight: float) -> torch.Tensor:
-    """(T,) smoothness penalty, each acceleration charged to its middle frame."""
-    T = params["pose"].shape[0]
-    out = params["pose"].new_zeros(T)
-    if weight <= 0 or T < 3:
-        return out
-    rot = (acceleration(params["global_orient"]) ** 2).sum(-1) + (acceleration(params["pose"]) ** 2).sum(-1)
-    tr = (acceleration(params["transl"]) ** 2).sum(-1)
-    out[1:-1] = weight * SMOOTH_SCALE * (rot / SIGMA_POSE ** 2 + tr / SIGMA_TRANSL ** 2)
-    return out
+def fit_video_frames(frames: list, dets: list, opts, vopts, res=None) -> tuple:
+    """Track the detections and fit every track's keypoint stages (no pixels needed).
 
+    frames: [(index, seconds, rgb or (H, W))], dets: per frame detections; res: a
+    :class:`~handfit.fitting.resources.Resources` (default: a new one).
+    -> (tracks, fits): fits[i] is the :class:`~handfit.fitting.pipeline.SideFit` of tracks[i]
+    """
+    from ..fitting.pipeline import HandItem, fit_track, frame_intrinsics
+    from ..fitting.resources import Resources
 
-def fit_track(model, trk: Track, Ks: np.ndarray, opts, vopts, net, device, dtype=torch.float32) -> dict:
-    """Fit one track. Ks: (T,3,3) of its frames. -> params dict of (T,·) tensors and reports."""
-    from ..fitting.adam import run_adam
-    from ..fitting.init import initialise
-    from ..fitting.keypoint import fit_keypoints, keypoint_terms
-
-    T = len(trk.frames)
-    K = torch.tensor(Ks, device=device, dtype=dtype)
-    kp2d = torch.tensor(np.stack([d.keypoints for d in trk.dets]), device=device, dtype=dtype)
-    world = torch.tensor(np.stack([d.world for d in trk.dets]), device=device, dtype=dtype)
-    box = np.stack([d.box_xyxy for d in trk.dets])
-    scale = torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype)
-    ks = opts.keypoint
-    warm_lrs = {"global_orient": ks.lr_orient, "pose": ks.lr_pose, "transl": ks.lr_transl}
-
-    # Sequential pass: the first frame from the regressor, each later one warm-started.
-    per_frame, iters = [], []
-    params, method = initialise(model, world[:1], kp2d[:1], K[:1], net)
-    rep = fit_keypoints(model, params, K[:1], kp2d[:1], world[:1], scale[:1], ks)
-    per_frame.append({k: v.detach() for k, v in params.items()})
-    iters.append(rep.iters)
-    for t in range(1, T):
-        params = {k: v.detach().clone() for k, v in per_frame[-1].items()}
-        terms = keypoint_terms(model, K[t:t + 1], kp2d[t:t + 1], world[t:t + 1], scale[t:t + 1], ks.weights)
-        rep = run_adam(params, warm_lrs, terms, max_iters=vopts.warm_iters, tol=ks.tol, patience=ks.patience)
-        per_frame.append({k: v.detach() for k, v in params.items()})
-        iters.append(rep.iters)
-    seq = {k: torch.cat([p[k] for p in per_frame]) for k in per_frame[0]}
-
-    # Joint refinement: one shape for the track, smoothness across its frames.
-    shape = seq["shape"][:1].clone()
-    joint = {"global_orient": seq["global_orient"].clone(), "pose": seq["pose"].clone(),
-             "transl": seq["transl"].clone(), "shape1": shape}
-    kterms = keypoint_terms(model, K, kp2d, world, scale, ks.weights)
-    w = vopts.smooth_weight if vopts.smooth else 0.0
-
-    def terms(p):
-        full = {**p, "shape": p["shape1"].expand(T, -1)}
-        t = kterms(full)
-        t["smooth"] = _smooth_terms(full, w)
-        return t
-
-    lrs = {"global_orient": ks.lr_orient, "pose": ks.lr_pose, "transl": ks.lr_transl, "shape1": ks.lr_shape}
-    rep = run_adam(joint, lrs, terms, max_iters=REFINE_ITERS, tol=ks.tol, patience=ks.patience)
-    final = {"global_orient": joint["global_orient"], "pose": joint["pose"], "transl": joint["transl"],
-             "shape": joint["shape1"].expand(T, -1).contiguous()}
-    return {"params": final, "init": method, "warm_iters": iters, "refine_iters": rep.iters,
-            "terms": {k: v.detach() for k, v in rep.terms.items()}, "kp2d": kp2d, "K": K}
-
-
-def frame_K(width: int, height: int, opts) -> np.ndarray:
-    """(3,3) intrinsics of a video frame: ``opts.intrinsics`` when given, else ``opts.focal`` or the default FOV
-    (video frames carry no EXIF)."""
-    from ..camera import intrinsics, intrinsics_matrix
-
-    if opts.intrinsics is not None:
-        return intrinsics_matrix(*opts.intrinsics)
-    return intrinsics(width, height, focal=opts.focal)
+    res = res or Resources()
+    tracks = track(dets)
+    fits = []
+    for trk in tracks:
+        items = [HandItem(frame_intrinsics(_hw(frames[f])[1], _hw(frames[f])[0], opts), d)
+                 for f, d in zip(trk.frames, trk.dets)]
+        fit = fit_track(items, opts, res, warm_iters=vopts.warm_iters,
+                        smooth_weight=vopts.smooth_weight if vopts.smooth else 0.0)
+        trk.side = fit.side
+        trk.dets = [it.detection for it in fit.items]
+        fits.append(fit)
+    return tracks, fits
 
 
 def _hw(frame) -> tuple:
@@ -184,34 +126,54 @@ def _hw(frame) -> tuple:
     return tuple(x.shape[:2]) if hasattr(x, "shape") else tuple(x)
 
 
-def fit_video_frames(frames: list, dets: list, opts, vopts, device=None) -> tuple:
-    """Fit every track of a video. frames: [(index, seconds, rgb or (H, W))], dets: per frame detections.
+def track_outputs(fit) -> dict:
+    """Per-frame arrays of a fitted track, filled in as frames finish (:func:`frame_hands`):
+    keypoints_3d (T,21,3), keypoints_2d (T,21,2), keypoints_2d_detected (T,21,2), params
+    name -> (T,·), losses "stage.term" -> (T,), dense (T,) bool."""
+    from ..fitting.pipeline import assemble
 
-    -> (tracks, fits): fits[i] is fit_track's dict for tracks[i] plus model outputs
-    """
-    from ..camera import project
-    from ..fitting.init import load_regressor
-    from ..models import load_model
+    T = len(fit.items)
+    out = {"keypoints_3d": np.zeros((T, 21, 3)), "keypoints_2d": np.zeros((T, 21, 2)),
+           "keypoints_2d_detected": fit.batch.kp2d.double().cpu().numpy(), "params": {}, "losses": {},
+           "dense": np.zeros(T, bool)}
+    for b, h in enumerate(assemble(fit, texture_size=1)):
+        _record_frame(out, b, h)
+    return out
 
-    device = device or opts.torch_device()
-    dtype = torch.float32
-    tracks = track(dets)
-    models, nets, fits = {}, {}, []
-    for trk in tracks:
-        if trk.side not in models:
-            models[trk.side] = load_model(opts.model, side=trk.side, mano_path=opts.mano, device=device, dtype=dtype)
-            nets[trk.side] = load_regressor(models[trk.side], device, dtype)
-        model = models[trk.side]
-        Ks = np.stack([frame_K(_hw(frames[f])[1], _hw(frames[f])[0], opts) for f in trk.frames])
-        fit = fit_track(model, trk, Ks, opts, vopts, nets[trk.side], device, dtype)
-        with torch.no_grad():
-            out = model(**fit["params"])
-            fit["uv"] = project(out.keypoints, fit["K"])
-            fit["keypoints_3d"] = out.keypoints
-            fit["vertices"] = out.vertices
-        fit["model"] = model
-        fits.append(fit)
-    return tracks, fits
+
+def _record_frame(out: dict, b: int, h) -> None:
+    T = len(out["keypoints_3d"])
+    out["keypoints_3d"][b] = h.keypoints_3d
+    out["keypoints_2d"][b] = h.keypoints_2d_fitted
+    for k, v in h.params.items():
+        if isinstance(v, str):  # side, model
+            continue
+        v = np.asarray(v, np.float64).reshape(-1)
+        out["params"].setdefault(k, np.zeros((T, v.size)))[b] = v
+    for stage, terms in h.losses.items():
+        for k, v in terms.items():
+            out["losses"].setdefault(f"{stage}.{k}", np.full(T, np.nan))[b] = v
+    out["dense"][b] = "appearance" in h.losses or "dense" in h.losses
+
+
+def frame_hands(fits, hands: list, rgb: np.ndarray, opts, res, outputs: list) -> list:
+    """The HandResults of one frame: hands [(track index, index in the track)], rgb (H,W,3) uint8.
+
+    Each hand goes through the pipeline's last stages (the dense stage and texture unless
+    turned off); ``outputs[track]`` (:func:`track_outputs`) records the final values."""
+    from dataclasses import replace
+
+    from ..fitting.pipeline import finish
+
+    results = []
+    for ti, b in hands:
+        sub = fits[ti].select([b])
+        sub.items = [replace(sub.items[0], rgb=rgb)]
+        h = finish(sub, opts, res)[0]
+        h.metrics["track"] = ti
+        _record_frame(outputs[ti], b, h)
+        results.append(h)
+    return results
 
 
 def _frame_hands(n: int, tracks) -> list:
@@ -225,63 +187,35 @@ def _frame_hands(n: int, tracks) -> list:
     return out
 
 
-def _hand_result(tracks, fits, ti: int, b: int, tex: np.ndarray, shared: dict):
-    """The HandResult of track ``ti`` in its ``b``-th frame (built when its frame is written, not kept).
-    ``shared``: per side the model's faces and UV arrays, made once (they are only read)."""
-    from ..api import HandResult
-
-    trk, fit = tracks[ti], fits[ti]
-    model, p, d = fit["model"], fit["params"], trk.dets[b]
-    if trk.side not in shared:
-        shared[trk.side] = dict(faces=model.faces.cpu().numpy(), uv_coords=model.uv_coords.double().cpu().numpy(),
-                                uv_faces=model.uv_faces.cpu().numpy())
-    err = float((fit["uv"][b] - fit["kp2d"][b]).norm(dim=-1).mean())
-    return HandResult(
-        side=trk.side, score=float(d.score), bbox_xyxy=np.asarray(d.box_xyxy, np.float64),
-        keypoints_2d_detected=np.asarray(d.keypoints, np.float64),
-        keypoints_2d_fitted=fit["uv"][b].double().cpu().numpy(),
-        keypoints_3d=fit["keypoints_3d"][b].double().cpu().numpy(),
-        world_landmarks=np.asarray(d.world, np.float64),
-        params=model.export_params({k: v[b:b + 1] for k, v in p.items()}),
-        vertices=fit["vertices"][b].double().cpu().numpy(), **shared[trk.side],
-        texture=tex, init=fit["init"] if b == 0 else "warm",
-        losses={"keypoint": {k: float(v[b]) for k, v in fit["terms"].items()}},
-        metrics={"kp2d_px": err, "track": ti, "keypoint_iters": fit["warm_iters"][b],
-                 "refine_iters": fit["refine_iters"]},
-        seconds=0.0)
-
-
-def _skin_texture(opts) -> np.ndarray:
-    from ..api import SKIN_RGB
-
-    tex = np.empty((opts.texture_size, opts.texture_size, 3), np.uint8)
-    tex[:] = (np.array(SKIN_RGB) * 255 + 0.5).astype(np.uint8)
-    return tex
-
-
 def _frame_result(rgb: np.ndarray, hands: list, opts):
     """The FitResult of one chosen frame: rgb (H,W,3) uint8, hands: its HandResults."""
-    from ..api import FitResult
+    from ..fitting.pipeline import frame_intrinsics
+    from ..fitting.results import FitResult
 
     H, W = rgb.shape[:2]
-    return FitResult(image_path=None, width=W, height=H, K=np.asarray(frame_K(W, H, opts), np.float64),
+    return FitResult(image_path=None, width=W, height=H, K=frame_intrinsics(W, H, opts),
                      model=opts.model, hands=hands, image=rgb)
 
 
-def tracks_arrays(frames, tracks, fits) -> dict:
-    """tracks.npz content: per track t, ``track<t>_*`` arrays, plus the chosen frames' indices and times."""
+def tracks_arrays(frames, tracks, outputs) -> dict:
+    """tracks.npz content: per track t, ``track<t>_*`` arrays (its final per-frame values,
+    :func:`track_outputs`), plus the chosen frames' indices and times."""
     out = {"frame_index": np.array([f[0] for f in frames], np.int64),
            "frame_seconds": np.array([f[1] for f in frames], np.float64),
            "num_tracks": np.array(len(tracks))}
-    for t, (trk, fit) in enumerate(zip(tracks, fits)):
+    for t, (trk, o) in enumerate(zip(tracks, outputs)):
         pre = f"track{t}_"
         out[pre + "side"] = np.array(trk.side)
+        out[pre + "side_source"] = np.array(getattr(trk.dets[0], "side_source", "detector"))
         out[pre + "frames"] = np.array([frames[f][0] for f in trk.frames], np.int64)
-        for k, v in fit["params"].items():
-            out[pre + k] = v.detach().double().cpu().numpy()
-        out[pre + "keypoints_3d"] = fit["keypoints_3d"].double().cpu().numpy()      # (T,21,3) metres
-        out[pre + "keypoints_2d"] = fit["uv"].double().cpu().numpy()                # (T,21,2) pixels
-        out[pre + "keypoints_2d_detected"] = fit["kp2d"].double().cpu().numpy()     # (T,21,2) pixels
+        for k, v in o["params"].items():
+            out[pre + k] = v
+        out[pre + "keypoints_3d"] = o["keypoints_3d"]                     # (T,21,3) metres
+        out[pre + "keypoints_2d"] = o["keypoints_2d"]                     # (T,21,2) pixels
+        out[pre + "keypoints_2d_detected"] = o["keypoints_2d_detected"]   # (T,21,2) pixels
+        out[pre + "dense"] = o["dense"]                                   # (T,) the dense stage ran
+        for k, v in o["losses"].items():                                  # (T,) per-frame fit losses
+            out[pre + "loss_" + k.replace(".", "_")] = v
         out[pre + "score"] = np.array([d.score for d in trk.dets], np.float64)
     return out
 
@@ -315,95 +249,104 @@ def write_mp4(path: Path, images, fps: Fraction):
             c.close()
 
 
-def run_video(path, opts, vopts, detector=None, progress=None) -> dict:
-    """Read and detect a video frame by frame (keeping only the detections), then track and fit.
+def run_video(path, opts, vopts, res=None, progress=None) -> dict:
+    """Read and detect a video frame by frame (keeping only the detections), then track and fit
+    each track's keypoint stages.
 
+    res: a :class:`~handfit.fitting.resources.Resources` (default: a new one, closed after).
     -> dict with ``frames`` [(index, seconds, (H, W))] (no pixels: the caller
-    decodes again to write), ``dets``, ``tracks``, ``fits``, ``seconds``."""
+    decodes again to finish and write), ``dets``, ``tracks``, ``fits``, ``seconds``."""
+    from ..fitting.resources import Resources
     from .inputs import read_frames, video_info
 
     info = video_info(path)
-    own = detector is None
-    if own:
-        from ..detect import Detector
-
-        detector = Detector(max_hands=opts.max_hands, mode=opts.detect)
+    own = res is None
+    res = res or Resources()
     t0 = time.perf_counter()
     frames, dets, t_detect = [], [], 0.0
     try:
+        detector = res.detector(opts.detect, opts.max_hands)
         for idx, sec, rgb in read_frames(path, vopts.every, vopts.start, vopts.end):
             t = time.perf_counter()
             dets.append(detector.detect(rgb)[: opts.max_hands])
             t_detect += time.perf_counter() - t
             frames.append((idx, sec, tuple(rgb.shape[:2])))
+        if not frames:
+            raise ImageError(f"{path}: no frame in the chosen range")
+        t_read = time.perf_counter() - t0 - t_detect
+        t1 = time.perf_counter()
+        tracks, fits = fit_video_frames(frames, dets, opts, vopts, res)
+        t_fit = time.perf_counter() - t1
     finally:
-        if own and hasattr(detector, "close"):
-            detector.close()
-    if not frames:
-        raise ImageError(f"{path}: no frame in the chosen range")
-    t_read = time.perf_counter() - t0 - t_detect
-    t1 = time.perf_counter()
-    tracks, fits = fit_video_frames(frames, dets, opts, vopts)
-    t_fit = time.perf_counter() - t1
+        if own:
+            res.close()
     return {"info": info, "frames": frames, "dets": dets, "tracks": tracks, "fits": fits,
             "seconds": {"read": t_read, "detect": t_detect, "fit": t_fit}}
 
 
-def track_metrics(frames, tracks, fits) -> list:
+def track_metrics(tracks, outputs) -> list:
+    """Per track: side, mean score, frames, 2D error and jitter of its final per-frame values."""
     out = []
-    for t, (trk, fit) in enumerate(zip(tracks, fits)):
-        kp3 = fit["keypoints_3d"].double().cpu().numpy()
-        uv = fit["uv"].double().cpu().numpy()
-        det = fit["kp2d"].double().cpu().numpy()
+    for t, (trk, o) in enumerate(zip(tracks, outputs)):
+        kp3, uv, det = o["keypoints_3d"], o["keypoints_2d"], o["keypoints_2d_detected"]
         out.append({"side": trk.side, "score": round(float(np.mean([d.score for d in trk.dets])), 4),
                     "track": t, "frames": len(trk.frames),
+                    "side_source": getattr(trk.dets[0], "side_source", "detector"),
                     "kp2d_px": round(float(np.linalg.norm(uv - det, axis=-1).mean()), 3),
                     "jitter_mm": round(jitter(kp3) * 1000, 3), "jitter_px": round(jitter(uv), 3),
                     "jitter_detected_px": round(jitter(det), 3)})
     return out
 
 
-def process_video(unit, job, run_id: str) -> dict:
+def process_video(unit, job, run_id: str, res=None) -> dict:
     """Fit a whole video and commit OUT/<video>/ atomically. -> its summary record
 
+    res: the process's :class:`~handfit.fitting.resources.Resources` (default: a new one).
     Never raises for one bad video: any failure becomes its ``error`` record
     (KeyboardInterrupt and SystemExit still end the run).
     """
     from .runner import describe, error_record
 
     t0 = time.perf_counter()
+    own = res is None
+    if own:
+        from ..fitting.resources import Resources
+
+        res = Resources()
     try:
-        return _process_video(unit, job, run_id, t0)
+        return _process_video(unit, job, run_id, t0, res)
     except HandfitError as exc:
         return error_record(unit, str(exc), time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
         return error_record(unit, f"video failed: {describe(exc)}", time.perf_counter() - t0)
+    finally:
+        if own:
+            res.close()
 
 
-def _process_video(unit, job, run_id: str, t0: float) -> dict:
+def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     from ..io.save import save_result
 
     from .inputs import read_frames
 
     opts, vopts = job.fit_options(), job.video
-    res = run_video(unit.path, opts, vopts)
-    frames, tracks, fits = res["frames"], res["tracks"], res["fits"]
+    run = run_video(unit.path, opts, vopts, res)
+    frames, tracks, fits = run["frames"], run["tracks"], run["fits"]
     per_frame = _frame_hands(len(frames), tracks)
     hands = sum(map(len, per_frame))
-    metrics = track_metrics(frames, tracks, fits)
-    fps = Fraction(res["info"].fps).limit_denominator(1001) / vopts.every
+    outputs = [track_outputs(fit) for fit in fits]
+    fps = Fraction(run["info"].fps).limit_denominator(1001) / vopts.every
     names = [f"frame_{idx:06d}" for idx, _, _ in frames]
     poster = names[len(names) // 2]
     record = {"path": unit.path, "key": unit.key, "kind": "video", "status": "ok" if hands else "no_hand",
               "hands": hands, "seconds": 0.0, "message": "" if hands else "no hand found in any frame",
-              "frames": len(frames), "tracks": len(tracks), "fps": float(fps), "hand_metrics": metrics,
+              "frames": len(frames), "tracks": len(tracks), "fps": float(fps), "hand_metrics": [],
               "overlay_video": f"{unit.key}/overlay.mp4", "poster": f"{unit.key}/{poster}/overlay.png",
               "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id}
 
-    tex, shared = _skin_texture(opts), {}
-
     def overlays(tmp: Path):
-        """Decode the video again and write each chosen frame's folder; -> its overlay, one at a time."""
+        """Decode the video again; finish each chosen frame's hands (dense stage, texture) and
+        write its folder; -> its overlay, one at a time."""
         from PIL import Image
 
         f = 0
@@ -412,7 +355,7 @@ def _process_video(unit, job, run_id: str, t0: float) -> dict:
                 break
             if idx != frames[f][0] or tuple(rgb.shape[:2]) != frames[f][2]:
                 raise ImageError(f"{unit.path}: the second decoding gave frame {idx}, not {frames[f][0]}")
-            r = _frame_result(rgb, [_hand_result(tracks, fits, ti, b, tex, shared) for ti, b in per_frame[f]], opts)
+            r = _frame_result(rgb, frame_hands(fits, per_frame[f], rgb, opts, res, outputs), opts)
             r.image_path = f"{unit.path}#frame={idx}"
             folder = save_result(r, tmp, names[f])
             del r, rgb
@@ -423,8 +366,9 @@ def _process_video(unit, job, run_id: str, t0: float) -> dict:
 
     def fill(tmp: Path):
         write_mp4(tmp / "overlay.mp4", overlays(tmp), fps)
-        np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=res["info"].fps, every=vopts.every,
-                            smooth=vopts.smooth, **tracks_arrays(frames, tracks, fits))
+        record["hand_metrics"] = track_metrics(tracks, outputs)
+        np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=run["info"].fps, every=vopts.every,
+                            smooth=vopts.smooth, **tracks_arrays(frames, tracks, outputs))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         (tmp / store.STATUS).write_text(store.dumps(record))
 

@@ -118,7 +118,8 @@ def _fit_variants(variants) -> tuple:
 def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "keypoint", "dense"),
              batch_size: int = 1, use_label_camera: bool = True, match_threshold: float = 0.5,
              progress: bool = False, detector=None, fit_batch: Callable | None = None,
-             on_fit: Callable | None = None, on_chunk: Callable | None = None, warmup: bool = True) -> Evaluation:
+             on_fit: Callable | None = None, on_chunk: Callable | None = None, warmup: bool = True,
+             resources=None) -> Evaluation:
     """Fit and measure every record.
 
     Args:
@@ -134,7 +135,9 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
         match_threshold: see :func:`match_hands`.
         progress: draw a progress bar on stderr.
         detector: object with ``detect(rgb) -> [Detection]`` (default: MediaPipe).
-        fit_batch: the fitting function (default :func:`handfit.api.fit_batch`).
+        fit_batch: the fitting function (default :func:`handfit.api.fit_batch` with ``resources``).
+        resources: the :class:`handfit.fitting.resources.Resources` detection and
+            fitting use (default: a new one, closed at the end).
         on_fit: called as ``on_fit(record, FitResult)`` after each fitted image.
         on_chunk: called as ``on_chunk(Evaluation)`` with the images done so far
             after each batch (the CLI writes its files then, so an interrupted
@@ -155,14 +158,20 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
         options = FitOptions()
     fitted = _fit_variants(variants)
     variants = tuple(v for v in VARIANTS if v in variants)
-    if fit_batch is None:
-        from ..api import fit_batch
-    opts = dataclasses.replace(options, appearance="dense" in fitted)
-    own_detector = detector is None
-    if own_detector:
-        from ..detect import Detector
+    own_resources = resources is None
+    if own_resources:
+        from ..fitting.resources import Resources
 
-        detector = Detector(max_hands=options.max_hands, mode=getattr(options, "detect", "fast"))
+        resources = Resources()
+    if fit_batch is None:
+        import functools
+
+        from ..api import fit_batch as api_fit_batch
+
+        fit_batch = functools.partial(api_fit_batch, resources=resources)
+    opts = dataclasses.replace(options, appearance="dense" in fitted)
+    if detector is None:
+        detector = resources.detector(getattr(options, "detect", "fast"), options.max_hands)
     records = list(records)
     bar = None
     if progress:
@@ -225,8 +234,8 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
     finally:
         if bar is not None:
             bar.close()
-        if own_detector:
-            detector.close()
+        if own_resources:
+            resources.close()
     rows, summary, curves = score(hands, variants)
     return Evaluation(variants, hands, rows, summary, curves, M.PCK_THRESHOLDS_MM.copy())
 

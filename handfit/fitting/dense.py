@@ -330,7 +330,8 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
 
 
 def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
-                   backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None):
+                   backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None,
+                   freeze: tuple = ()):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
@@ -338,6 +339,7 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     ``on_step(it, total)`` is called after every iteration of both phases.
     ``texture_prior``: a learned TexturePrior (handfit/texture/prior.py) whose
     prediction fills the unseen texels in the texture phase; None: the coarse albedo.
+    ``freeze``: parameters the geometry phase keeps fixed (e.g. ("shape",) for a video track's shared shape).
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
     dev, dt = params["pose"].device, params["pose"].dtype
@@ -366,6 +368,8 @@ def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage:
     state = {**params, "texture": coarse(tex_sharp, stage.texture_detail), "sh": sh0.clone()}
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
+    for k in freeze:
+        lrs.pop(k, None)
     start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
     start["keypoints"] = out0.keypoints
     appearance = None

@@ -32,6 +32,7 @@ import torch
 
 from ..camera import project
 from ..options import FitOptions
+from .hands import HandBatch, HandItem, to_batch
 from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
 
@@ -39,40 +40,6 @@ __all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_sid
            "assemble", "frame_intrinsics", "Resources", "FitResult", "HandResult"]
 
 SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
-
-
-@dataclass
-class HandItem:
-    """One detected hand to fit."""
-
-    K: np.ndarray                   # (3,3) intrinsics of its photo
-    detection: object               # handfit.detect.Detection: side, score, box_xyxy, keypoints, world
-    rgb: np.ndarray | None = None   # (H,W,3) uint8 photo; the side views and the dense stage need it
-
-
-@dataclass
-class HandBatch:
-    """The tensors of B detected hands: the one place detections become tensors."""
-
-    K: torch.Tensor        # (B,3,3)
-    kp2d: torch.Tensor     # (B,21,2) detected pixels
-    world: torch.Tensor    # (B,21,3) MediaPipe world landmarks, metres
-    scale: torch.Tensor    # (B,) side of the detection box, pixels
-
-    def select(self, idx) -> "HandBatch":
-        i = torch.as_tensor(list(idx), dtype=torch.long, device=self.K.device)
-        return HandBatch(self.K[i], self.kp2d[i], self.world[i], self.scale[i])
-
-
-def to_batch(items: list, device, dtype=torch.float32) -> HandBatch:
-    """items: B :class:`HandItem` (or (K, Detection) pairs) -> :class:`HandBatch`."""
-    pairs = [(it.K, it.detection) if isinstance(it, HandItem) else it for it in items]
-    box = np.stack([d.box_xyxy for _, d in pairs])
-    return HandBatch(
-        K=torch.tensor(np.stack([k for k, _ in pairs]), device=device, dtype=dtype),
-        kp2d=torch.tensor(np.stack([d.keypoints for _, d in pairs]), device=device, dtype=dtype),
-        world=torch.tensor(np.stack([d.world for _, d in pairs]), device=device, dtype=dtype),
-        scale=torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype))
 
 
 @dataclass
@@ -90,6 +57,7 @@ class SideFit:
     stages: dict = field(default_factory=dict)    # stage -> {"keypoints_3d": (B,21,3), "keypoints_2d": (B,21,2)}
     textures: list | None = None    # B (T,T,3) uint8 after the dense stage
     seconds: np.ndarray | None = None  # (B,) each hand's share of the optimisation time
+    track: bool = False             # frames of one video track: one shape, kept by later stages
 
     def select(self, idx) -> "SideFit":
         """The hands ``idx`` (a list of indices) as a SideFit of their own."""
@@ -111,7 +79,7 @@ class SideFit:
                        {k: pick(v) for k, v in self.metrics.items()},
                        {s: {k: pick(v) for k, v in d.items()} for s, d in self.stages.items()},
                        None if self.textures is None else pick(self.textures),
-                       None if self.seconds is None else self.seconds[idx])
+                       None if self.seconds is None else self.seconds[idx], self.track)
 
 
 ProgressFn = Callable[[str, str, int, int], None]   # (stage, side, iteration, total)
@@ -174,7 +142,7 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
 
 def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> SideFit:
     """Stage 4: the dense stage's geometry and texture phases (``fit.params`` updated in place).
-    Every hand needs its photo (``item.rgb``)."""
+    Every hand needs its photo (``item.rgb``). A track's frames (``fit.track``) keep its shape."""
     from .dense import fit_appearance
 
     model, batch, params = fit.model, fit.batch, fit.params
@@ -188,21 +156,22 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         model, params, batch.K, batch.kp2d, batch.scale, [it.rgb for it in fit.items], opts.dense,
         opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
         texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
-        on_step=(lambda it, loss: progress("appearance", fit.side, it, steps)) if progress else None)
+        on_step=(lambda it, loss: progress("appearance", fit.side, it, steps)) if progress else None,
+        freeze=("shape",) if fit.track else ())
     fit.textures = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
     fit.losses["appearance"] = dict(report.terms)
     fit.metrics.update(report.metrics)
     return fit
 
 
-def assemble(fit: SideFit, opts: FitOptions) -> list:
+def assemble(fit: SideFit, texture_size: int = 256) -> list:
     """Stage 5: the B hands' :class:`HandResult` objects (numpy, full-photo coordinates)."""
     model, batch, params = fit.model, fit.batch, fit.params
     with torch.no_grad():
         out = model(**params)
         uv = project(out.keypoints, batch.K)
         err = (uv - batch.kp2d).norm(dim=-1).mean(-1)
-    textures = fit.textures or [flat_texture(opts.texture_size)] * len(fit.items)
+    textures = fit.textures or [flat_texture(texture_size)] * len(fit.items)
     faces, uv_coords, uv_faces = (model.faces.cpu().numpy(), model.uv_coords.double().cpu().numpy(),
                                   model.uv_faces.cpu().numpy())
     seconds = fit.seconds if fit.seconds is not None else np.zeros(len(fit.items))
@@ -245,7 +214,7 @@ def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn 
         dense_fit(fit, opts, res, progress)
     share = (time.perf_counter() - t0) / len(fit.items)
     fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
-    return assemble(fit, opts)
+    return assemble(fit, opts.texture_size)
 
 
 # -- entry points ---------------------------------------------------------------------------------
@@ -297,6 +266,7 @@ def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 6
     T = len(items)
     fit = SideFit(side, model, items, batch, params, [method] + ["warm"] * (T - 1),
                   losses={"keypoint": report["terms"]},
-                  metrics={"keypoint_iters": report["warm_iters"], "refine_iters": report["refine_iters"]})
+                  metrics={"keypoint_iters": report["warm_iters"], "refine_iters": report["refine_iters"]},
+                  track=True)
     fit.seconds = np.full(T, (time.perf_counter() - t0) / T)
     return fit

@@ -35,7 +35,7 @@ def side_loss(model, items: list, device, stage, net=None) -> tuple[torch.Tensor
     """
     from .init import initialise
     from .keypoint import fit_keypoints
-    from .pipeline import to_batch
+    from .hands import to_batch
 
     b = to_batch(items, device, torch.float32)
     params, _ = initialise(model, b.world, b.kp2d, b.K, net)
