@@ -321,8 +321,14 @@ def test_cache_loads_fast_without_anny(anny):
     assert "building" not in out.stderr
 
 
-def test_load_model_caches_instances_and_checks_args(anny):
-    assert load_model("anny", side="left", dtype=torch.float64) is anny["left"]
+def test_resources_share_instances_and_load_model_checks_args(anny):
+    from handfit.fitting.resources import Resources
+
+    res = Resources()
+    a = res.model("anny", "left", dtype=torch.float64)
+    assert res.model("anny", "left", dtype=torch.float64) is a         # built once, then shared
+    assert res.model("anny", "right", dtype=torch.float64) is not a
+    assert load_model("anny", side="left", dtype=torch.float64) is not anny["left"]  # no hidden cache
     with pytest.raises(UsageError, match="unknown hand model"):
         load_model("smplx")
     with pytest.raises(UsageError, match="side"):
