@@ -77,7 +77,7 @@ def main(argv=None):
         sys.exit(f"dev data not found at {args.data}")
 
     from handfit.detect import Detector
-    from handfit.detect_passes import PASSES
+    from handfit.detect.passes import PASSES
     from handfit.io import load_image
 
     rows = args.rows.split(",") if args.rows else ["fast", "thorough"] + [f"pass:{p}" for p in PASSES]

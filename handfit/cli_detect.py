@@ -14,9 +14,7 @@ from pathlib import Path
 
 import click
 
-# MediaPipe's 21-landmark skeleton, for the overlay.
-_BONES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11),
-          (11, 12), (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (0, 17), (17, 18), (18, 19), (19, 20)]
+from .keypoints import SKELETON  # MediaPipe's 21-landmark skeleton, for the overlay
 
 
 def detection_document(photo, dets) -> dict:
@@ -38,7 +36,7 @@ def draw_detections(rgb, dets):
         x0, y0, x1, y1 = (int(round(v)) for v in d.box_xyxy)
         cv2.rectangle(img, (x0, y0), (x1, y1), colour, t)
         kp = np.round(d.keypoints).astype(int)
-        for a, b in _BONES:
+        for a, b in SKELETON:
             cv2.line(img, tuple(kp[a]), tuple(kp[b]), colour, t, cv2.LINE_AA)
         for p in kp:
             cv2.circle(img, tuple(p), t + 1, (255, 255, 255), -1, cv2.LINE_AA)

@@ -210,13 +210,13 @@ def test_overlapping_quiet_blocks_restore_stderr():
     import os
     import threading
 
-    from handfit.detect import _quiet_stderr
+    from handfit.detect.quiet import quiet_stderr
 
     before = os.fstat(2)
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
 
     def block_a():
-        with _quiet_stderr():
+        with quiet_stderr():
             a_in.set()
             b_in.wait(10)
         a_out.set()
@@ -224,7 +224,7 @@ def test_overlapping_quiet_blocks_restore_stderr():
     t = threading.Thread(target=block_a)
     t.start()
     a_in.wait(10)
-    with _quiet_stderr():
+    with quiet_stderr():
         b_in.set()
         a_out.wait(10)
     t.join(10)

@@ -1,4 +1,4 @@
-"""The detection cascade (handfit.detect_passes), box input, ``handfit detect`` and
+"""The detection cascade (handfit.detect.passes), box input, ``handfit detect`` and
 a scene with more than two hands."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from handfit import detect_passes as dp
+from handfit.detect import passes as dp
 from handfit.detect import HAND_CAP, Detection, Detector, task_file
 
 
@@ -24,11 +24,9 @@ def detector(task):
 
 
 def _det(kp, side="left", score=0.9, name="full", W=320, H=240):
-    from handfit.detect import _box
-
     world = np.random.default_rng(0).normal(0, 0.03, (21, 3))
     kp = np.asarray(kp, float)
-    return Detection(side=side, score=score, box_xyxy=_box(kp, 0.1, 10_000, 10_000), keypoints=kp,
+    return Detection(side=side, score=score, box_xyxy=dp.hand_box(kp, 0.1, 10_000, 10_000), keypoints=kp,
                      keypoints_z=np.zeros(21), world=world, image_size=(W, H), pass_name=name)
 
 
@@ -177,7 +175,7 @@ def test_mirrored_pass_on_a_photo_gives_the_same_sides(detector, dev_data):
     H, W = rgb.shape[:2]
     full = detector.detect(rgb, passes=("full",))
     view = dp.mirror_view(rgb)
-    mirrored = [dp.map_back(d, view, W, H) for d in detector._landmark(view.image)]
+    mirrored = [dp.map_back(d, view, W, H) for d in detector.landmarks(view.image)]
     assert len(full) == 2 and len(mirrored) == 2
     for d in full:
         m = min(mirrored, key=lambda e: np.linalg.norm(e.keypoints - d.keypoints, axis=1).mean())
@@ -223,6 +221,103 @@ def test_box_input(detector, dev_data):
 
     with pytest.raises(UsageError):
         detector.detect_in_boxes(rgb, [(10, 10, 5, 50)])
+
+
+# ---------------------------------------------------------------- passes as functions of a landmark call
+
+
+def test_passes_take_a_landmark_callable():
+    """The passes only use the callables they are given: no Detector needed."""
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    seen = []
+
+    def landmarks(image, strict=False):
+        seen.append((image.shape, strict))
+        return []
+
+    assert dp.run_extra_passes(landmarks, rgb, ("tiles", "rotate", "mirror", "contrast")) == []
+    n = len(dp.tile_views(rgb)) + 3 + 1 + 1
+    assert len(seen) == n and all(strict for _, strict in seen)
+    seen.clear()
+    assert dp.detect_in_box(landmarks, rgb, (40, 30, 150, 170), "box") is None
+    assert len(seen) == 4 and not any(strict for _, strict in seen)  # 0, 90, 270, 180 degrees
+    with pytest.raises(ValueError):
+        dp.run_extra_passes(landmarks, rgb, ("pose",))
+
+    lm = np.zeros((33, 3))
+    lm[:, 2] = 1.0
+    lm[[13, 15, 17, 19, 21], :2] = [[100, 100], [100, 160], [95, 180], [105, 180], [110, 175]]
+    lm[[14, 16, 18, 20, 22], 2] = 0.0  # the right arm is not visible
+    boxes = dp.pose_hand_boxes(lambda img: lm, rgb)
+    assert len(boxes) == 1
+    x0, y0, x1, y1 = boxes[0]
+    assert x0 < 100 < x1 and y0 < 178 < y1
+    assert dp.pose_hand_boxes(lambda img: None, rgb) == []
+
+
+def test_pose_model_is_built_once_by_concurrent_calls(task, monkeypatch):
+    """Two threads running the pose-guided pass at once on a fresh detector
+    build the pose model once: it is created under the detector's lock."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from handfit.detect import detector as detector_mod
+
+    built = []
+
+    class SlowPose:
+        def __init__(self):
+            built.append(self)
+            time.sleep(0.3)  # a window in which a racing thread would build another
+
+        def process(self, rgb):
+            return SimpleNamespace(pose_landmarks=None)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(detector_mod, "_make_pose", lambda quiet: SlowPose())
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    with Detector(task_path=task) as det:
+        start = threading.Barrier(2)
+        results, errors = [], []
+
+        def run():
+            try:
+                start.wait(10)
+                results.append(det.detect(rgb, passes=("pose",)))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors and results == [[], []]
+        assert len(built) == 1 and det._pose is built[0]
+        assert det.pose_landmarks(rgb) is None and len(built) == 1  # reused
+
+
+def test_detect_overlay_uses_the_one_skeleton():
+    """``handfit detect``'s overlay, the fit overlay and the models draw
+    handfit.keypoints.SKELETON: MediaPipe's connections (the knuckle line 5-9,
+    not the wrist-to-middle-base bone 0-9)."""
+    from handfit import cli_detect, keypoints
+    from handfit.io import overlay
+
+    assert cli_detect.SKELETON is keypoints.SKELETON and overlay.SKELETON is keypoints.SKELETON
+    assert not hasattr(dp, "_BONES") and not hasattr(cli_detect, "_BONES")
+    kp = np.array([[100, 190], [60, 170], [30, 150], [10, 130], [0, 110],
+                   [40, 100], [40, 70], [40, 50], [40, 30],
+                   [80, 100], [80, 70], [80, 50], [80, 30],
+                   [120, 100], [120, 70], [120, 50], [120, 30],
+                   [160, 100], [160, 70], [160, 50], [160, 30]], float)
+    d = _det(kp, side="right", W=200, H=200)
+    img = cli_detect.draw_detections(np.zeros((200, 200, 3), np.uint8), [d])
+    assert img[100, 60].any()        # midpoint of 5-9: drawn
+    assert not img[145, 90].any()    # midpoint of 0-9: not a MediaPipe connection
 
 
 # ---------------------------------------------------------------- CLI

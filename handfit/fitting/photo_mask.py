@@ -144,12 +144,12 @@ def _draw_skeleton(lab, kp, value) -> None:
     """Mark the bones of a (21,2) skeleton and the palm's core in ``lab`` (H,W) uint8."""
     import cv2
 
-    from ..models.base import SKELETON
+    from ..keypoints import TREE_BONES  # the kinematic tree: a line from the wrist to every finger base
 
     palm = kp[[0, 1, 5, 9, 13, 17]]
     side = float(np.ptp(kp, 0).max())
     width = max(1, int(round(side * 0.015)))
-    for a, b in SKELETON:
+    for a, b in TREE_BONES:
         cv2.line(lab, tuple(np.round(kp[a]).astype(int)), tuple(np.round(kp[b]).astype(int)), int(value), width)
     centre = palm.mean(0)
     core = centre + 0.5 * (palm - centre)

@@ -40,7 +40,7 @@ class HandResult:
     losses: dict                    # stage -> term -> value
     metrics: dict                   # per-hand measurements (errors, iterations, ...)
     seconds: float                  # this hand's share of the optimisation time
-    detect_pass: str = "full"       # the detection pass that found it (handfit.detect_passes)
+    detect_pass: str = "full"       # the detection pass that found it (handfit.detect.passes)
     side_source: str = "detector"   # "detector" | "fit" (both models fitted, handfit.fitting.side)
     side_losses: dict | None = None  # {"left": loss, "right": loss} when both were fitted
     stages: dict = field(default_factory=dict)  # earlier stages' results, e.g. stages["keypoint"] =

@@ -56,7 +56,7 @@ def side_candidates(detector, rgb: np.ndarray, det) -> dict:
     called the hand that side}, with ``votes`` {side: summed score}. The
     full-image pass judges handedness from one view; a mirrored view is an
     independent second opinion (the model sees the other side's hand)."""
-    from .. import detect_passes as dp
+    from ..detect import passes as dp
 
     H, W = rgb.shape[:2]
     base = dp.square_box_view(rgb, det.box_xyxy, det.pass_name)
@@ -71,7 +71,7 @@ def side_candidates(detector, rgb: np.ndarray, det) -> dict:
                 mv = dp.mirror_view(img)
                 img, M = mv.image, np.vstack([mv.M, [0, 0, 1]]) @ M
             view = dp.View(det.pass_name, img, M[:2], mirrored)
-            found = [dp.map_back(e, view, W, H, detector.box_margin) for e in detector._landmark(img)]
+            found = [dp.map_back(e, view, W, H, detector.box_margin) for e in detector.landmarks(img)]
             found = [e for e in found if dp.same_hand(e, det, 0.35)]
             if not found:
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.base import SKELETON
+from ..keypoints import SKELETON
 
 PANEL_MAX = 640  # longest side of one panel, pixels
 

@@ -15,7 +15,8 @@ Conventions
   flattened), ``shape`` ``(B,S)`` the identity parameters. Zero pose is the
   model's rest pose and zero shape its mean shape.
 * Keypoints are the 21 MediaPipe landmarks in MediaPipe order
-  (:data:`KEYPOINT_NAMES`).
+  (:data:`KEYPOINT_NAMES`; it and :data:`SKELETON` come from
+  :mod:`handfit.keypoints`).
 * A left hand is the mirror image (x -> -x in the model frame) of the right
   model, with the face winding reversed so normals still point outwards.
 """
@@ -27,24 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-KEYPOINT_NAMES = (
-    "wrist",
-    "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip",
-    "index_mcp", "index_pip", "index_dip", "index_tip",
-    "middle_mcp", "middle_pip", "middle_dip", "middle_tip",
-    "ring_mcp", "ring_pip", "ring_dip", "ring_tip",
-    "pinky_mcp", "pinky_pip", "pinky_dip", "pinky_tip",
-)
-
-# (parent, child) keypoint pairs of the MediaPipe skeleton, for drawing and
-# bone-length terms.
-SKELETON = (
-    (0, 1), (1, 2), (2, 3), (3, 4),
-    (0, 5), (5, 6), (6, 7), (7, 8),
-    (0, 9), (9, 10), (10, 11), (11, 12),
-    (0, 13), (13, 14), (14, 15), (15, 16),
-    (0, 17), (17, 18), (18, 19), (19, 20),
-)
+from ..keypoints import KEYPOINT_NAMES, SKELETON  # noqa: F401  (re-exported: the one definition)
 
 
 @dataclass

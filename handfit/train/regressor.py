@@ -27,7 +27,7 @@ import time
 import torch
 
 from ..geometry import matrix_to_axis_angle
-from ..models.base import SKELETON
+from ..keypoints import TREE_BONES
 from ..fitting import losses as L
 from ..fitting.init import KeypointRegressor, normalise_landmarks
 
@@ -54,8 +54,8 @@ def sample_batch(model, n: int, gen: torch.Generator):
     with torch.no_grad():
         kp = model(go, pose, shape, torch.zeros(n, 3)).keypoints  # (n,21,3) wrist at origin
     noisy = kp.clone()
-    # Re-chain the skeleton with perturbed bone lengths (parents come first in SKELETON).
-    for parent, child in SKELETON:
+    # Re-chain the kinematic tree with perturbed bone lengths (parents come first in TREE_BONES).
+    for parent, child in TREE_BONES:
         bone = kp[:, child] - kp[:, parent]
         noisy[:, child] = noisy[:, parent] + bone * (1 + 0.08 * torch.randn(n, 1, generator=gen))
     palm = (kp[:, 9] - kp[:, 0]).norm(dim=-1)[:, None, None]

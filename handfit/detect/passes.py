@@ -16,16 +16,36 @@ therefore accepted more strictly (:func:`plausible`): higher detector
 thresholds (a second landmarker), a hand-shaped set of world landmarks and a
 hand that is not tiny in its view. A hand that one view alone found is kept
 when it passes these checks (no second view has to agree).
+
+The passes are plain functions. They run the landmarker through a callable,
+``landmarks(image, strict=False) -> list[Detection]`` (detections in that
+image's pixels; ``strict`` selects the stricter landmarker of the extra
+passes), which :meth:`handfit.detect.Detector.landmarks` is; the pose-guided
+pass likewise takes ``pose_landmarks(rgb) -> (33, 3) array or None``
+(:meth:`handfit.detect.Detector.pose_landmarks`). This module imports nothing
+from :mod:`handfit.detect.detector`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["View", "PASSES", "FAST_PASSES", "views_for", "map_back", "merge", "plausible",
-           "square_box_view", "rotate_view", "mirror_view"]
+from ..keypoints import TREE_BONES
+
+__all__ = ["View", "PASSES", "FAST_PASSES", "LandmarkFn", "PoseFn", "views_for", "crop_view", "tile_views",
+           "rotate_view", "mirror_view", "contrast_view", "square_box_view", "map_back", "hand_box",
+           "hand_size", "downscale", "same_hand", "plausible", "box_inside", "merge", "run_extra_passes",
+           "detect_in_box", "pose_hand_boxes"]
+
+#: ``landmarks(image, strict=False) -> list[Detection]``: one landmarker run on
+#: ``image`` as is, detections in its pixels (:meth:`handfit.detect.Detector.landmarks`).
+LandmarkFn = Callable[..., list]
+#: ``pose_landmarks(rgb) -> (33, 3) [u, v, visibility] or None``: MediaPipe Pose
+#: in ``rgb``'s pixels (:meth:`handfit.detect.Detector.pose_landmarks`).
+PoseFn = Callable[[np.ndarray], "np.ndarray | None"]
 
 #: Pass names in the order the thorough cascade runs them.
 PASSES = ("full", "tiles", "rotate", "mirror", "contrast", "pose")
@@ -157,6 +177,35 @@ def views_for(rgb: np.ndarray, name: str) -> list[View]:
     raise ValueError(f"unknown pass {name!r}")
 
 
+# ---------------------------------------------------------------- pixel geometry
+
+
+def hand_box(kp: np.ndarray, margin: float, W: int, H: int) -> np.ndarray:
+    """``(4,)`` ``(x1, y1, x2, y2)``: the keypoints' bounding box grown by ``margin``
+    times its longer side on every side, clipped to the ``W`` x ``H`` image."""
+    lo, hi = kp.min(axis=0), kp.max(axis=0)
+    m = margin * float(max(hi - lo))
+    box = np.array([lo[0] - m, lo[1] - m, hi[0] + m, hi[1] + m], dtype=np.float64)
+    box[[0, 2]] = np.clip(box[[0, 2]], -0.5, W - 0.5)
+    box[[1, 3]] = np.clip(box[[1, 3]], -0.5, H - 0.5)
+    return box
+
+
+def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` area-downscaled so that its longer side is at most ``max_side`` (as is if it is)."""
+    H, W = rgb.shape[:2]
+    long_side = max(H, W)
+    if long_side <= max_side:
+        return rgb
+    import cv2
+
+    r = max_side / long_side
+    size = (max(1, round(W * r)), max(1, round(H * r)))
+    # Normalised landmark coordinates refer to the whole image extent, which
+    # resizing preserves exactly, so the rounding of ``size`` does not matter.
+    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+
+
 # ---------------------------------------------------------------- mapping back
 
 
@@ -168,8 +217,6 @@ def map_back(det, view: View, W: int, H: int, box_margin: float = 0.1):
     rotation (MediaPipe's world frame follows the image axes) and mirrored
     back in ``x`` for a mirrored view, whose side is swapped.
     """
-    from .detect import _box
-
     A = view.M[:, :2]
     t = view.M[:, 2]
     Ainv = np.linalg.inv(A)
@@ -183,7 +230,7 @@ def map_back(det, view: View, W: int, H: int, box_margin: float = 0.1):
     if view.mirrored:
         side = {"left": "right", "right": "left"}[side]
     return replace(det, side=side, keypoints=kp, keypoints_z=det.keypoints_z / scale, world=world,
-                   box_xyxy=_box(kp, box_margin, W, H), image_size=(W, H), pass_name=view.name)
+                   box_xyxy=hand_box(kp, box_margin, W, H), image_size=(W, H), pass_name=view.name)
 
 
 # ---------------------------------------------------------------- acceptance and merging
@@ -202,17 +249,14 @@ def same_hand(a, b, frac: float = 0.25) -> bool:
     return bool(d.mean() < frac * ref)
 
 
-_BONES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
-          (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
-
-
 def plausible(det, view_shape: tuple[int, int], min_frac: float = 0.06) -> bool:
     """Landmark checks for a detection from an extra pass (in view coordinates).
 
     - the hand spans at least ``min_frac`` of the view's longer side (the
       landmarker's false hands on textures are mostly tiny);
     - its world landmarks span 8-30 cm and its palm is 4-13 cm long, with
-      no bone longer than the palm;
+      no bone of the kinematic tree (:data:`handfit.keypoints.TREE_BONES`)
+      longer than the palm;
     - its 2D keypoints are not collapsed (the palm is not a dot).
     """
     h, w = view_shape[:2]
@@ -225,7 +269,7 @@ def plausible(det, view_shape: tuple[int, int], min_frac: float = 0.06) -> bool:
     palm = np.linalg.norm(wl[9] - wl[0])
     if not 0.04 < palm < 0.13:
         return False
-    bones = np.array([np.linalg.norm(wl[i] - wl[j]) for i, j in _BONES])
+    bones = np.array([np.linalg.norm(wl[i] - wl[j]) for i, j in TREE_BONES])
     if bones.max() > 1.25 * palm:
         return False
     palm2d = np.linalg.norm(det.keypoints[9] - det.keypoints[0])
@@ -277,43 +321,48 @@ def merge(dets: list, frac: float = 0.25, inside: float = 0.6) -> list:
 # ---------------------------------------------------------------- running the passes
 
 
-def _in_view(detector, view: View, strict: bool, check: bool = True) -> list:
-    """Landmarker on one view -> plausible detections in full-image coordinates."""
-    dets = detector._landmark(view.image, strict=strict)
+def _in_view(landmarks: LandmarkFn, view: View, strict: bool, check: bool = True) -> list:
+    """Landmarker on one view -> (plausible) detections in the view's pixels."""
+    dets = landmarks(view.image, strict=strict)
     if check:
         dets = [d for d in dets if plausible(d, view.image.shape)]
     return dets
 
 
-def run_extra_passes(detector, rgb: np.ndarray, passes) -> list:
+def run_extra_passes(landmarks: LandmarkFn, rgb: np.ndarray, passes, box_margin: float = 0.1,
+                     pose_landmarks: PoseFn | None = None) -> list:
     """Every detection of the named extra passes, mapped to full-image pixels.
 
-    Duplicates are left in (:func:`merge` removes them). Every detection that
-    passes :func:`plausible` in its view is returned, also a hand that only
-    one tile found.
+    ``landmarks`` runs the landmarker (:data:`LandmarkFn`); the ``"pose"``
+    pass also needs ``pose_landmarks`` (:data:`PoseFn`). Duplicates are left
+    in (:func:`merge` removes them). Every detection that passes
+    :func:`plausible` in its view is returned, also a hand that only one tile
+    found.
     """
     H, W = rgb.shape[:2]
     out = []
     for name in passes:
         if name == "pose":
-            for box in pose_hand_boxes(detector, rgb):
-                d = detect_in_box(detector, rgb, box, "pose", strict=True)
+            if pose_landmarks is None:
+                raise ValueError("the pose pass needs pose_landmarks")
+            for box in pose_hand_boxes(pose_landmarks, rgb):
+                d = detect_in_box(landmarks, rgb, box, "pose", strict=True, box_margin=box_margin)
                 if d is not None:
                     out.append(d)
             continue
-        found = []
         for view in views_for(rgb, name):
-            found += [map_back(d, view, W, H, detector.box_margin) for d in _in_view(detector, view, True)]
-        out += found
+            out += [map_back(d, view, W, H, box_margin) for d in _in_view(landmarks, view, True)]
     return out
 
 
-def detect_in_box(detector, rgb: np.ndarray, box, name: str, strict: bool = False):
+def detect_in_box(landmarks: LandmarkFn, rgb: np.ndarray, box, name: str, strict: bool = False,
+                  box_margin: float = 0.1):
     """The hand inside ``box`` (x0, y0, x1, y1 full-image pixels), or ``None``.
 
     The landmarker runs on a square crop around the box, then on that crop
     turned by 90, 270 and 180 degrees until a hand is found; of several hands
-    the one nearest the box centre wins."""
+    the one nearest the box centre wins. ``strict``: the strict landmarker,
+    and only :func:`plausible` hands."""
     H, W = rgb.shape[:2]
     base = square_box_view(rgb, box, name)
     centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
@@ -321,8 +370,8 @@ def detect_in_box(detector, rgb: np.ndarray, box, name: str, strict: bool = Fals
         rv = rotate_view(base.image, k)
         view = View(name, rv.image, (np.vstack([rv.M, [0, 0, 1]]) @ np.vstack([base.M, [0, 0, 1]]))[:2],
                     False, f"{base.tag} rot{90 * k}")
-        dets = [map_back(d, view, W, H, detector.box_margin)
-                for d in _in_view(detector, view, strict, check=strict)]
+        dets = [map_back(d, view, W, H, box_margin)
+                for d in _in_view(landmarks, view, strict, check=strict)]
         if dets:
             return min(dets, key=lambda d: np.linalg.norm(d.keypoints.mean(0) - centre))
     return None
@@ -334,25 +383,19 @@ def detect_in_box(detector, rgb: np.ndarray, box, name: str, strict: bool = Fals
 _ARMS = {"left": (13, 15, 17, 19, 21), "right": (14, 16, 18, 20, 22)}
 
 
-def pose_hand_boxes(detector, rgb: np.ndarray, min_visibility: float = 0.3) -> list:
+def pose_hand_boxes(pose_landmarks: PoseFn, rgb: np.ndarray, min_visibility: float = 0.3) -> list:
     """Boxes (x0, y0, x1, y1) around each visible wrist that MediaPipe Pose finds.
 
-    Uses the legacy ``solutions.pose`` graph with the full landmark model that
-    the mediapipe 0.10.21 wheel ships (model_complexity=1: nothing is
-    downloaded). The box is centred on the mean of the pose model's hand
-    landmarks (pinky, index, thumb) and sized from the forearm and the
-    wrist-to-hand distance, as the holistic graph does before its hand re-crop."""
-    H, W = rgb.shape[:2]
-    pose = _pose(detector)
-    small = rgb
-    from .detect import _downscale, _quiet_stderr
-
-    small = _downscale(rgb, 640)
-    with detector._lock, _quiet_stderr(detector.quiet):
-        res = pose.process(small)
-    if res.pose_landmarks is None:
+    ``pose_landmarks(rgb)`` gives the 33 pose landmarks as ``(u, v,
+    visibility)`` in ``rgb``'s pixels, or ``None`` when there is no person
+    (:meth:`handfit.detect.Detector.pose_landmarks`). The box is centred on
+    the mean of the pose model's hand landmarks (pinky, index, thumb) and
+    sized from the forearm and the wrist-to-hand distance, as the holistic
+    graph does before its hand re-crop."""
+    lm = pose_landmarks(rgb)
+    if lm is None:
         return []
-    lm = np.array([[p.x * W - 0.5, p.y * H - 0.5, p.visibility] for p in res.pose_landmarks.landmark])
+    lm = np.asarray(lm, np.float64)
     boxes = []
     for elbow, wrist, *fingers in _ARMS.values():
         if lm[wrist, 2] < min_visibility:
@@ -364,32 +407,3 @@ def pose_hand_boxes(detector, rgb: np.ndarray, min_visibility: float = 0.3) -> l
         size = max(0.7 * forearm, 2.5 * np.linalg.norm(f - w), 24.0)
         boxes.append((c[0] - size / 2, c[1] - size / 2, c[0] + size / 2, c[1] + size / 2))
     return boxes
-
-
-def _pose(detector):
-    if detector._pose is None:
-        import atexit
-        import weakref
-
-        from .detect import _quiet_stderr
-
-        with _quiet_stderr(detector.quiet):
-            from mediapipe.python.solutions import pose as mp_pose
-
-            detector._pose = mp_pose.Pose(static_image_mode=True, model_complexity=1,
-                                          enable_segmentation=False, min_detection_confidence=0.5)
-        # The legacy graph must be closed while the interpreter still runs: left
-        # to the garbage collector at shutdown, its WaitUntilDone deadlocks.
-        atexit.register(_close_pose, weakref.ref(detector))
-    return detector._pose
-
-
-def _close_pose(ref) -> None:
-    det = ref()
-    pose = getattr(det, "_pose", None) if det is not None else None
-    if pose is not None:
-        det._pose = None
-        try:
-            pose.close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass

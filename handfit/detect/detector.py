@@ -1,49 +1,36 @@
-"""Hand detection with MediaPipe's Tasks ``HandLandmarker``, fully offline.
+""":class:`Detector`: MediaPipe's Tasks ``HandLandmarker``, fully offline; :class:`Detection`.
 
-The ``.task`` bundle the Tasks API wants is built once from the two models
-that the mediapipe 0.10.21 wheel ships (palm detection and hand landmarks),
-zipped uncompressed into the cache folder (``$HANDFIT_CACHE`` or
-``~/.cache/handfit``). Nothing is ever downloaded.
+The landmarker runs on the offline ``.task`` bundle of :mod:`.bundle`.
+:meth:`Detector.landmarks` is one landmarker run on one image (a view);
+:meth:`Detector.detect` is the full pass plus, in ``thorough`` mode, the
+extra passes of :mod:`.passes`, which get :meth:`Detector.landmarks` and
+:meth:`Detector.pose_landmarks` as callables.
 
-Coordinates
------------
-MediaPipe returns landmarks normalised by the image size, with ``x = 0`` at
-the left *edge* of the image and ``x = 1`` at its right edge, so pixel centres
-sit at ``(i + 0.5) / W``. :class:`Detection` gives them in OpenCV pixel
-coordinates (centre of the top-left pixel at ``(0, 0)``):
-``u = x * W - 0.5``, ``v = y * H - 0.5``. Landmark ``z`` (depth relative to
-the wrist, smaller is closer, "roughly the scale of x") becomes
-``z * W`` pixels.
-
-Handedness
-----------
-The Tasks API labels the hand's anatomical side as seen in an ordinary
-(non-mirrored) photo, and that is what :attr:`Detection.side` holds: a person
-facing the camera has their right hand on the image's left. (The legacy
-``mp.solutions.hands`` assumes mirrored selfie input and swaps the labels; it
-is not used here.) Checked on the dev photos: ``hamer/test5.jpg`` and the
-labelled ``panoptic/ex2_2.flv_000040`` hands.
+Coordinates and handedness: see :mod:`handfit.detect`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
-import sys
-import tempfile
 import threading
-import zipfile
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError, UsageError
+from ..errors import BackendError, UsageError
+from . import passes as dp
+from .bundle import task_file
+from .passes import downscale, hand_box
+from .quiet import quiet_stderr
 
-__all__ = ["Detection", "Detector", "task_file", "DEFAULT_MAX_SIDE", "HAND_CAP", "MODES"]
+__all__ = ["Detection", "Detector", "DEFAULT_MAX_SIDE", "HAND_CAP", "MODES", "STRICT_CONFIDENCE",
+           "POSE_MAX_SIDE"]
 
 #: Detection modes: ``fast`` is MediaPipe's single full-image pass;
-#: ``thorough`` adds the extra passes of :mod:`handfit.detect_passes`.
+#: ``thorough`` adds the extra passes of :mod:`handfit.detect.passes`.
 MODES = ("fast", "thorough")
 
 #: With no ``max_hands``, at most this many hands are returned (and fitted):
@@ -58,12 +45,8 @@ STRICT_CONFIDENCE = 0.7
 #: detection; landmarks are mapped back to full resolution.
 DEFAULT_MAX_SIDE = 1280
 
-_PALM_MODEL = "modules/palm_detection/palm_detection_full.tflite"
-_LANDMARK_MODEL = "modules/hand_landmark/hand_landmark_full.tflite"
-_TASK_MEMBERS = {
-    "hand_detector.tflite": _PALM_MODEL,
-    "hand_landmarks_detector.tflite": _LANDMARK_MODEL,
-}
+#: The pose model (the pose-guided pass) sees the photo downscaled to this longer side.
+POSE_MAX_SIDE = 640
 
 
 @dataclass
@@ -123,170 +106,6 @@ class Detection:
         }
 
 
-# ---------------------------------------------------------------- cache / task file
-
-
-def _cache_dir() -> Path:
-    """``handfit.cache.cache_dir()`` (``$HANDFIT_CACHE`` or ``~/.cache/handfit``)."""
-    env = os.environ.get("HANDFIT_CACHE")
-    fallback = Path(env).expanduser() if env else Path.home() / ".cache" / "handfit"
-    try:
-        from .cache import cache_dir
-    except ImportError:
-        return fallback
-    try:
-        return Path(cache_dir())
-    except OSError:  # not creatable: task_file() falls back to a temp folder
-        return fallback
-
-
-def _mediapipe_root() -> tuple[Path, str]:
-    try:
-        import mediapipe
-    except ImportError as e:  # pragma: no cover - a hard dependency
-        raise BackendError(f"mediapipe is not installed: {e}") from None
-    return Path(mediapipe.__file__).resolve().parent, getattr(mediapipe, "__version__", "unknown")
-
-
-def _task_ok(path: Path, sizes: dict[str, int]) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = {i.filename: i for i in z.infolist()}
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return all(
-        n in infos and infos[n].file_size == s and infos[n].compress_type == zipfile.ZIP_STORED
-        for n, s in sizes.items()
-    )
-
-
-def task_file(cache: str | os.PathLike | None = None) -> Path:
-    """Path of the offline ``hand_landmarker`` ``.task`` bundle, built if needed.
-
-    The bundle zips (stored, uncompressed) the wheel's
-    ``palm_detection_full.tflite`` as ``hand_detector.tflite`` and
-    ``hand_landmark_full.tflite`` as ``hand_landmarks_detector.tflite``. It is
-    written atomically (temporary file + rename) into ``cache`` (default: the
-    handfit cache folder; a temporary folder when that is not writable) and
-    reused while it matches the installed models.
-
-    Raises:
-        BackendError: the installed mediapipe does not ship the models
-            (mediapipe >= 1.0 dropped them; handfit pins 0.10.21).
-    """
-    root, version = _mediapipe_root()
-    sources = {name: root / rel for name, rel in _TASK_MEMBERS.items()}
-    missing = [str(p) for p in sources.values() if not p.is_file()]
-    if missing:
-        raise BackendError(
-            f"mediapipe {version} does not ship the hand models ({', '.join(missing)}); "
-            "install mediapipe==0.10.21"
-        )
-    sizes = {name: p.stat().st_size for name, p in sources.items()}
-    fname = f"hand_landmarker-mediapipe-{version}.task"
-    dirs = [Path(cache)] if cache is not None else [_cache_dir()]
-    if cache is None:
-        dirs.append(Path(tempfile.gettempdir()) / f"handfit-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
-    last_err: Exception | None = None
-    for d in dirs:
-        path = d / fname
-        if _task_ok(path, sizes):
-            return path
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".hand_landmarker-", suffix=".tmp", dir=d)
-            try:
-                with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                    for name, src in sources.items():
-                        z.write(src, name)
-                os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError as e:
-            last_err = e
-            continue
-        if _task_ok(path, sizes):
-            return path
-    raise BackendError(f"cannot write the MediaPipe .task file to {dirs[0]}: {last_err}")
-
-
-# ---------------------------------------------------------------- stderr noise
-
-
-# Quiet blocks may overlap across threads (detection ahead in a worker while
-# the side check re-detects in the main thread). fd 2 is process-wide, so the
-# redirection is too: the first block in saves and redirects it, the last
-# block out restores it. Each block saving and restoring on its own would let
-# an overlapping block "restore" another block's temporary file for good.
-_quiet_lock = threading.Lock()
-_quiet = {"depth": 0, "saved": None, "sink": None}
-
-
-def _quiet_enter() -> bool:
-    with _quiet_lock:
-        if _quiet["depth"] == 0:
-            try:
-                sys.stderr.flush()
-            except Exception:  # noqa: BLE001
-                pass
-            try:
-                saved = os.dup(2)
-            except OSError:  # no fd 2 (embedded interpreters): nothing to silence
-                return False
-            sink = tempfile.TemporaryFile()
-            os.dup2(sink.fileno(), 2)
-            _quiet.update(saved=saved, sink=sink)
-        _quiet["depth"] += 1
-        return True
-
-
-def _quiet_exit() -> None:
-    with _quiet_lock:
-        _quiet["depth"] -= 1
-        if _quiet["depth"] == 0:
-            os.dup2(_quiet["saved"], 2)
-            os.close(_quiet["saved"])
-            _quiet["sink"].close()
-            _quiet.update(saved=None, sink=None)
-
-
-def _quiet_log() -> str:
-    """What native code wrote to fd 2 so far in the current quiet period."""
-    with _quiet_lock:
-        sink = _quiet["sink"]
-        if sink is None:
-            return ""
-        sink.seek(0)
-        return sink.read().decode("utf-8", "replace").strip()
-
-
-@contextlib.contextmanager
-def _quiet_stderr(enabled: bool = True):
-    """Silence native (C++) writes to file descriptor 2 inside the block.
-
-    glog/absl and TF Lite print INFO/WARNING lines straight to fd 2 whatever
-    ``GLOG_minloglevel`` says. They are captured to a temporary file; if the
-    block raises, the captured text is attached to the exception as a note.
-    Python's ``sys.stderr`` is flushed first so nothing of ours is lost.
-    Blocks may nest and overlap across threads (see ``_quiet_enter``).
-    """
-    if not enabled or not _quiet_enter():
-        yield
-        return
-    try:
-        yield
-    except BaseException as e:
-        text = _quiet_log()
-        if text and hasattr(e, "add_note"):
-            e.add_note("mediapipe log:\n" + text[-4000:])
-        raise
-    finally:
-        _quiet_exit()
-
-
 # ---------------------------------------------------------------- detector
 
 
@@ -298,7 +117,7 @@ class Detector:
             up to :data:`HAND_CAP`).
         mode: ``"fast"``, one pass over the full image (MediaPipe alone), or
             ``"thorough"``, the full pass followed by the cascade of extra
-            passes of :mod:`handfit.detect_passes` (tiles and upscaled crops,
+            passes of :mod:`handfit.detect.passes` (tiles and upscaled crops,
             rotations, a mirror, a contrast-normalised copy, crops at the
             wrists the pose model finds), merged so that each hand is reported
             once.
@@ -313,8 +132,10 @@ class Detector:
         task_path: an existing ``.task`` bundle to use instead of building one.
         quiet: silence MediaPipe's native log lines on stderr.
 
-    The underlying landmarker is not thread-safe; calls are serialised with a
-    lock. Use as a context manager or call :meth:`close` to free it.
+    The underlying landmarkers and the pose model are not thread-safe; calls
+    are serialised with a lock, under which the strict landmarker and the pose
+    model are also created, lazily, on first use. Use as a context manager or
+    call :meth:`close` to free them.
 
     With ``quiet`` (the default) file descriptor 2 is redirected for the
     duration of each MediaPipe call, process-wide: native stderr output of
@@ -363,10 +184,10 @@ class Detector:
         if self.quiet:
             # MediaPipe / TF Lite log through glog/absl on the C++ side; ask them to be
             # quiet before mediapipe is first imported (some lines ignore these; see
-            # ``_quiet_stderr``). Done here, when a quiet detector is made, not at import.
+            # ``quiet_stderr``). Done here, when a quiet detector is made, not at import.
             os.environ.setdefault("GLOG_minloglevel", "2")
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with _quiet_stderr(self.quiet):
+        with quiet_stderr(self.quiet):
             import mediapipe as mp
 
             self._mp = mp
@@ -391,11 +212,12 @@ class Detector:
     def close(self) -> None:
         """Release the landmarkers; later :meth:`detect` calls raise."""
         for attr in ("_landmarker", "_strict", "_pose"):
-            obj = getattr(self, attr, None)
-            setattr(self, attr, None)
-            if obj is not None:
-                with self._lock, _quiet_stderr(self.quiet):
-                    obj.close()
+            with self._lock:
+                obj = getattr(self, attr, None)
+                setattr(self, attr, None)
+                if obj is not None:
+                    with quiet_stderr(self.quiet):
+                        obj.close()
 
     def __enter__(self) -> "Detector":
         return self
@@ -409,19 +231,33 @@ class Detector:
         except Exception:  # noqa: BLE001
             pass
 
-    # -- one landmarker call
-    def _landmark(self, rgb: np.ndarray, strict: bool = False) -> list[Detection]:
-        """Run one landmarker on ``rgb`` as is; detections in ``rgb``'s pixels, unsorted."""
+    # -- one landmarker call, one pose call
+    def landmarks(self, rgb, strict: bool = False) -> list[Detection]:
+        """Run the landmarker once on ``rgb`` as is (no downscaling, no extra passes).
+
+        This is the per-view call the passes of :mod:`handfit.detect.passes`
+        take (:data:`~handfit.detect.passes.LandmarkFn`).
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB (or anything :meth:`detect` accepts).
+            strict: use the extra passes' landmarker (both thresholds
+                ``strict_confidence``, up to 4 hands) instead of the full pass's.
+
+        Returns:
+            :class:`Detection` objects in ``rgb``'s pixels (``image_size`` is
+            its ``(W, H)``), unsorted, not deduplicated, ``pass_name == "full"``.
+        """
+        rgb = _as_rgb8(rgb)
         H, W = rgb.shape[:2]
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         with self._lock:
             if self._landmarker is None:
                 raise BackendError("the detector is closed")
             if strict and self._strict is None:
-                with _quiet_stderr(self.quiet):
+                with quiet_stderr(self.quiet):
                     self._strict = self._create(4, self._strict_conf, self._strict_conf)
             lm = self._strict if strict else self._landmarker
-            with _quiet_stderr(self.quiet):
+            with quiet_stderr(self.quiet):
                 result = lm.detect(image)
 
         dets = []
@@ -435,7 +271,7 @@ class Detector:
             dets.append(Detection(
                 side=side,
                 score=float(cat.score),
-                box_xyxy=_box(kp, self.box_margin, W, H),
+                box_xyxy=hand_box(kp, self.box_margin, W, H),
                 keypoints=kp,
                 keypoints_z=norm[:, 2] * W,
                 world=np.array([[p.x, p.y, p.z] for p in world], dtype=np.float64),
@@ -443,11 +279,47 @@ class Detector:
             ))
         return dets
 
+    def pose_landmarks(self, rgb, max_side: int = POSE_MAX_SIDE) -> np.ndarray | None:
+        """MediaPipe Pose on ``rgb`` (downscaled to ``max_side`` for the model).
+
+        The pose-guided pass's call (:data:`~handfit.detect.passes.PoseFn`).
+        The pose model (the legacy ``solutions.pose`` graph with the full
+        landmark model the mediapipe 0.10.21 wheel ships, model_complexity=1:
+        nothing is downloaded) is created on the first call, under the
+        detector's lock, so concurrent first calls build it once.
+
+        Returns:
+            ``(33, 3)`` float64 ``(u, v, visibility)`` per pose landmark, in
+            ``rgb``'s pixels; ``None`` when no person is found.
+        """
+        rgb = _as_rgb8(rgb)
+        H, W = rgb.shape[:2]
+        small = downscale(rgb, max_side)
+        with self._lock:
+            if self._landmarker is None:
+                raise BackendError("the detector is closed")
+            pose = self._pose_model_locked()
+            with quiet_stderr(self.quiet):
+                res = pose.process(small)
+        if res.pose_landmarks is None:
+            return None
+        return np.array([[p.x * W - 0.5, p.y * H - 0.5, p.visibility] for p in res.pose_landmarks.landmark],
+                        dtype=np.float64)
+
+    def _pose_model_locked(self):
+        """The pose model, created on first use; the caller holds ``self._lock``."""
+        if self._pose is None:
+            self._pose = _make_pose(self.quiet)
+            # The legacy graph must be closed while the interpreter still runs: left
+            # to the garbage collector at shutdown, its WaitUntilDone deadlocks.
+            atexit.register(_close_pose, weakref.ref(self))
+        return self._pose
+
     def _full_pass(self, rgb: np.ndarray) -> list[Detection]:
         H, W = rgb.shape[:2]
-        small = _downscale(rgb, self.max_side)
+        small = downscale(rgb, self.max_side)
         h, w = small.shape[:2]
-        dets = self._landmark(small)
+        dets = self.landmarks(small)
         if (w, h) == (W, H):
             return dets
         # Normalised landmark coordinates refer to the whole image extent, which
@@ -456,7 +328,7 @@ class Detector:
         for d in dets:
             norm = (d.keypoints + 0.5) / np.array([w, h])
             kp = norm * np.array([W, H]) - 0.5
-            out.append(Detection(side=d.side, score=d.score, box_xyxy=_box(kp, self.box_margin, W, H),
+            out.append(Detection(side=d.side, score=d.score, box_xyxy=hand_box(kp, self.box_margin, W, H),
                                  keypoints=kp, keypoints_z=d.keypoints_z * (W / w), world=d.world,
                                  image_size=(W, H)))
         return out
@@ -471,7 +343,7 @@ class Detector:
                 :func:`handfit.io.load_image` first).
             mode: ``"fast"`` or ``"thorough"``; default: the detector's mode.
             passes: run exactly these passes (names of
-                :data:`handfit.detect_passes.PASSES`) instead of the mode's;
+                :data:`handfit.detect.passes.PASSES`) instead of the mode's;
                 for benchmarks.
 
         Returns:
@@ -479,8 +351,6 @@ class Detector:
             highest first; ``[]`` when there is no hand. Each records the pass
             that found it in :attr:`Detection.pass_name`.
         """
-        from . import detect_passes as dp
-
         rgb = _as_rgb8(rgb)
         mode = mode or self.mode
         if mode not in MODES:
@@ -490,7 +360,7 @@ class Detector:
         dets = self._full_pass(rgb) if "full" in passes else []
         extra = [p for p in passes if p != "full"]
         if extra:
-            dets = dets + dp.run_extra_passes(self, rgb, extra)
+            dets = dets + dp.run_extra_passes(self.landmarks, rgb, extra, self.box_margin, self.pose_landmarks)
             dets = dp.merge(dets)
         else:
             dets = _dedupe(dets)
@@ -514,8 +384,6 @@ class Detector:
             the crop turned by 90, 270 and 180 degrees. The hand nearest the
             box centre is kept.
         """
-        from . import detect_passes as dp
-
         rgb = _as_rgb8(rgb)
         out = []
         for box in boxes:
@@ -530,7 +398,8 @@ class Detector:
             x0, y0, x1, y1 = (float(v) for v in box[:4])
             if not (x1 > x0 and y1 > y0):
                 raise UsageError(f"box {box!r}: need x1 > x0 and y1 > y0")
-            d = dp.detect_in_box(self, rgb, (x0, y0, x1, y1), "box", strict=False)
+            d = dp.detect_in_box(self.landmarks, rgb, (x0, y0, x1, y1), "box", strict=False,
+                                 box_margin=self.box_margin)
             if d is None:
                 continue
             if side is not None:
@@ -538,39 +407,38 @@ class Detector:
             out.append(d)
         return out
 
+
+def _make_pose(quiet: bool):
+    """A new MediaPipe Pose model (static images, full landmark model, no segmentation)."""
+    with quiet_stderr(quiet):
+        from mediapipe.python.solutions import pose as mp_pose
+
+        return mp_pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False,
+                            min_detection_confidence=0.5)
+
+
+def _close_pose(ref) -> None:
+    """At exit: close a detector's pose model (best effort)."""
+    det = ref()
+    pose = getattr(det, "_pose", None) if det is not None else None
+    if pose is not None:
+        det._pose = None
+        try:
+            pose.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
 def _as_rgb8(rgb) -> np.ndarray:
     if isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-            from .errors import ImageError
+            from ..errors import ImageError
 
             raise ImageError(f"zero-size image ({rgb.shape[1]}x{rgb.shape[0]})")
         return np.ascontiguousarray(rgb)
-    from .io.image import load_image
+    from ..io.image import load_image
 
     return load_image(rgb).rgb
-
-
-def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    H, W = rgb.shape[:2]
-    long_side = max(H, W)
-    if long_side <= max_side:
-        return rgb
-    import cv2
-
-    r = max_side / long_side
-    size = (max(1, round(W * r)), max(1, round(H * r)))
-    # Normalised landmark coordinates refer to the whole image extent, which
-    # resizing preserves exactly, so the rounding of ``size`` does not matter.
-    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
-
-
-def _box(kp: np.ndarray, margin: float, W: int, H: int) -> np.ndarray:
-    lo, hi = kp.min(axis=0), kp.max(axis=0)
-    m = margin * float(max(hi - lo))
-    box = np.array([lo[0] - m, lo[1] - m, hi[0] + m, hi[1] + m], dtype=np.float64)
-    box[[0, 2]] = np.clip(box[[0, 2]], -0.5, W - 0.5)
-    box[[1, 3]] = np.clip(box[[1, 3]], -0.5, H - 0.5)
-    return box
 
 
 def _dedupe(dets: list[Detection]) -> list[Detection]:
