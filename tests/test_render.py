@@ -599,5 +599,5 @@ def test_nvdiffrast_build_failure_is_a_backend_error(monkeypatch):
     monkeypatch.setattr(dr.ops, "_get_plugin", broken)
     monkeypatch.setattr(nvdr, "_missing_tools", lambda: ["ninja"])
     with pytest.raises(BackendError, match=r"missing ninja.*--renderer cpu"):
-        nvdr.context(torch.device("cuda", 0))
+        nvdr.make_context(torch.device("cuda", 0))
     assert nvdr._dr is None  # a later call tries again

@@ -1,7 +1,7 @@
 """Everything a fit reads but never changes, built once and passed in.
 
 A :class:`Resources` holds the MediaPipe detectors, the hand models, the
-keypoint regressors and the texture priors. Each is built the first time it
+keypoint regressors, the texture priors and the GPU rasterizer contexts. Each is built the first time it
 is asked for (under a lock, so threads sharing one object build it once) and
 then shared: a process (or a Ray worker) makes one ``Resources`` and hands it
 to every fit. Nothing else in handfit keeps a cache; ``handfit.fit()`` makes
@@ -73,6 +73,17 @@ class Resources:
 
         device = torch.device(device) if device is not None else torch.device("cpu")
         return self._get(("prior", str(spec), str(device), dtype), lambda: resolve_prior(spec, device, dtype))
+
+    def render_context(self, device, backend: str = "auto"):
+        """The rasterizer state for ``device`` (:func:`handfit.render.make_context`):
+        nvdiffrast's CUDA context on a GPU, None on the CPU."""
+        from ..render import make_context, pick_backend
+
+        device = torch.device(device)
+        backend = pick_backend(backend, torch.empty(0, device=device))
+        if backend == "cpu":
+            return None
+        return self._get(("render", str(device), backend), lambda: make_context(device, backend))
 
     def close(self) -> None:
         """Close the detectors and forget everything built so far."""

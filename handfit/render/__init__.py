@@ -23,12 +23,12 @@ the four primitives directly. See docs/rendering.md.
 
 from .clip import camera_to_clip
 from .mesh import MeshBuffers, rasterize_mesh, render_mesh, shade
-from .ops import BACKENDS, antialias, interpolate, make_topology, pick_backend, rasterize, texture
+from .ops import BACKENDS, antialias, interpolate, make_context, make_topology, pick_backend, rasterize, texture
 from .shading import default_sh, lambert, sh_basis, sh_lights, sh_shading, vertex_normals
 
 __all__ = [
     "BACKENDS", "pick_backend",
     "rasterize", "interpolate", "texture", "antialias",
-    "make_topology", "camera_to_clip", "MeshBuffers", "rasterize_mesh", "shade", "render_mesh",
+    "make_context", "make_topology", "camera_to_clip", "MeshBuffers", "rasterize_mesh", "shade", "render_mesh",
     "vertex_normals", "sh_basis", "sh_shading", "sh_lights", "default_sh", "lambert",
 ]

@@ -58,7 +58,7 @@ def _corner_uvs(uv: torch.Tensor, uv_faces, nfaces: int):
 def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, resolution,
                    uv: torch.Tensor = None, uv_faces: torch.Tensor = None, vertex_colors: torch.Tensor = None,
                    points: bool = False, near: float = 0.01, far: float = 10.0, backend: str = "auto",
-                   topology=None) -> MeshBuffers:
+                   topology=None, context=None) -> MeshBuffers:
     """Rasterize meshes in the OpenCV camera frame into :class:`MeshBuffers`.
 
     Args:
@@ -78,11 +78,12 @@ def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
             every later :func:`shade` of these buffers.
         topology: :func:`make_topology` of ``faces`` for that backend, if the
             caller keeps one per mesh; else built when shading antialiases.
+        context: :func:`make_context` for that backend and device (None on the CPU).
     """
     backend = pick_backend(backend, vertices)
     faces = faces.to(device=vertices.device, dtype=torch.int32)
     clip = camera_to_clip(vertices, K, resolution, near, far)
-    rast, vis = rasterize(clip, faces, resolution, backend=backend, return_visibility=True)
+    rast, vis = rasterize(clip, faces, resolution, backend=backend, return_visibility=True, context=context)
 
     # One interpolate for everything indexed by the vertex triangles.
     attrs = [vertex_normals(vertices, faces.long())]
@@ -155,7 +156,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, re
                 uv: torch.Tensor = None, uv_faces: torch.Tensor = None, texture: torch.Tensor = None,
                 vertex_colors: torch.Tensor = None, sh: torch.Tensor = None,
                 background: torch.Tensor = None, antialias: bool = True, near: float = 0.01,
-                far: float = 10.0, boundary_mode: str = "clamp", backend: str = "auto") -> dict:
+                far: float = 10.0, boundary_mode: str = "clamp", backend: str = "auto", context=None) -> dict:
     """:func:`rasterize_mesh` then :func:`shade`, in one call (arguments as there).
 
     Returns:
@@ -171,7 +172,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, re
         raise ValueError("render_mesh: a texture needs uv")
     buf = rasterize_mesh(vertices, faces, K, resolution, uv=uv, uv_faces=uv_faces,
                          vertex_colors=vertex_colors if texture is None else None, points=True,
-                         near=near, far=far, backend=backend)
+                         near=near, far=far, backend=backend, context=context)
     out = shade(buf, texture=texture, sh=sh, background=background, antialias=antialias,
                 boundary_mode=boundary_mode)
     res = {"rast": buf.rast, "pos": buf.clip, "normals": buf.normals, "depth": buf.points[..., 2:3],

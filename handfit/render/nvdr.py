@@ -2,8 +2,8 @@
 
 nvdiffrast wants contiguous float32 tensors and int32 triangles on the GPU;
 these wrappers convert on the way in and cast results back to the caller's
-dtype, so autograd flows through the casts. One ``RasterizeCudaContext`` is
-created per device on first use and reused: creating one is slow.
+dtype, so autograd flows through the casts. A ``RasterizeCudaContext`` is slow
+to create: the caller makes one (:func:`make_context`) and passes it in.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 
 from ..errors import BackendError
 
-_contexts: dict = {}
 _lock = threading.Lock()
-_dr = None
+_dr = None  # the imported nvdiffrast.torch, once its CUDA plugin has been built (an import, not state)
 
 
 def _missing_tools() -> list:
@@ -60,16 +59,11 @@ def _module():
         return dr
 
 
-def context(device: torch.device):
-    """The shared RasterizeCudaContext of ``device``."""
+def make_context(device: torch.device):
+    """A new RasterizeCudaContext on ``device`` (CUDA)."""
     dr = _module()
     index = device.index if device.index is not None else torch.cuda.current_device()
-    with _lock:
-        ctx = _contexts.get(index)
-        if ctx is None:
-            ctx = dr.RasterizeCudaContext(device=torch.device("cuda", index))
-            _contexts[index] = ctx
-    return ctx
+    return dr.RasterizeCudaContext(device=torch.device("cuda", index))
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -80,9 +74,11 @@ def _i32(tri: torch.Tensor, device) -> torch.Tensor:
     return tri.to(device=device, dtype=torch.int32).contiguous()
 
 
-def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution) -> tuple[torch.Tensor, None]:
+def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, context=None) -> tuple[torch.Tensor, None]:
+    """context: from :func:`make_context` (made here when None: slow, pass one)."""
     dr = _module()
-    rast, _ = dr.rasterize(context(pos.device), _f32(pos), _i32(tri, pos.device),
+    ctx = context if context is not None else make_context(pos.device)
+    rast, _ = dr.rasterize(ctx, _f32(pos), _i32(tri, pos.device),
                            (int(resolution[0]), int(resolution[1])), grad_db=False)
     return rast.to(pos.dtype), None  # nvdiffrast keeps no visibility state for us
 

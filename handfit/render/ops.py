@@ -45,7 +45,7 @@ def _impl(name: str):
 
 
 def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "auto",
-              return_visibility: bool = False):
+              return_visibility: bool = False, context=None):
     """Rasterize triangles.
 
     Args:
@@ -58,6 +58,9 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "
             backend's :class:`~handfit.render.cpu.Visibility`, None for
             nvdiffrast), to pass to :func:`interpolate` and :func:`antialias`
             with this same ``rast`` so they skip rescanning the image.
+        context: the backend's rasterizer state from :func:`make_context`
+            (nvdiffrast's ``RasterizeCudaContext``; None on the CPU). Making
+            one is slow: make it once and pass it to every call.
 
     Returns:
         rast (B,H,W,4), or (rast, visibility) with ``return_visibility``; rast has the dtype of ``pos``: (u, v, z/w, triangle_id + 1) per
@@ -73,7 +76,11 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "
     _check("tri", tri, (2,), 3, "(F,3) vertex indices")
     if pos.dim() == 2:
         pos = pos[None]
-    rast, vis = _impl(pick_backend(backend, pos)).rasterize(pos, tri, resolution)
+    backend = pick_backend(backend, pos)
+    if backend == "cpu":
+        rast, vis = _impl(backend).rasterize(pos, tri, resolution)
+    else:
+        rast, vis = _impl(backend).rasterize(pos, tri, resolution, context)
     return (rast, vis) if return_visibility else rast
 
 
@@ -160,6 +167,15 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     if pos.shape[0] != rast.shape[0]:
         pos = pos.expand(rast.shape[0], -1, -1)
     return _impl(pick_backend(backend, color)).antialias(color, rast, pos, tri, topology, visibility)
+
+
+def make_context(device, backend: str = "auto"):
+    """The rasterizer state for ``device`` (a torch device) that :func:`rasterize` takes:
+    nvdiffrast's ``RasterizeCudaContext`` for CUDA with the nvdiffrast backend, None
+    otherwise (the CPU backend keeps none)."""
+    device = torch.device(device)
+    backend = pick_backend(backend, torch.empty(0, device=device))
+    return None if backend == "cpu" else _impl(backend).make_context(device)
 
 
 def make_topology(tri: torch.Tensor, backend: str = "cpu"):
