@@ -1,7 +1,7 @@
 """Which hand model each dev3d frame is fitted with (all its hands are left).
 
 Detects every frame of ../shared/data/dev3d (``--detect`` mode), then decides
-the sides as ``handfit fit`` does (:func:`handfit.fitting.side.resolve_sides`,
+the sides as ``handfit fit`` does (:func:`handfit.fitting.pipeline.decide_sides`,
 ``--check-below`` as FitOptions.side_check_below) and counts the frames that
 would be fitted with the right-hand model, before (MediaPipe) and after.
 
@@ -29,30 +29,30 @@ def main(argv=None):
     ap.add_argument("--detect", default="thorough", choices=["fast", "thorough"])
     ap.add_argument("--check-below", type=float, default=None)
     args = ap.parse_args(argv)
-    import torch
-
-    from handfit.api import FitOptions, _Photo
-    from handfit.detect import Detector
-    from handfit.fitting.side import resolve_sides
+    from handfit.api import FitOptions
+    from handfit.fitting.pipeline import HandItem, decide_sides
+    from handfit.fitting.resources import Resources
     from handfit.io import load_image
 
-    opts = FitOptions(appearance=False, device="cpu", detect=args.detect)
-    check = opts.side_check_below if args.check_below is None else args.check_below
-    det = Detector(mode=args.detect)
-    photos, labelled = [], 0
-    for i, g in enumerate(sorted(args.data.rglob("*.gt.json"))):
+    check = FitOptions().side_check_below if args.check_below is None else args.check_below
+    opts = FitOptions(appearance=False, device="cpu", detect=args.detect, side_check_below=check)
+    res = Resources()
+    det = res.detector(args.detect)
+    items, labelled, frames = [], 0, 0
+    for g in sorted(args.data.rglob("*.gt.json")):
         gt = json.loads(g.read_text())
         labelled += len(gt["hands"])
+        frames += 1
         photo = load_image(g.with_name(g.name[: -len(".gt.json")]))
-        photos.append(_Photo(i, photo, np.asarray(gt["K"], float), det.detect(photo.rgb)))
-    before = sum(d.side == "right" for p in photos for d in p.detections)
+        items += [HandItem(np.asarray(gt["K"], float), d, photo.rgb) for d in det.detect(photo.rgb)]
+    before = sum(it.detection.side == "right" for it in items)
     t = time.perf_counter()
-    resolve_sides(photos, opts, torch.device("cpu"), check, det)
+    items = decide_sides(items, opts, res)
     secs = time.perf_counter() - t
-    dets = [d for p in photos for d in p.detections]
+    dets = [it.detection for it in items]
     after = sum(d.side == "right" for d in dets)
     checked = sum(d.side_source == "fit" for d in dets)
-    print(f"frames {len(photos)}, labelled hands {labelled} (all left), detected {len(dets)} ({args.detect})")
+    print(f"frames {frames}, labelled hands {labelled} (all left), detected {len(dets)} ({args.detect})")
     print(f"right-hand model: MediaPipe {before}, after the side check {after}")
     print(f"checked (score < {check}): {checked}, changed: {sum(d.detector_side not in (None, d.side) for d in dets)}, "
           f"{secs:.1f} s for the check ({secs / max(checked, 1):.2f} s per checked hand)")

@@ -40,14 +40,15 @@ def main():
     from handfit.api import FitOptions
     from handfit.batch.inputs import read_frames
     from handfit.batch.runner import VideoOptions
-    from handfit.batch.video import fit_video_frames, track_metrics
-    from handfit.detect import Detector
+    from handfit.batch.video import fit_video_frames, track_metrics, track_outputs
+    from handfit.fitting.resources import Resources
 
     opts = FitOptions(device="cpu", appearance=False)
     t0 = time.perf_counter()
     frames = list(read_frames(args.video, args.every, args.start, args.end))
     t_read = time.perf_counter() - t0
-    det = Detector(max_hands=opts.max_hands, mode=args.detect)
+    res = Resources()
+    det = res.detector(args.detect, opts.max_hands)
     t0 = time.perf_counter()
     dets = [det.detect(rgb) for _, _, rgb in frames]
     t_det = time.perf_counter() - t0
@@ -59,9 +60,9 @@ def main():
     for w in [float(x) for x in args.weights.split(",")]:
         vopts = VideoOptions(every=args.every, smooth=w > 0, smooth_weight=w)
         t0 = time.perf_counter()
-        tracks, fits = fit_video_frames(frames, dets, opts, vopts)
+        tracks, fits = fit_video_frames(frames, dets, opts, vopts, res)
         t_fit = time.perf_counter() - t0
-        m = [x for x in track_metrics(frames, tracks, fits) if x["frames"] >= 3]
+        m = [x for x in track_metrics(tracks, [track_outputs(f) for f in fits]) if x["frames"] >= 3]
         n = sum(x["frames"] for x in m) or 1
 
         def avg(k):
