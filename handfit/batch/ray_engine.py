@@ -35,7 +35,7 @@ class _Detect:
     """Ray actor: load a photo and detect its hands; videos pass through."""
 
     def __init__(self, max_hands: int | None, mode: str = "fast", boxes: dict | None = None):
-        from .runner import Preparer
+        from .stages import Preparer
 
         self.prep = Preparer(max_hands, mode, boxes)
 
@@ -57,7 +57,8 @@ class _FitWrite:
         self.job, self.run_id = job, run_id
 
     def __call__(self, batch: dict) -> dict:
-        from .runner import error_record, fit_chunk, save_photo
+        from .records import error_record
+        from .stages import fit_chunk, save_photo
 
         job, records, prepared = self.job, [], []
         for kind, path, key, payload in zip(batch["kind"], batch["path"], batch["key"], batch["payload"]):

@@ -320,7 +320,7 @@ def run_video(path, opts, vopts, detector=None, progress=None) -> dict:
 
     -> dict with ``frames`` [(index, seconds, (H, W))] (no pixels: the caller
     decodes again to write), ``dets``, ``tracks``, ``fits``, ``seconds``."""
-    from .inputs import read_frames, video_info
+    from ..io.media import read_frames, video_info
 
     info = video_info(path)
     own = detector is None
@@ -369,7 +369,7 @@ def process_video(unit, job, run_id: str) -> dict:
     Never raises for one bad video: any failure becomes its ``error`` record
     (KeyboardInterrupt and SystemExit still end the run).
     """
-    from .runner import describe, error_record
+    from .records import describe, error_record
 
     t0 = time.perf_counter()
     try:
@@ -381,9 +381,8 @@ def process_video(unit, job, run_id: str) -> dict:
 
 
 def _process_video(unit, job, run_id: str, t0: float) -> dict:
+    from ..io.media import read_frames
     from ..io.save import save_result
-
-    from .inputs import read_frames
 
     opts, vopts = job.fit_options(), job.video
     res = run_video(unit.path, opts, vopts)
