@@ -38,10 +38,10 @@ def main():
 
     threads = configure_threads(args.threads)
     from handfit.api import FitOptions
-    from handfit.batch.inputs import read_frames
-    from handfit.batch.runner import VideoOptions
+    from handfit.batch.records import VideoOptions
     from handfit.batch.video import fit_video_frames, track_metrics, track_outputs
     from handfit.fitting.resources import Resources
+    from handfit.io.media import read_frames
 
     opts = FitOptions(device="cpu", appearance=False)
     t0 = time.perf_counter()

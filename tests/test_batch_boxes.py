@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from handfit.batch.inputs import Unit
-from handfit.batch.runner import Preparer, load_boxes
+from handfit.batch.stages import Preparer, load_boxes
 from handfit.errors import UsageError
 
 

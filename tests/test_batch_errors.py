@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handfit.batch import runner
+from handfit.batch import runner, stages
 
 
 class _Det:
@@ -49,14 +49,14 @@ def _summary(out):
 def test_detection_and_write_failures_become_error_lines(tmp_path, monkeypatch):
     monkeypatch.setattr("handfit.detect.Detector", _Det)
     d = _photos(tmp_path / "in", {"a": 10, "b": 200, "c": 20, "d": 30})
-    real_write = runner.write_photo
+    real_write = stages.write_photo
 
     def write(job, unit, result, record):
         if unit.key == "c":
             raise ValueError("cannot encode overlay")
         return real_write(job, unit, result, record)
 
-    monkeypatch.setattr(runner, "write_photo", write)
+    monkeypatch.setattr(stages, "write_photo", write)
     rep = runner.run_batch([d], tmp_path / "out", batch_size=2, fit=_fit, gallery=False)
     by = _summary(tmp_path / "out")
     assert sorted(by) == ["a", "b", "c", "d"] and rep.computed == 4
@@ -80,7 +80,9 @@ def test_a_failing_video_is_an_error_line(tmp_path, monkeypatch):
         raise IndexError("list index out of range")
 
     monkeypatch.setattr(video, "run_video", boom)
-    job = runner.BatchJob(out=tmp_path)
+    from handfit.batch.records import BatchJob
+
+    job = BatchJob(out=tmp_path)
     rec = video.process_video(Unit("video", "v.mp4", "v"), job, "run")
     assert rec["status"] == "error" and "IndexError" in rec["message"] and rec["key"] == "v"
 

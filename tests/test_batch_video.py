@@ -30,7 +30,8 @@ def make_clip(path: Path, n: int = 12, fps: int = 10):
 
 
 def test_read_frames_every_start_end(tmp_path):
-    from handfit.batch.inputs import collect, read_frames, video_info
+    from handfit.batch.inputs import collect
+    from handfit.io.media import read_frames, video_info
 
     clip = tmp_path / "clip.mp4"
     make_clip(clip)
@@ -40,6 +41,7 @@ def test_read_frames_every_start_end(tmp_path):
     assert [round(t, 3) for _, t, _ in got] == [0.2, 0.5, 0.8]             # the source's clock is kept
     assert [round(float(rgb.mean()) / 10) for _, _, rgb in got] == [2, 5, 8]
     assert len(list(read_frames(clip))) == 12
+    assert [(i, rgb) for i, _, rgb in read_frames(clip, every=4, pixels=False)] == [(0, None), (4, None), (8, None)]
     units = collect([tmp_path])
     assert [(u.kind, u.key) for u in units] == [("video", "clip")]
     from handfit.errors import ImageError
@@ -120,8 +122,9 @@ def test_dev_clip_end_to_end(tmp_path, dev_data):
 
 def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
     """--detect reaches the video detector; --intrinsics (else --focal) gives every frame's K."""
-    from handfit.batch import inputs, video
+    from handfit.batch import video
     from handfit.fitting import pipeline
+    from handfit.io import media
     from handfit.options import FitOptions
 
     made = []
@@ -135,8 +138,8 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
 
     frames = [(i, i / 10, np.zeros((48, 64, 3), np.uint8)) for i in range(3)]
     monkeypatch.setattr("handfit.detect.Detector", Det)
-    monkeypatch.setattr(inputs, "video_info", lambda p: inputs.VideoInfo(10.0, 64, 48, 3))
-    monkeypatch.setattr(inputs, "read_frames", lambda *a, **kw: iter(frames))
+    monkeypatch.setattr(media, "video_info", lambda p: media.VideoInfo(10.0, 64, 48, 3))
+    monkeypatch.setattr(media, "read_frames", lambda *a, **kw: iter(frames))
     seen_K = []
 
     def fake_fit_track(items, opts, res, warm_iters=60, smooth_weight=1.0):
@@ -145,7 +148,7 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
 
     monkeypatch.setattr(pipeline, "fit_track", fake_fit_track)
     opts = FitOptions(detect="thorough", intrinsics=(500.0, 510.0, 30.0, 20.0), device="cpu")
-    from handfit.batch.runner import VideoOptions
+    from handfit.batch.records import VideoOptions
 
     res = video.run_video("clip.mp4", opts, VideoOptions())
     assert made == ["thorough"]
@@ -261,10 +264,12 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
     import gc
     import weakref
 
-    from handfit.batch import inputs, runner, video
+    from handfit.batch import inputs, video
+    from handfit.batch.records import BatchJob
+    from handfit.io import media
 
     make_clip(tmp_path / "clip.mp4", n=12)
-    real_read = inputs.read_frames
+    real_read = media.read_frames
     alive, peak = [], [0]
 
     def read_frames(*a, **kw):
@@ -282,9 +287,9 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
         def detect(self, rgb):
             return []
 
-    monkeypatch.setattr(inputs, "read_frames", read_frames)
+    monkeypatch.setattr(media, "read_frames", read_frames)
     monkeypatch.setattr("handfit.detect.Detector", NoHands)
-    job = runner.BatchJob(out=tmp_path / "out")
+    job = BatchJob(out=tmp_path / "out")
     rec = video.process_video(inputs.Unit("video", str(tmp_path / "clip.mp4"), "clip"), job, "run")
     assert rec["status"] == "no_hand" and rec["frames"] == 12, rec
     assert peak[0] <= 2, peak        # all 12 frames were held at once before

@@ -303,21 +303,20 @@ def test_matches_anny_forward(anny):
 
 
 # -- loading --------------------------------------------------------------------------
-def test_cache_loads_fast_without_anny(anny):
+def test_cache_loads_without_anny(anny):
+    """A built cache loads and runs without importing anny or warp (its load time: bench/, not here)."""
     code = textwrap.dedent("""
-        import sys, time
+        import sys
         import torch
-        t = time.perf_counter()
         from handfit.models import load_model
         m = load_model("anny")
         m(**m.zero_params(1))
-        print(time.perf_counter() - t, "anny" in sys.modules, "warp" in sys.modules)
+        print("anny" in sys.modules, "warp" in sys.modules)
     """)
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
-    secs, anny_loaded, warp_loaded = out.stdout.split()
+    anny_loaded, warp_loaded = out.stdout.split()
     assert anny_loaded == "False" and warp_loaded == "False"
-    assert float(secs) < 1.5, secs
     assert "building" not in out.stderr
 
 

@@ -4,8 +4,8 @@
 :class:`Unit` objects. A unit is one photo or one whole video; its ``key`` is
 the output folder relative to ``OUT`` (the input's path relative to the folder
 it was found in, without extension; lengthened where two inputs would share a
-folder, see :func:`collect`), so two ``img.jpg`` never collide. :func:`read_frames` decodes the chosen frames of a
-video with PyAV.
+folder, see :func:`collect`), so two ``img.jpg`` never collide. Which files are
+photos and videos, and the video frame reader, are :mod:`handfit.io.media`'s.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import ImageError, UsageError
+from ..errors import UsageError
+from ..io.media import media_kind
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-VIDEO_EXTS = {".mp4", ".mov", ".avi", ".webm", ".mkv", ".m4v"}
 LIST_EXTS = {".txt", ".lst", ".list"}
 
 
@@ -32,11 +31,6 @@ class Unit:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "path": self.path, "key": self.key}
-
-
-def kind_of(path) -> str | None:
-    ext = Path(path).suffix.lower()
-    return "photo" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
 
 
 def _walk(folder: Path, pattern: str | None):
@@ -55,9 +49,9 @@ def _walk(folder: Path, pattern: str | None):
             if pattern is not None:
                 if not (fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern)):
                     continue
-                if kind_of(name) is None:
+                if media_kind(name) is None:
                     continue
-            elif kind_of(name) is None:
+            elif media_kind(name) is None:
                 continue  # notes, JSON sidecars, ...: not inputs
             out.append((Path(root) / name, rel))
     return out
@@ -155,11 +149,11 @@ def _expand(src: Path, glob, found, depth: int):
         raise UsageError(f"{src}: path lists nested too deeply")
     if src.is_dir():
         for path, rel in _walk(src, glob):
-            found.append((kind_of(path), path, rel, src))
+            found.append((media_kind(path), path, rel, src))
         return
     if not src.exists():
         raise UsageError(f"{src}: no such file or folder")
-    kind = kind_of(src)
+    kind = media_kind(src)
     if kind is not None:
         found.append((kind, src, src.name, src.parent))
         return
@@ -177,7 +171,7 @@ def _expand(src: Path, glob, found, depth: int):
             if p.suffix.lower() in LIST_EXTS:
                 _expand(p, glob, found, depth + 1)
                 continue
-            k = kind_of(p) or "photo"  # unknown or missing: tried as a photo, reported as an error
+            k = media_kind(p) or "photo"  # unknown or missing: tried as a photo, reported as an error
             # A listed file keeps its path relative to the list as its key, so that the list's
             # layout is the output's; missing or unreadable files become `error` lines later.
             try:
@@ -214,71 +208,3 @@ def shard(units: list[Unit], k: int, n: int) -> list[Unit]:
     lands in exactly one shard; round robin keeps the shards' sizes within one.
     """
     return [u for i, u in enumerate(units) if i % n == k - 1]
-
-
-# ---------------------------------------------------------------- video frames
-
-
-@dataclass
-class VideoInfo:
-    fps: float          # frames per second of the source
-    width: int
-    height: int
-    frames: int         # frames in the container's header (0 when unknown)
-
-
-def _av():
-    try:
-        import av
-    except ImportError:
-        raise UsageError("videos need PyAV: pip install 'handfit[video]'") from None
-    return av
-
-
-def video_info(path) -> VideoInfo:
-    av = _av()
-
-    try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            rate = s.average_rate or s.guessed_rate or 25
-            return VideoInfo(float(rate), int(s.codec_context.width), int(s.codec_context.height), int(s.frames or 0))
-    except Exception as e:  # noqa: BLE001 - any PyAV failure means an unreadable video
-        raise ImageError(f"{path}: cannot read the video: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
-
-
-def read_frames(path, every: int = 1, start: int = 0, end: int | None = None):
-    """Yield (frame index, seconds, (H,W,3) uint8 RGB) of frames start, start+every, ... < end.
-
-    Frame indices count decoded frames from 0, so they match the source's
-    numbering whatever ``every`` is; seconds come from the stream's timestamps.
-    Raises ImageError when the video cannot be opened or decoded.
-    """
-    av = _av()
-    if every < 1 or start < 0 or (end is not None and end <= start):
-        raise UsageError("--every must be >= 1, --start >= 0 and --end > --start")
-    try:
-        container = av.open(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ImageError(f"{path}: cannot open the video: {str(e).splitlines()[0] if str(e) else e!r}") from None
-    with container:
-        try:
-            stream = container.streams.video[0]
-        except IndexError:
-            raise ImageError(f"{path}: no video stream") from None
-        stream.thread_type = "AUTO"
-        i = -1
-        try:
-            for frame in container.decode(stream):
-                i += 1
-                if end is not None and i >= end:
-                    break
-                if i < start or (i - start) % every:
-                    continue
-                t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 25)
-                yield i, t, frame.to_ndarray(format="rgb24")
-        except (av.error.FFmpegError, ValueError) as e:
-            if i < 0:
-                raise ImageError(f"{path}: cannot decode the video: {e}") from None
-            # A truncated tail: keep the frames decoded so far.

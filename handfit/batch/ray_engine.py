@@ -35,9 +35,10 @@ class _Detect:
     """Ray actor: load a photo and detect its hands; videos pass through."""
 
     def __init__(self, max_hands: int | None, mode: str = "fast", boxes: dict | None = None):
-        from .runner import Preparer
+        from ..fitting.resources import Resources
+        from .stages import Preparer
 
-        self.prep = Preparer(max_hands, mode, boxes)
+        self.prep = Preparer(max_hands, mode, boxes, Resources())  # one per worker
 
     def __call__(self, row: dict) -> dict:
         unit = Unit(row["kind"], row["path"], row["key"])
@@ -54,10 +55,14 @@ class _FitWrite:
         from .threads import configure_threads
 
         configure_threads(threads)
+        from ..fitting.resources import Resources
+
         self.job, self.run_id = job, run_id
+        self.res = Resources()  # one per worker, shared by every batch it fits
 
     def __call__(self, batch: dict) -> dict:
-        from .runner import error_record, fit_chunk, save_photo
+        from .records import error_record
+        from .stages import fit_chunk, save_photo
 
         job, records, prepared = self.job, [], []
         for kind, path, key, payload in zip(batch["kind"], batch["path"], batch["key"], batch["payload"]):
@@ -65,14 +70,14 @@ class _FitWrite:
             if unit.kind == "video":
                 from .video import process_video
 
-                records.append(process_video(unit, job, self.run_id))
+                records.append(process_video(unit, job, self.run_id, self.res))
                 continue
             p = pickle.loads(payload)
             if p.error is not None:
                 records.append(error_record(unit, p.error, p.seconds))
             else:
                 prepared.append(p)
-        for p, result, err, sec in fit_chunk(prepared, job.fit_options()):
+        for p, result, err, sec in fit_chunk(prepared, job.fit_options(), res=self.res):
             if err is not None:
                 records.append(error_record(p.unit, err, p.seconds + sec))
                 continue

@@ -257,7 +257,7 @@ def run_video(path, opts, vopts, res=None, progress=None) -> dict:
     -> dict with ``frames`` [(index, seconds, (H, W))] (no pixels: the caller
     decodes again to finish and write), ``dets``, ``tracks``, ``fits``, ``seconds``."""
     from ..fitting.resources import Resources
-    from .inputs import read_frames, video_info
+    from ..io.media import read_frames, video_info
 
     info = video_info(path)
     own = res is None
@@ -305,7 +305,7 @@ def process_video(unit, job, run_id: str, res=None) -> dict:
     Never raises for one bad video: any failure becomes its ``error`` record
     (KeyboardInterrupt and SystemExit still end the run).
     """
-    from .runner import describe, error_record
+    from .records import describe, error_record
 
     t0 = time.perf_counter()
     own = res is None
@@ -325,9 +325,8 @@ def process_video(unit, job, run_id: str, res=None) -> dict:
 
 
 def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
+    from ..io.media import read_frames
     from ..io.save import save_result
-
-    from .inputs import read_frames
 
     opts, vopts = job.fit_options(), job.video
     run = run_video(unit.path, opts, vopts, res)

@@ -18,7 +18,6 @@ numbers were checked against Anny's own forward.
 
 from __future__ import annotations
 
-import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -28,25 +27,13 @@ from ..cache import atomic_save, cache_dir
 from ..errors import ModelError
 from ..geometry import axis_angle_to_matrix
 from . import lbs
+from .anny_rig import BONES, CACHE_FORMAT, DISTAL_BONES, PARENTS, anny_version  # noqa: F401 (BONES, PARENTS: the rig)
 from .base import HandModel, ModelOutput
 
-CACHE_FORMAT = 1
-
-# Anny's 'anny-hand.R' rig, in its own order.
-BONES = (
-    "root", "wrist",
-    "finger1-1", "finger1-2", "finger1-3",
-    "metacarpal1", "finger2-1", "finger2-2", "finger2-3",
-    "metacarpal2", "finger3-1", "finger3-2", "finger3-3",
-    "metacarpal3", "finger4-1", "finger4-2", "finger4-3",
-    "metacarpal4", "finger5-1", "finger5-2", "finger5-3",
-)
-PARENTS = (-1, 0, 1, 2, 3, 1, 5, 6, 7, 1, 9, 10, 11, 1, 13, 14, 15, 1, 17, 18, 19)
 # Posed bones: everything but root and wrist (those are global_orient's job).
 ARTICULATED = tuple(range(2, 21))
 # MediaPipe keypoint -> bone whose head it is (None: a fingertip vertex).
 KEYPOINT_BONES = (1, 2, 3, 4, None, 6, 7, 8, None, 10, 11, 12, None, 14, 15, 16, None, 18, 19, 20, None)
-DISTAL_BONES = (4, 8, 12, 16, 20)   # thumb .. pinky
 # The bone that carries each keypoint when posed: its own for bone heads, the
 # distal phalanx for fingertips.
 KEYPOINT_POSE_BONES = tuple(b if b is not None else DISTAL_BONES[(i - 4) // 4] for i, b in enumerate(KEYPOINT_BONES))
@@ -76,30 +63,18 @@ for _f in (2, 3, 4, 5):
     _LIMITS[f"finger{_f}-2"] = _FINGER_PIP
     _LIMITS[f"finger{_f}-3"] = _FINGER_DIP
 
-SHAPE_DIM = 10
-N_SAMPLES = 2000
-AGE_RANGE = (6.0, 80.0)   # morphological age (years) of the sampled phenotypes
-UV_MARGIN = 0.005
-
 
 # ---------------------------------------------------------------------------
 # cache
 # ---------------------------------------------------------------------------
-def _anny_version() -> str | None:
-    try:
-        return importlib.metadata.version("anny")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def cache_path(version: str | None = None) -> Path:
-    version = version or _anny_version() or "unknown"
+    version = version or anny_version() or "unknown"
     return cache_dir() / f"anny_hand_v{CACHE_FORMAT}_anny{version}.pt"
 
 
 def load_anny_hand_data(rebuild: bool = False) -> dict:
     """The cached Anny hand tensors, building them first if needed (needs ``anny``)."""
-    version = _anny_version()
+    version = anny_version()
     if version is None:
         # anny is not installed: any cache this format wrote will do.
         found = sorted(cache_dir().glob(f"anny_hand_v{CACHE_FORMAT}_anny*.pt"))
@@ -127,7 +102,7 @@ def load_anny_hand_data(rebuild: bool = False) -> dict:
 def _build_and_save(path: Path) -> None:
     print("handfit: building the Anny hand model cache (first run only, ~1-2 min)...",
           file=sys.stderr, flush=True)
-    from ..train.anny_build import build_anny_hand_data
+    from .anny_build import build_anny_hand_data
 
     atomic_save(build_anny_hand_data(), path, torch.save)
 

@@ -28,11 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.media import media_kind, read_frames
 from ..texture.prior import pack_samples
 from ..texture.unwrap import UVSamples, splat
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
 
 @dataclass
@@ -193,20 +191,7 @@ def list_media(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"photo folder {folder} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
-
-
-def video_frames(path: Path, stride: int, limit: int | None = None, rgb: bool = True):
-    """Every ``stride``-th frame of a video as (index, (H,W,3) uint8); ``rgb=False``: (index, None),
-    without converting the pixels (to list the frames)."""
-    import av
-
-    with av.open(str(path)) as c:
-        for i, fr in enumerate(c.decode(video=0)):
-            if limit is not None and i // stride >= limit:
-                break
-            if i % stride == 0:
-                yield i, fr.to_ndarray(format="rgb24") if rgb else None
+    return sorted(p for p in folder.rglob("*") if media_kind(p) is not None)
 
 
 def fit_hands(image, appearance: bool = True) -> list[dict]:
@@ -241,9 +226,10 @@ def photo_cache(folder, cache: Path, appearance: bool = True, stride: int = 15, 
     bar = tqdm(desc="fitting photos (cached)", disable=not progress, file=sys.stderr, unit="photo")
     items = []
     for p in list_media(folder):
-        if p.suffix.lower() in VIDEO_EXTS:
+        if media_kind(p) == "video":
             try:  # decoded without pixel conversion: only the frame numbers are needed here
-                for i, _ in video_frames(p, stride, None if max_items is None else max_items, rgb=False):
+                end = None if max_items is None else max_items * stride
+                for i, _, _ in read_frames(p, stride, 0, end, pixels=False):
                     items.append((p, i))
             except Exception as exc:  # noqa: BLE001 - any PyAV failure: the frames listed before it are kept
                 bar.write(f"handfit train: {p}: cannot read the video ({type(exc).__name__}: {exc})",
@@ -286,11 +272,11 @@ def photo_cache(folder, cache: Path, appearance: bool = True, stride: int = 15, 
             fit_and_save(p, None, rgb, wanted[None])
             continue
         # A video is decoded once, front to back, for all its frames still to fit.
-        frames = video_frames(p, stride, max(wanted) // stride + 1)
+        frames = read_frames(p, stride, 0, (max(wanted) // stride + 1) * stride)
         try:
             while wanted:
                 try:
-                    i, rgb = next(frames)
+                    i, _, rgb = next(frames)
                 except StopIteration:
                     break
                 except Exception as exc:  # noqa: BLE001 - a PyAV failure: the frames not reached are unreadable

