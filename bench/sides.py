@@ -36,7 +36,8 @@ def main(argv=None):
     from handfit.fitting.side import resolve_sides
     from handfit.io import load_image
 
-    opts = FitOptions(appearance=False, device="cpu", detect=args.detect)
+    opts = FitOptions(device="cpu", detect=args.detect)
+    opts.dense.enabled = False
     check = opts.side_check_below if args.check_below is None else args.check_below
     det = Detector(mode=args.detect)
     photos, labelled = [], 0

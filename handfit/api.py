@@ -222,19 +222,19 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
     dense_report = None
     texture = None
     before_dense = None
-    if opts.appearance:
-        from .fitting.dense import fit_appearance
+    if opts.dense.enabled:
+        from .fitting.dense import fit_dense
 
         with torch.no_grad():  # the keypoint fit, kept for comparisons (handfit eval --compare)
             kp3d = model(**params).keypoints
             before_dense = (kp3d.double().cpu().numpy(), project(kp3d, K).double().cpu().numpy())
 
         steps = opts.dense.iters + opts.dense.texture_iters  # both phases' caps
-        dense_report, tex = fit_appearance(
+        dense_report, tex = fit_dense(
             model, params, K, kp2d, scale, [p.photo.rgb for p, _ in items], opts.dense, opts.texture_size,
             backend=opts.renderer, crop_size=opts.crop_size,
             texture_prior=_texture_prior(opts.texture_prior, opts.model, device, dtype),
-            on_step=(lambda it, loss: progress("appearance", side, it, steps)) if progress else None)
+            on_step=(lambda it, loss: progress("dense", side, it, steps)) if progress else None)
         texture = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
     seconds = (time.perf_counter() - t0) / len(items)
 
@@ -258,7 +258,7 @@ def _fit_side(side: str, items: list, opts: FitOptions, device, progress):
         if before_dense is not None:
             stages["keypoint"] = {"keypoints_3d": before_dense[0][b], "keypoints_2d": before_dense[1][b]}
         if dense_report is not None:
-            losses["appearance"] = {k: float(v[b]) for k, v in dense_report.terms.items()}
+            losses["dense"] = {k: float(v[b]) for k, v in dense_report.terms.items()}
             metrics.update({k: (float(v[b]) if torch.is_tensor(v) else v) for k, v in dense_report.metrics.items()})
         results.append((photo.index, det, HandResult(
             side=side, score=float(det.score), bbox_xyxy=np.asarray(det.box_xyxy, np.float64),
