@@ -1,6 +1,6 @@
 """Batch throughput: photos/s and hands/s of `handfit batch` for several --batch-size values.
 
-    python bench/batch.py [FOLDER ...] [--sizes 1,4,16] [--photos 16] [--no-appearance] [--device cpu]
+    python bench/batch.py [FOLDER ...] [--sizes 1,4,16] [--photos 16] [--no-dense] [--device cpu]
 
 Runs the library job (handfit.batch.run_batch, local engine: detection ahead in
 a worker thread, writing behind in another) on the same photos once per batch
@@ -48,7 +48,7 @@ def main():
     ap.add_argument("folders", nargs="*")
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--photos", type=int, default=16)
-    ap.add_argument("--no-appearance", action="store_true")
+    ap.add_argument("--no-dense", action="store_true", help="keypoint stage only")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--detect", default="fast", choices=["fast", "thorough"],
@@ -67,10 +67,11 @@ def main():
 
     folders = args.folders or [str(DEV / d) for d in ("freihand", "onehand10k", "hamer") if (DEV / d).is_dir()]
     photos = [u.path for u in collect(folders) if u.kind == "photo"][: args.photos]
-    opts = FitOptions(device=args.device, appearance=not args.no_appearance, detect=args.detect)
+    opts = FitOptions(device=args.device, detect=args.detect)
+    opts.dense.enabled = not args.no_dense
     dev = opts.torch_device()
     print(f"{len(photos)} photos from {', '.join(folders)}; device {dev}; torch threads {threads}; "
-          f"{'keypoint stage only' if args.no_appearance else 'default quality (dense stage on)'}; "
+          f"{'keypoint stage only' if args.no_dense else 'default quality (dense stage on)'}; "
           f"{args.detect} detection")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"

@@ -1,7 +1,7 @@
 """CPU contention: one `handfit fit` alone, then two at once, with and without
 handfit's thread configuration, in one run.
 
-    python bench/contention.py [IMAGE] [--no-appearance] [--modes configured,unconfigured]
+    python bench/contention.py [IMAGE] [--no-dense] [--modes configured,unconfigured]
 
 For each mode: the wall time of one fit alone, then of two identical fits
 started together; the ratio (slower of the pair / alone) is the figure that
@@ -63,11 +63,11 @@ def fmt(t: float) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image", nargs="?", default=str(REPO / "examples" / "hand.jpg"))
-    ap.add_argument("--no-appearance", action="store_true")
+    ap.add_argument("--no-dense", action="store_true", help="keypoint stage only")
     ap.add_argument("--modes", default="configured,unconfigured")
     ap.add_argument("--cap", type=float, default=600, help="kill a fit still running after this many seconds")
     args = ap.parse_args()
-    extra = ["--no-appearance"] if args.no_appearance else []
+    extra = ["--no-dense"] if args.no_dense else []
     print(f"{os.cpu_count()} CPUs; image {args.image}; {'keypoint stage only' if extra else 'default fit'}")
     print("| mode | alone s | pair s (each) | slower / alone |")
     print("|---|---|---|---|")

@@ -12,6 +12,7 @@ keypoints against the labels (visible keypoints only).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -65,8 +66,8 @@ def main(argv=None):
         row = {"set": s, "image": img.name}
         for mode in modes:
             t = time.perf_counter()
-            res = handfit.fit(img, device=args.device, appearance=(mode == "dense"), max_hands=2,
-                               dense=dense)
+            res = handfit.fit(img, device=args.device, max_hands=2,
+                              dense=dataclasses.replace(dense, enabled=(mode == "dense")))
             row[f"{mode}_seconds"] = time.perf_counter() - t
             det_e, fit_e, photo = [], [], []
             for gh in gt["hands"]:

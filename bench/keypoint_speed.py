@@ -21,11 +21,15 @@ def main():
     import torch
 
     if (Path(handfit.__file__).parent / "options.py").is_file():
-        from handfit.options import FitOptions
+        from handfit.options import DenseStage, FitOptions
 
         fields = FitOptions.__dataclass_fields__
         extra = {k: v for k, v in (("detect", "fast"), ("side_check_below", 0.0)) if k in fields}
-        opts = FitOptions(appearance=False, **extra)
+        if "enabled" in DenseStage.__dataclass_fields__:
+            opts = FitOptions(**extra)
+            opts.dense.enabled = False
+        else:  # checkouts from before the stage's switch was dense.enabled
+            opts = FitOptions(appearance=False, **extra)
     else:  # checkouts from before handfit/options.py
         from handfit.api import FitOptions
 

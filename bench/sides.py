@@ -35,7 +35,8 @@ def main(argv=None):
     from handfit.io import load_image
 
     check = FitOptions().side_check_below if args.check_below is None else args.check_below
-    opts = FitOptions(appearance=False, device="cpu", detect=args.detect, side_check_below=check)
+    opts = FitOptions(device="cpu", detect=args.detect, side_check_below=check)
+    opts.dense.enabled = False
     res = Resources()
     det = res.detector(args.detect)
     items, labelled, frames = [], 0, 0

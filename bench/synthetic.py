@@ -3,7 +3,7 @@
 Renders hands of the default model with known pose, shape and camera
 (procedural skin textures, SH lighting, photo-like backgrounds; every 4th
 scene has an occluder over the fingers), runs the full pipeline (MediaPipe
-detection included) with the dense appearance stage off and on, on the same
+detection included) with the dense stage off and on, on the same
 seeds, and reports:
 
   MPJPE / PA-MPJPE (21 keypoints, mm), PA-MPVPE (mm), F@5mm / F@15mm
@@ -16,6 +16,7 @@ seeds, and reports:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -117,8 +118,9 @@ def main(argv=None):
         for c in range(0, len(scenes), args.chunk):
             chunk = scenes[c:c + args.chunk]
             results = handfit.fit_batch([s.image for s in chunk], detections=detections[c:c + args.chunk],
-                                        device=args.device, max_hands=1, dense=dense, side_check_below=0.0,
-                                        appearance=(mode == "dense"), focal=float(chunk[0].K[0, 0]))
+                                        device=args.device, max_hands=1, side_check_below=0.0,
+                                        dense=dataclasses.replace(dense, enabled=(mode == "dense")),
+                                        focal=float(chunk[0].K[0, 0]))
             for j, (s, r) in enumerate(zip(chunk, results)):
                 hands = [h for h in r.hands if h.side == s.side]
                 if not hands:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from handfit import render as R
-from handfit.fitting.dense import coarse, resize_texture
+from handfit.texture.init import coarse, resize_texture
 from handfit.models import load_model
 from handfit.texture.prior import load_prior, pack_samples
 from handfit.texture.unwrap import UVSamples, fill_push_pull, splat
@@ -146,7 +146,7 @@ torch.manual_seed(0)
 if a.photos:
     files = []
     for folder in a.photos:
-        files += photo_cache(folder, a.cache or "photo_cache", appearance=a.dense_geometry, progress=False)
+        files += photo_cache(folder, a.cache or "photo_cache", dense=a.dense_geometry, progress=False)
     views = photo_views(files, size=a.crop, tex_size=T)
     hidden_errors(views, f"real photos ({', '.join(a.photos)})")
 if a.synthetic:

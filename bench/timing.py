@@ -29,26 +29,27 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import handfit
+    from handfit.options import DenseStage
 
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"image {args.image}; torch threads {torch.get_num_threads()}")
     print("| device | stages | first run s | median s per photo | hands | s per hand |")
     print("|---|---|---|---|---|---|")
     for dev in devices:
-        for appearance in (False, True):
+        for dense in (False, True):
             times = []
             n = 0
             for i in range(args.repeats + 1):
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                res = handfit.fit(args.image, device=dev, appearance=appearance)
+                res = handfit.fit(args.image, device=dev, dense=DenseStage(enabled=dense))
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
                 n = len(res.hands)
             med = statistics.median(times[1:])
-            stages = "keypoint + dense" if appearance else "keypoint only"
+            stages = "keypoint + dense" if dense else "keypoint only"
             print(f"| {dev} | {stages} | {times[0]:.2f} | {med:.2f} | {n} | {med / max(n, 1):.2f} |")
 
 

@@ -43,7 +43,8 @@ def main():
     from handfit.fitting.resources import Resources
     from handfit.io.media import read_frames
 
-    opts = FitOptions(device="cpu", appearance=False)
+    opts = FitOptions(device="cpu")
+    opts.dense.enabled = False
     t0 = time.perf_counter()
     frames = list(read_frames(args.video, args.every, args.start, args.end))
     t_read = time.perf_counter() - t0

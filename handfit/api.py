@@ -153,7 +153,7 @@ def fit(image, progress: Callable | None = None, boxes: list | None = None, reso
     image: a path, an (H,W,3) uint8 array or a PIL image.
     boxes: optional hand boxes ``[(x0, y0, x1, y1[, side]), ...]`` in pixels.
     options: see :class:`FitOptions` (device, max_hands, model, mano, focal, intrinsics,
-    renderer, appearance, crop_size, texture_size, keypoint).
+    renderer, dense, crop_size, texture_size, keypoint).
     Raises ImageError for unreadable input and UsageError for bad options; a
     photo without hands gives a FitResult with ``hands == []``.
     """

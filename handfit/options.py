@@ -13,7 +13,8 @@ raises :class:`OptionError` naming the field by its dotted path
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+import warnings
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from .errors import UsageError
@@ -31,7 +32,8 @@ class OptionError(UsageError):
 def opt(default, *, choices: tuple = None, min: float = None, min_open: bool = False, kind: str = None):
     """A dataclass field with its allowed values: ``choices``, or a lower bound
     ``min`` (exclusive with ``min_open``); ``kind`` names a type the default
-    cannot show ("float" or "path" for options that default to None)."""
+    cannot show ("float" or "path" for options that default to None) or one
+    checked beyond it ("bool": True or False only, None where the default is None)."""
     meta = {k: v for k, v in (("choices", choices), ("min", min), ("kind", kind)) if v is not None}
     if min_open:
         meta["min_open"] = True
@@ -95,8 +97,9 @@ class DenseWeights:
 
 @dataclass
 class DenseStage:
-    """The dense rendered-appearance stage (see handfit/fitting/dense.py and docs/fitting.md)."""
+    """The dense stage: the rendered hand against the photo (see handfit/fitting/dense.py and docs/fitting.md)."""
 
+    enabled: bool = opt(True, kind="bool")  # run it (False: keypoint fit only)
     iters: int = opt(120, min=1)          # geometry phase (stops earlier on convergence)
     texture_iters: int = opt(40, min=0)   # texture phase, geometry fixed
     lr_orient: float = opt(0.005, min=0)
@@ -150,7 +153,9 @@ class FitOptions:
     # outside the image); overrides focal and EXIF.
     intrinsics: tuple | None = opt(None, kind="intrinsics")
     renderer: str = opt("auto", choices=("auto", "cpu", "nvdiffrast"))
-    appearance: bool = True               # run the dense rendered-appearance stage
+    # Deprecated alias of dense.enabled (it was the dense stage's on/off switch):
+    # FitOptions(appearance=False) sets dense.enabled = False, then reads None.
+    appearance: bool | None = opt(None, kind="bool")
     crop_size: int = opt(256, min=16)     # side of the square crop each hand is fitted in
     texture_size: int = opt(256, min=4)   # side of the UV texture
     # Unseen texels in the texture phase: "default" (the shipped learned prior,
@@ -162,6 +167,13 @@ class FitOptions:
     def __post_init__(self):
         if self.mano is not None:
             self.model = "mano"
+        if self.appearance is not None:
+            _check("appearance", _field(self, "appearance", "appearance"), self.appearance)
+            warnings.warn("FitOptions.appearance is deprecated; use dense.enabled (DenseStage(enabled=...))",
+                          DeprecationWarning, stacklevel=3)
+            # A copy: dataclasses.replace(opts, appearance=False) must not switch off the original's stage.
+            self.dense = replace(self.dense, enabled=self.appearance)
+            self.appearance = None
         self.validate()
 
     def validate(self) -> "FitOptions":
@@ -219,6 +231,8 @@ def _check(path: str, f, value) -> None:
     meta = f.metadata
     if path == "device" and isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
         return
+    if meta.get("kind") == "bool" and not (isinstance(value, bool) or value is None and f.default is None):
+        raise OptionError(path, f"must be true or false, not {value!r}")
     if "choices" in meta and value not in meta["choices"]:
         raise OptionError(path, f"must be one of {', '.join(meta['choices'])}, not {value!r}")
     if "min" in meta and value is not None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "hand.jpg"
-FAST = ["--no-appearance", "--kp-iters", "20", "-q"]
+FAST = ["--no-dense", "--kp-iters", "20", "-q"]
 
 
 def cli(*args, **kw):

@@ -230,8 +230,7 @@ def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
             assert hand["side"] == "right" and hand["side_source"] == "fit", hand["side_source"]
             assert set(hand["side_losses"]) == {"left", "right"}
             tex = np.asarray(Image.open(f / hand["files"]["texture"]).convert("RGB"), np.float64)
-            stage = "dense" if "dense" in hand["losses"] else "appearance"
-            assert (stage in hand["losses"]) == dense
+            assert ("dense" in hand["losses"]) == dense
             assert (tex.std(axis=(0, 1)).max() > 2.0) == dense      # a fitted texture, or the flat skin
         z = np.load(out / "clip" / "tracks.npz")
         assert str(z["track0_side_source"]) == "fit" and z["track0_dense"].tolist() == [dense] * 3

@@ -31,7 +31,8 @@ def test_help_and_version():
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and "handfit" in r.output
     r = CliRunner().invoke(main, ["fit", "--help"])
-    assert r.exit_code == 0 and "--no-appearance" in r.output and "--mano" in r.output
+    assert r.exit_code == 0 and "--no-dense" in r.output and "--mano" in r.output
+    assert "--no-appearance" not in r.output  # the stage's old name: a hidden alias
 
 
 def test_usage_errors_exit_2(tmp_path):
@@ -75,6 +76,74 @@ def test_fit_flags_reach_the_options():
         default = option_field(path)[1]
         opt = next(p for p in probe.params if flag in p.opts)
         assert opt.default == default, flag
+
+
+def test_dense_switch_and_its_old_name():
+    """--dense/--no-dense set dense.enabled; --no-appearance and FitOptions(appearance=False), the
+    stage's old name, still switch it off."""
+    import dataclasses
+
+    from handfit.cli import fit_option_flags, fit_options
+    from handfit.options import DenseStage, FitOptions
+
+    seen = {}
+
+    @click.command()
+    @fit_option_flags
+    def probe(**params):
+        seen["opts"] = fit_options(params)
+
+    for args, on in (([], True), (["--dense"], True), (["--no-dense"], False), (["--no-appearance"], False),
+                     (["--dense", "--no-appearance"], False)):
+        r = CliRunner().invoke(probe, args)
+        assert r.exit_code == 0, r.output
+        assert seen["opts"].dense.enabled is on and seen["opts"].appearance is None, args
+    assert FitOptions().dense.enabled is True and DenseStage().enabled is True
+    with pytest.warns(DeprecationWarning, match="dense.enabled"):
+        opts = FitOptions(appearance=False)
+    assert opts.dense.enabled is False and opts.appearance is None
+    assert opts == FitOptions(dense=DenseStage(enabled=False))
+    with pytest.warns(DeprecationWarning):
+        opts = FitOptions.from_values({"appearance": False, "dense.iters": 5})
+    assert opts.dense.enabled is False and opts.dense.iters == 5
+    with pytest.warns(DeprecationWarning):
+        assert FitOptions(appearance=True, dense=DenseStage(enabled=False)).dense.enabled is True
+    base = FitOptions()
+    with pytest.warns(DeprecationWarning):
+        off = dataclasses.replace(base, appearance=False)
+    assert off.dense.enabled is False and base.dense.enabled is True  # the original is not switched off
+
+
+def test_dense_switch_takes_only_booleans():
+    from handfit.options import FitOptions, OptionError
+
+    with pytest.raises(OptionError, match=r"^dense\.enabled: must be true or false") as e:
+        FitOptions.from_values({"dense.enabled": "no"})
+    assert e.value.field == "dense.enabled"
+    with pytest.raises(OptionError, match=r"^appearance: must be true or false"):
+        FitOptions(appearance=0)
+
+
+@pytest.mark.slow
+def test_old_switch_turns_the_dense_stage_off(tmp_path, monkeypatch):
+    """--no-appearance and FitOptions(appearance=False) really skip the stage (it is never called)."""
+    import handfit
+    import handfit.fitting.dense as dense
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the dense stage ran")
+
+    monkeypatch.setattr(dense, "fit_dense", fail)
+    r = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path), "-q", "--no-appearance",
+                                  "--kp-iters", "3", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    hand = json.loads((tmp_path / "hand" / "result.json").read_text())["hands"][0]
+    assert set(hand["losses"]) == {"keypoint"} and "dense_iters" not in hand["metrics"]
+    with pytest.warns(DeprecationWarning):
+        opts = handfit.FitOptions(appearance=False, device="cpu")
+    opts.keypoint.iters = 3
+    res = handfit.fit(EXAMPLE, options=opts)
+    assert res.hands and all(set(h.losses) == {"keypoint"} for h in res.hands)
 
 
 def test_library_errors_name_the_field_and_the_cli_the_flag(tmp_path):
@@ -166,17 +235,18 @@ def test_library_face():
 
 
 @pytest.mark.slow
-def test_no_appearance_skips_dense_stage(tmp_path):
-    r = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path), "-q", "--no-appearance"])
+def test_no_dense_skips_dense_stage(tmp_path):
+    r = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path), "-q", "--no-dense"])
     assert r.exit_code == 0, r.output
     hand = json.loads((tmp_path / "hand" / "result.json").read_text())["hands"][0]
-    assert "appearance" not in hand["losses"] and "dense_iters" not in hand["metrics"]
+    assert "dense" not in hand["losses"] and "dense_iters" not in hand["metrics"]
     assert "keypoint" in hand["losses"]
     # The default run does have the dense stage, and it lowers the photometric error.
     full = CliRunner().invoke(main, ["fit", str(EXAMPLE), "-o", str(tmp_path / "full"), "-q"])
     assert full.exit_code == 0, full.output
     hand = json.loads((tmp_path / "full" / "hand" / "result.json").read_text())["hands"][0]
     assert hand["metrics"]["dense_iters"] >= 1
+    assert set(hand["losses"]) == {"keypoint", "dense"}
     assert hand["metrics"]["photometric_after"] < hand["metrics"]["photometric_before"]
 
 
@@ -186,7 +256,7 @@ def test_batch_skips_unreadable_files(tmp_path):
     folder.mkdir()
     (folder / "hand.jpg").write_bytes(EXAMPLE.read_bytes())
     (folder / "broken.jpg").write_text("not an image")
-    r = run_cli("batch", folder, "-o", tmp_path / "out", "-q", "--no-appearance")
+    r = run_cli("batch", folder, "-o", tmp_path / "out", "-q", "--no-dense")
     assert r.returncode == 0, r.stderr
     assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
     lines = [json.loads(x) for x in (tmp_path / "out" / "summary.jsonl").read_text().splitlines()]

@@ -53,7 +53,7 @@ class FakeDetector:
 
 def fake_fit_batch(images, detections=None, intrinsics=None, options=None):
     """Dense fit = the truth; keypoint stage = the truth with one joint 10 mm off."""
-    fake_fit_batch.calls.append({"n": len(images), "K": intrinsics, "appearance": options.appearance,
+    fake_fit_batch.calls.append({"n": len(images), "K": intrinsics, "dense": options.dense.enabled,
                                  "dets": [len(d) for d in detections]})
     out = []
     for img, dets in zip(images, detections):
@@ -67,7 +67,7 @@ def fake_fit_batch(images, detections=None, intrinsics=None, options=None):
                 side=d.side, keypoints_2d_detected=d.keypoints.copy(), keypoints_3d=gt, keypoints_2d_fitted=project_points(gt, K),
                 seconds=2.0, metrics={"keypoint_seconds": 0.5},
                 stages={"keypoint": {"keypoints_3d": kp, "keypoints_2d": project_points(kp, K)}}
-                if options.appearance else {}))
+                if options.dense.enabled else {}))
         out.append(types.SimpleNamespace(hands=hands))
     return out
 
@@ -92,7 +92,7 @@ def test_evaluate_one_fit_gives_both_variants_and_the_schema(tmp_path):
                   fit_batch=fake_fit_batch, warmup=False)
     # one fit per batch, with the records' K, only the matched detection, the dense stage on
     assert [c["n"] for c in fake_fit_batch.calls] == [2]
-    assert all(c["appearance"] for c in fake_fit_batch.calls) and fake_fit_batch.calls[0]["dets"] == [1, 1]
+    assert all(c["dense"] for c in fake_fit_batch.calls) and fake_fit_batch.calls[0]["dets"] == [1, 1]
     assert all(np.array_equal(k, K) for k in fake_fit_batch.calls[0]["K"])
     s = ev.summary
     assert set(s) == {"mediapipe", "keypoint", "dense"}
@@ -149,7 +149,7 @@ def test_evaluate_keypoint_only_and_fallback(tmp_path):
     ev = evaluate(recs, FitOptions(), ("mediapipe", "keypoint"), detector=FakeDetector(recs),
                   fit_batch=fake_fit_batch, warmup=False)
     assert set(ev.summary) == {"mediapipe", "keypoint"}
-    assert [c["appearance"] for c in fake_fit_batch.calls] == [False, False]  # batch size 1: one call per image
+    assert [c["dense"] for c in fake_fit_batch.calls] == [False, False]  # batch size 1: one call per image
     assert ev.summary["keypoint"]["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6)  # the final fit is the truth here
 
     def no_stages(*a, **k):                        # an API without stages["keypoint"]: fitted again, keypoints only
@@ -162,7 +162,7 @@ def test_evaluate_keypoint_only_and_fallback(tmp_path):
     fake_fit_batch.calls = []
     ev = evaluate(recs[:1], FitOptions(), ("keypoint", "dense"), detector=FakeDetector(recs), fit_batch=no_stages,
                   warmup=False)
-    assert [c["appearance"] for c in fake_fit_batch.calls] == [True, False]
+    assert [c["dense"] for c in fake_fit_batch.calls] == [True, False]
     assert ev.summary["keypoint"]["n"] == 1 and ev.summary["dense"]["n"] == 1
 
 

@@ -62,7 +62,7 @@ def test_crops_with_principal_point_outside_the_image():
 @pytest.mark.devdata
 def test_fit_uses_the_given_intrinsics(tmp_path):
     r = CliRunner().invoke(main, ["fit", str(REPO / "examples" / "hand.jpg"), "-o", str(tmp_path), "-q",
-                                  "--no-appearance", "--kp-iters", "3", "--focal", "999",
+                                  "--no-dense", "--kp-iters", "3", "--focal", "999",
                                   "--intrinsics", "700,650,-30.5,412"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "hand" / "result.json").read_text())

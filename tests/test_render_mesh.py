@@ -89,3 +89,26 @@ def test_vertex_colors_and_gradients(device):
     g = torch.autograd.grad(loss(x), x)[0][..., 0].sum()
     assert fd.item() > 10  # coverage moves towards heavier weights
     assert abs(g.item() - fd.item()) < 1e-4 * abs(fd.item())
+
+
+def test_only_the_render_package_calls_the_primitives():
+    """Outside handfit/render/ meshes are drawn through render/mesh.py (rasterize_mesh, shade,
+    render_mesh, sample_texture, bake_uv), never with rasterize/interpolate/texture/antialias/camera_to_clip."""
+    import ast
+    from pathlib import Path
+
+    import handfit
+
+    primitives = {"rasterize", "interpolate", "texture", "antialias", "camera_to_clip"}
+    root = Path(handfit.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        if path.parent.name == "render":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and "render" in (node.module or ""):
+                found += [(path.name, a.name) for a in node.names if a.name in primitives]
+            if isinstance(node, ast.Attribute) and node.attr in primitives and isinstance(node.value, ast.Name) \
+                    and node.value.id == "R":
+                found.append((path.name, f"R.{node.attr}"))
+    assert not found, found

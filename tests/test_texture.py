@@ -1,4 +1,4 @@
-"""Texture unwrapping and the dense appearance loss on synthetic renders with known truth."""
+"""Texture unwrapping and the dense stage's losses on synthetic renders with known truth."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from handfit.options import DenseStage, DenseWeights
-from handfit.fitting.dense import (CropScene, ambient_sh, fit_appearance,
-                                   geometry_terms, initial_texture)
+from handfit.fitting.dense import fit_dense, geometry_terms
+from handfit.fitting.scene import CropScene, ambient_sh
+from handfit.texture.init import initial_texture
 from handfit.camera import project
 from handfit.models import load_model
 from handfit.texture.unwrap import UVSamples, fill_push_pull, splat
@@ -108,7 +109,7 @@ def test_dense_loss_zero_at_truth_and_grows_with_pose_error(model):
     terms = geometry_terms(model, scene, K_full, kp2d, torch.tensor([S * 0.6]), cover,
                            ambient_sh(1, "cpu", torch.float32), stage)
 
-    def appearance(pose_noise):
+    def image_loss(pose_noise):
         q = {k: v.clone() for k, v in p.items()}
         q["pose"] = q["pose"] + pose_noise
         q["texture"], q["sh"] = tex, ambient_sh(1, "cpu", torch.float32)
@@ -118,7 +119,7 @@ def test_dense_loss_zero_at_truth_and_grows_with_pose_error(model):
 
     direction = torch.from_numpy(np.random.default_rng(1).normal(size=model.pose_dim)).float()[None]
     direction = direction / direction.norm()
-    values = [appearance(direction * s) for s in (0.0, 0.1, 0.3, 0.6)]
+    values = [image_loss(direction * s) for s in (0.0, 0.1, 0.3, 0.6)]
     assert values[0] < 0.02, values
     assert all(a < b for a, b in zip(values, values[1:])), values
 
@@ -150,7 +151,7 @@ def test_image_terms_alone_pull_a_perturbed_pose_back(model):
     stage = DenseStage(iters=80, texture_iters=5, weights=DenseWeights(kp2d=0.0, kp_trust=0.0, anchor=0.0),
                        photo_mask="colour")
     params = {k: v.clone() for k, v in start.items()}
-    report, texture = fit_appearance(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
+    report, texture = fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
                                      backend="cpu", crop_size=128)
     after = error(params)
     assert after < 0.7 * before, (before, after)
@@ -207,7 +208,7 @@ def test_prior_appearance_predicts_the_photo_colour_at_its_detail_and_refreshes_
     """The geometry phase's prior albedo: an untrained prior returns the
     samples' fill, so a flat-coloured hand gives that colour, at prior_detail
     texels a side; it is re-predicted every ``every`` calls and held between."""
-    from handfit.fitting.dense import PriorAppearance
+    from handfit.texture.init import PriorAppearance
     from handfit.texture.prior import PriorConfig, TexturePrior
 
     colour = torch.tensor([0.7, 0.5, 0.4])
@@ -239,7 +240,21 @@ def test_dense_stage_with_the_prior_as_geometry_albedo(model):
     stage = DenseStage(iters=12, texture_iters=3, geometry_albedo="prior", prior_detail=4, prior_every=5,
                        photo_mask="colour")
     params = {k: v.clone() for k, v in p.items()}
-    report, texture = fit_appearance(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
+    report, texture = fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
                                      backend="cpu", crop_size=96, texture_prior=net)
     assert texture.shape == (1, T, T, 3)
     assert report.iters >= 1 and torch.isfinite(report.total).all()
+
+
+def test_texture_package_imports_nothing_from_fitting():
+    """handfit.texture sits below handfit.fitting: the scene is passed in, never imported."""
+    import ast
+    from pathlib import Path
+
+    import handfit.texture
+
+    for path in Path(handfit.texture.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any("fitting" in n for n in names), (path.name, names)

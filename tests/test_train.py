@@ -50,11 +50,21 @@ def write(tmp_path, cfg=TINY, name="tiny.yaml"):
     ({"loss": {"masked_norm": "l2"}}, "loss.masked_norm"),
     ({"amp": "yes"}, "amp"),
     ({"optim": {"batch_size": 0}}, "optim.batch_size"),
+    ({"data": {"sources": [{"kind": "photos", "path": "x", "dense": "no"}]}}, "data.sources[0].dense"),
+    ({"data": {"sources": [{"kind": "photos", "path": "x", "dense": True, "appearance": True}]}},
+     "data.sources[0].appearance"),
 ])
 def test_config_errors_name_the_key(raw, key):
     with pytest.raises(ConfigError) as e:
         parse_config(raw)
     assert str(e.value).startswith(key + ":")
+
+
+def test_photo_sources_switch_the_dense_stage_under_its_old_name_too():
+    src = {"kind": "photos", "path": "x"}
+    for extra, on in (({}, True), ({"dense": False}, False), ({"appearance": False}, False)):
+        cfg = parse_config({"data": {"sources": [{**src, **extra}]}})
+        assert cfg.data.sources[0].dense is on, extra
 
 
 def test_example_configs_are_valid():
@@ -222,7 +232,7 @@ def test_photo_cache_decodes_each_video_once_and_skips_broken_ones(tmp_path, mon
     (src / "broken.mp4").write_bytes(b"\0" * 64)
     seen = []
 
-    def fake_fit(rgb, appearance=True):
+    def fake_fit(rgb, dense=True):
         seen.append(round(float(rgb.mean()) / 10))
         return [{"side": "right", "K": torch.eye(3), "vertices": torch.zeros(4, 3), "kp2d": torch.zeros(21, 2)}]
 

@@ -16,16 +16,15 @@ a video interrupted part way is redone from its start.
 2. Track: a detection joins the live track of the same side whose last box
    overlaps it most (IoU >= 0.1); otherwise it starts a new track. A track
    survives ``MAX_GAP`` missed chosen frames in a row; it ends at the next.
-3. Fit each track in order: its first frame from the regressor with the full
-   keypoint stage; each later frame warm-started from the previous frame's
-   pose and translation with ``warm_iters`` iterations and the shape fixed.
-4. Refine each track jointly (all its frames in one batch): one shape shared
-   by the track, the keypoint terms per frame, and, unless ``--no-smooth``, a
-   penalty on the second differences (accelerations) of orientation, pose and
-   translation.
-
-The dense appearance stage is not run on video frames: they are fitted with
-the keypoint stage, and the overlays show a flat skin texture.
+3. Fit each track through the one pipeline (:func:`handfit.fitting.pipeline.fit_track`):
+   the side decided once per track (both models fitted when the handedness
+   is unsure, as for photos), then :mod:`handfit.fitting.temporal`: the first
+   frame initialised and fitted in full, each later frame warm-started from
+   the one before, then all frames refined together with one shape and,
+   unless ``--no-smooth``, a penalty on accelerations.
+4. While the second decoding writes the frames, each frame's hands finish
+   the pipeline (:func:`handfit.fitting.pipeline.finish`): the dense stage
+   (the track's shape kept) and a texture, unless ``--no-dense``.
 """
 
 from __future__ import annotations
@@ -153,7 +152,7 @@ def _record_frame(out: dict, b: int, h) -> None:
     for stage, terms in h.losses.items():
         for k, v in terms.items():
             out["losses"].setdefault(f"{stage}.{k}", np.full(T, np.nan))[b] = v
-    out["dense"][b] = "appearance" in h.losses or "dense" in h.losses
+    out["dense"][b] = "dense" in h.losses
 
 
 def frame_hands(fits, hands: list, rgb: np.ndarray, opts, res, outputs: list) -> list:

@@ -36,6 +36,8 @@ FIT_FLAGS = {
     "--focal": ("focal", "Focal length in pixels. Default: from EXIF, else a 60° field of view over the "
                          "longer image side."),
     "--renderer": ("renderer", "Differentiable rasterizer: nvdiffrast on CUDA, our own on the CPU."),
+    "--dense": ("dense.enabled", "Run the dense stage, which renders the textured mesh over the photo and fits "
+                                 "it pixel by pixel; --no-dense: keypoint fit only (for ablations)."),
     "--kp-iters": ("keypoint.iters", "Maximum iterations of the keypoint stage (it stops earlier on convergence)."),
     "--dense-iters": ("dense.iters", "Maximum iterations of the dense stage's geometry phase: pose, shape, light "
                                      "and a coarse albedo against the photo (it stops earlier on convergence)."),
@@ -52,6 +54,7 @@ FIT_FLAGS = {
 }
 FIELD_FLAGS = {path: flag for flag, (path, _) in FIT_FLAGS.items()}
 FIELD_FLAGS.update({"appearance": "--no-appearance", "weights": "--weight", "intrinsics": "--intrinsics"})
+FIELD_FLAGS["dense.enabled"] = "--dense/--no-dense"
 
 
 def flag_message(exc) -> str:
@@ -68,6 +71,9 @@ def _click_option(flag: str, path: str, help: str):
 
     f, default = option_field(path)
     meta = f.metadata
+    if meta.get("kind") == "bool":  # an on/off pair: --dense / --no-dense
+        return click.option(f"{flag}/--no-{flag[2:]}", "fit_" + path.replace(".", "__"), default=default,
+                            show_default=True, help=help)
     if "choices" in meta:
         kind = click.Choice(list(meta["choices"]))
     elif meta.get("kind") == "path":
@@ -94,8 +100,9 @@ def fit_option_flags(f):
                      callback=lambda ctx, param, v: None if v is None else v.split(","),
                      help="Full camera intrinsics in pixels: focal lengths and principal point (which may lie "
                           "outside the image, e.g. for a crop). Overrides --focal and EXIF."),
-        click.option("--no-appearance", "fit_no_appearance", is_flag=True,
-                     help="Skip the dense rendered-appearance stage (keypoint fit only)."),
+        # The dense stage's old name: a hidden alias of --no-dense.
+        click.option("--no-appearance", "fit_no_appearance", is_flag=True, hidden=True,
+                     help="Deprecated alias of --no-dense."),
         click.option("--weight", "fit_weights", multiple=True, metavar="TERM=W",
                      help="Override a loss weight, e.g. --weight silhouette=0 (dense stage) or --weight "
                           f"kp.kp3d=0.1 (keypoint stage, prefix 'kp.'). Repeatable. Terms: {terms}. "
@@ -112,9 +119,12 @@ def fit_options(params: dict):
     from ..options import FitOptions
 
     weights = params.pop("fit_weights", ())
-    values = {"appearance": not params.pop("fit_no_appearance", False)}
+    no_appearance = params.pop("fit_no_appearance", False)
+    values = {}
     for key in [k for k in params if k.startswith("fit_")]:
         values[key[4:].replace("__", ".")] = params.pop(key)
+    if no_appearance:
+        values["dense.enabled"] = False
     return FitOptions.from_values(values, weights=weights)
 
 

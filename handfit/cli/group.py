@@ -14,8 +14,8 @@ def main():
 
     Each hand is detected with MediaPipe, initialised from a keypoint
     regressor, then fitted by test-time optimisation: keypoints first, then a
-    dense rendered-appearance loss that renders the textured mesh and compares
-    it with the photo pixel by pixel. Outputs are OBJ/GLB meshes lying on the
+    dense stage that renders the textured mesh and compares it with the
+    photo pixel by pixel. Outputs are OBJ/GLB meshes lying on the
     photo, UV textures taken from it, parameters and an overlay.
 
     \b

@@ -63,13 +63,13 @@ def make_command(common, build_options, fail):
         try:
             own_camera = params.get("fit_focal") is not None or params.get("fit_intrinsics") is not None
             opts = build_options(params)
-            if compare and not opts.appearance:
-                raise UsageError("--compare measures the dense fit too; drop --no-appearance")
+            if compare and not opts.dense.enabled:
+                raise UsageError("--compare measures the dense fit too; drop --no-dense")
             records = select(open_dataset(data, fmt, split), limit=limit, every=every)
             if not records:
                 raise UsageError(f"{data}: no labelled images found")
             variants = ("mediapipe", "keypoint", "dense") if compare else \
-                ("mediapipe", "dense" if opts.appearance else "keypoint")
+                ("mediapipe", "dense" if opts.dense.enabled else "keypoint")
             on_fit = None
             if save_fits:
                 fits = Path(outdir) / "fits"

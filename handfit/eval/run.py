@@ -8,7 +8,7 @@ ground-truth camera. Variants, all measured on the same detections:
 * ``mediapipe``: MediaPipe's own world landmarks (3D) and landmarks (2D): the
   floor a fit must beat to add anything;
 * ``keypoint``: the keypoint-stage fit;
-* ``dense``: the full fit with the dense rendered-appearance stage.
+* ``dense``: the full fit with the dense stage.
 
 Asking for both ``keypoint`` and ``dense`` runs the fit once: the API keeps
 the keypoint-stage result of every hand before the dense stage starts
@@ -124,7 +124,7 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
 
     Args:
         records: :class:`Record` objects (see :mod:`handfit.eval.datasets`).
-        options: :class:`handfit.FitOptions` (its ``appearance`` is set per variant).
+        options: :class:`handfit.FitOptions` (its ``dense.enabled`` is set per variant).
         variants: some of :data:`VARIANTS`; ``mediapipe`` costs nothing extra.
         batch_size: images fitted together. 1 (the default) fits each image on
             its own, exactly as ``handfit fit`` would; larger batches are faster
@@ -169,7 +169,7 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
         from ..api import fit_batch as api_fit_batch
 
         fit_batch = functools.partial(api_fit_batch, resources=resources)
-    opts = dataclasses.replace(options, appearance="dense" in fitted)
+    opts = _with_dense(options, "dense" in fitted)
     if detector is None:
         detector = resources.detector(getattr(options, "detect", "fast"), options.max_hands)
     records = list(records)
@@ -283,7 +283,7 @@ def _fit_jobs(jobs, fitted, opts, use_label_camera, fit_batch, on_fit):
             if h is None:
                 continue
             used.append(h)
-            if opts.appearance:
+            if opts.dense.enabled:
                 e.preds["dense"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds,
                                     "side": h.side}
                 kp = getattr(h, "stages", {}).get("keypoint")
@@ -301,7 +301,12 @@ def _fit_jobs(jobs, fitted, opts, use_label_camera, fit_batch, on_fit):
         sub = [(rec, photo, dets, [p for p in pairs if any(p[0] is e for e, _ in missing_kp)])
                for rec, photo, dets, pairs in jobs]
         sub = [j for j in sub if j[3]]
-        _fit_jobs(sub, ("keypoint",), dataclasses.replace(opts, appearance=False), use_label_camera, fit_batch, None)
+        _fit_jobs(sub, ("keypoint",), _with_dense(opts, False), use_label_camera, fit_batch, None)
+
+
+def _with_dense(opts, enabled: bool):
+    """A copy of FitOptions ``opts`` with the dense stage on or off."""
+    return dataclasses.replace(opts, dense=dataclasses.replace(opts.dense, enabled=enabled))
 
 
 def _warm_up(job, opts, use_label_camera, fit_batch):

@@ -1,1 +1,1 @@
-"""Per-image fitting: initialisation, the keypoint stage and the dense appearance stage."""
+"""Per-image fitting: initialisation, the keypoint stage and the dense stage."""

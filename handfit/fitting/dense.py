@@ -1,9 +1,10 @@
-"""The dense rendered-appearance stage (texture as a supervisory cue).
+"""The dense stage: the rendered hand against the photo (texture as a supervisory cue).
 
 After the keypoint stage, each hand is cropped to a ``S×S`` window with its
-own intrinsics. The textured, SH-lit mesh is rendered with the differentiable
-rasterizer over the photo and compared with it pixel by pixel, jointly
-optimising pose, shape, translation, the UV texture and the lighting:
+own intrinsics (handfit/fitting/scene.py). The textured, SH-lit mesh is
+rendered with the differentiable rasterizer over the photo and compared with
+it pixel by pixel, jointly optimising pose, shape, translation, the UV
+texture and the lighting:
 
     photometric (robust L1 over the hand and a margin) + image-gradient term
   + silhouette (antialiased coverage vs a colour-model hand mask of the photo)
@@ -27,142 +28,27 @@ It runs in two phases:
    texels take the learned texture prior's prediction from those samples
    (handfit/texture/fill.py), or, without a prior, the coarse albedo, and the
    prior term holds them there.
+
+This module is the two-phase driver, :func:`fit_dense`, and the loss terms
+of each phase. Its pieces live elsewhere: the crop scene in
+handfit/fitting/scene.py, the photo's hand mask and the image-term regions
+in handfit/fitting/photo_mask.py, the initial textures and the prior's
+albedo in handfit/texture/init.py.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import render as R
-from ..camera import crop_image, crop_intrinsics, project, square_crop, to_crop
-from ..render.shading import sh_lights, sh_shading
-from .photo_mask import dilate, hand_probability, hand_probability_grabcut
-from ..texture.fill import prior_fill
-from ..texture.unwrap import fill_push_pull, splat, unwrap
+from ..camera import project
 from ..options import DenseStage
+from ..texture.init import PriorAppearance, coarse, initial_texture, prior_texture, resize_texture
+from ..texture.unwrap import fill_push_pull
 from . import losses as L
 from .adam import run_adam
-
-
-def ambient_sh(batch: int, device, dtype) -> torch.Tensor:
-    """SH coefficients (B,9,3) giving shading 1 in every direction, so that
-    rendered colour = texture: the unwrapped photo reproduces itself."""
-    return sh_lights(1.0, (), (), batch, device, dtype)
-
-
-def hand_side_of_wrist(kp: np.ndarray, size: int, slack: float = 0.1) -> np.ndarray:
-    """(S,S) bool: pixels on the hand's side of the line through the wrist
-    perpendicular to wrist -> middle MCP, moved ``slack`` palm lengths towards
-    the arm. The mesh is cut at the wrist while the photo's skin goes on up
-    the forearm; without this the silhouette and colour terms drag the wrist
-    along the arm.  kp: (21,2) crop pixels.
-    """
-    d = kp[9] - kp[0]
-    palm = max(float(np.linalg.norm(d)), 1e-6)
-    d = d / palm
-    yy, xx = np.mgrid[0:size, 0:size]
-    along = (xx - kp[0, 0]) * d[0] + (yy - kp[0, 1]) * d[1]
-    return along >= -slack * palm
-
-
-class CropScene:
-    """Everything fixed during the dense stage for B hands of one model: the
-    crops of the photo (targets), their validity masks and intrinsics, the
-    renderer backend (resolved once) and the mesh's antialiasing topology."""
-
-    def __init__(self, model, target, valid, K, backend="auto", crops=None):
-        """target (B,S,S,3) in [0,1]; valid (B,S,S) bool, the pixels the image
-        terms may use; K (B,3,3) crop intrinsics."""
-        dev, dt = target.device, target.dtype
-        self.model, self.crops = model, crops
-        self.backend = R.pick_backend(backend, target)
-        self.faces = model.faces.to(device=dev, dtype=torch.int32)
-        self.uv_faces = model.uv_faces.to(device=dev, dtype=torch.int32)
-        self.uv_coords = model.uv_coords.to(device=dev, dtype=dt)
-        self.topology = R.make_topology(self.faces, self.backend)
-        self.target, self.valid, self.K = target, valid, K
-        self.background = target  # what the render is composited over (DenseStage.background)
-        self.res = tuple(target.shape[1:3])
-
-    @classmethod
-    def from_photos(cls, model, K_full, photos, kp2d_full, crop_size, crop_scale, device, dtype, backend="auto"):
-        """Square crops around each hand's fitted keypoints.
-
-        K_full (B,3,3); photos: B (H,W,3) uint8 arrays; kp2d_full (B,21,2) pixels.
-        """
-        crops, imgs, valid, Ks = [], [], [], []
-        kp = kp2d_full.detach().cpu().numpy()
-        for b, rgb in enumerate(photos):
-            c = square_crop(np.concatenate([kp[b].min(0), kp[b].max(0)]), scale=crop_scale, out_size=crop_size)
-            img, ok = crop_image(rgb, c)
-            crops.append(c)
-            imgs.append(torch.from_numpy(np.ascontiguousarray(img)).float() / 255)
-            valid.append(torch.from_numpy(np.ascontiguousarray(ok)).bool())
-            Ks.append(torch.as_tensor(crop_intrinsics(K_full[b].detach().cpu().numpy(), c)))
-            valid[-1] &= torch.from_numpy(hand_side_of_wrist(to_crop(kp[b], c), crop_size))
-        return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
-                   torch.stack(Ks).to(device=device, dtype=dtype), backend, crops)
-
-    def rasterize(self, vertices, points: bool = False) -> R.MeshBuffers:
-        """vertices (B,V,3) camera frame -> the mesh's buffers in the crops (:class:`~handfit.render.MeshBuffers`)."""
-        return R.rasterize_mesh(vertices, self.faces, self.K, self.res, uv=self.uv_coords, uv_faces=self.uv_faces,
-                                points=points, backend=self.backend, topology=self.topology)
-
-    def shade(self, g: R.MeshBuffers, tex, sh, antialias=True) -> dict:
-        """Colour the buffers ``g`` with texture (B,T,T,3) and SH light (B,9,3)
-        over the background. -> dict of cover (B,S,S) (hard), coverage (B,S,S)
-        (antialiased if asked), shading (B,S,S,3) and rgb (B,S,S,3)."""
-        out = R.shade(g, texture=tex, sh=sh, background=self.background, antialias=antialias)
-        return {"cover": g.cover[..., 0], "coverage": out["coverage"][..., 0], "shading": out["shading"],
-                "rgb": out["rgb"]}
-
-    def render(self, vertices, tex, sh, antialias=True):
-        """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images (see :meth:`shade`)."""
-        return self.shade(self.rasterize(vertices), tex, sh, antialias)
-
-
-def initial_texture(scene: CropScene, vertices, size: int, skin_p=None, sh=None, prior=None, g=None):
-    """Unwrap the photo onto the mesh: its colours divided by the shading of
-    light ``sh`` (B,9,3) (ambient if None) are the albedo samples. Unseen
-    texels are filled towards ``prior`` (B,T',T',3) if given, else the mean.
-    ``g``: the mesh's buffers from ``scene.rasterize(vertices, points=True)``, if already made.
-    -> (texture (B,T,T,3), confidence (B,T,T,1), mean albedo (B,3))"""
-    with torch.no_grad():
-        B = vertices.shape[0]
-        g = scene.rasterize(vertices, points=True) if g is None else g
-        photo = scene.target
-        if sh is not None:
-            photo = photo / sh_shading(g.normals, sh).clamp(min=0.2)
-        samples = unwrap(photo.clamp(0, 1), g.rast, g.uv, g.normals, g.points, valid=scene.valid,
-                         colour_weight=skin_p)
-        tex, conf = splat(samples, B, size)
-        # Weighted mean of the samples, read off the splat (its bilinear weights sum to one per sample).
-        total = conf.sum((1, 2))  # (B,1)
-        mean = (tex * conf).sum((1, 2)) / total.clamp(min=1e-6)
-        mean = torch.where(total > 0, mean, vertices.new_tensor([0.8, 0.62, 0.52]))
-        filled = fill_push_pull(tex, conf, prior=mean, saturate=1.0)
-        if prior is not None:  # holes take the prior instead of the push-pull fill
-            up = resize_texture(prior, size)
-            c = conf.clamp(max=1.0)
-            filled = c * filled + (1 - c) * up
-    return filled, conf, mean
-
-
-def coarse(tex: torch.Tensor, detail: int) -> torch.Tensor:
-    """(B,T,T,C) -> (B,d,d,C), its area average on a ``detail``-texel grid."""
-    if detail >= tex.shape[1]:
-        return tex
-    return F.adaptive_avg_pool2d(tex.permute(0, 3, 1, 2), detail).permute(0, 2, 3, 1).contiguous()
-
-
-def resize_texture(tex: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,t,t,C) -> (B,size,size,C), bilinear (the sampling R.texture does)."""
-    if tex.shape[1] == size:
-        return tex
-    x = F.interpolate(tex.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False)
-    return x.permute(0, 2, 3, 1).contiguous()
+from .photo_mask import confident, image_region, iou, photo_hand_mask
+from .scene import CropScene, ambient_sh
 
 
 def photometric_error(scene: CropScene, g: R.MeshBuffers, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,94 +59,6 @@ def photometric_error(scene: CropScene, g: R.MeshBuffers, tex, sh) -> tuple[torc
         m = (out["cover"] > 0.5) & scene.valid
         err = (out["rgb"] - scene.target).abs().mean(-1)
         return (err * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1), m
-
-
-def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B,H,W) bool x2 -> (B,)"""
-    inter = (a & b).sum((1, 2)).float()
-    union = (a | b).sum((1, 2)).float().clamp(min=1)
-    return inter / union
-
-
-def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "consensus") -> torch.Tensor:
-    """Soft hand mask (B,S,S) of the photo crops, seeded by the mesh's render_mask (B,S,S).
-
-    "colour": one Gaussian per class; "grabcut": colour mixtures and a graph cut,
-    with the detected skeleton (kp2d_full (B,21,2)) as sure hand; "consensus":
-    GrabCut's mask where the two agree and 0.5 (not used) where they do not.
-    Each fails differently (the colour model on skin-coloured backgrounds,
-    GrabCut on low-contrast edges), so their agreement is the reliable part.
-    """
-    if kind not in ("colour", "grabcut", "consensus"):
-        raise ValueError(f"photo_mask must be colour, grabcut or consensus, not {kind!r}")
-    if kind != "grabcut":
-        colour = hand_probability(scene.target, render_mask, scene.valid)
-        if kind == "colour":
-            return colour
-    det = kp2d_full.detach().cpu().numpy()
-    skel = torch.stack([torch.as_tensor(to_crop(det[b], c)) for b, c in enumerate(scene.crops)])
-    gc = hand_probability_grabcut(scene.target, render_mask, scene.valid, skel)
-    if kind == "grabcut":
-        return gc
-    agree = (gc > 0.5) == (colour > 0.5)
-    return torch.where(agree, gc, torch.full_like(gc, 0.5)) * scene.valid.to(gc.dtype)
-
-
-def confident(skin_p, stage: DenseStage) -> torch.Tensor:
-    """(B,S,S) 1 where the photo mask is sure either way. The mask is
-    unreliable where hand and background colours overlap (skin-coloured
-    backgrounds, shadows); only its confident pixels take part in the
-    silhouette term."""
-    return ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(skin_p.dtype)
-
-
-def image_region(cover, valid, skin_p, sure, stage: DenseStage):
-    """(B,S,S) weights of the image terms: the rendered hand and a margin
-    around it, inside the photo (plus the confident photo hand when the
-    background is inpainted, so uncovered hand pixels count too)."""
-    with torch.no_grad():
-        region = dilate(cover, stage.margin)
-        if stage.background == "inpainted":
-            region = torch.maximum(region, (skin_p > 0.5).to(region.dtype) * sure)
-        return region * valid
-
-
-def prior_texture(net, scene: CropScene, g: R.MeshBuffers, sh, skin_p, size: int) -> torch.Tensor:
-    """The learned prior's texture (B,size,size,3) from the photo divided by
-    the shading of light ``sh`` (B,9,3) and unwrapped onto the mesh buffers ``g``
-    (made with ``points=True``); skin_p (B,S,S) weights the samples."""
-    deshaded = scene.target / sh_shading(g.normals, sh).clamp(min=0.2)
-    return prior_fill(net, deshaded, g, scene.valid, skin_p, size)
-
-
-class PriorAppearance:
-    """The geometry phase's albedo from the learned texture prior.
-
-    Every ``every`` calls, the photo (divided by the current shading) is
-    unwrapped onto the current mesh and the prior predicts the texture from
-    those samples; it is area-averaged to ``detail`` texels a side and held
-    fixed (no gradient) until the next prediction. Limiting the detail keeps
-    the albedo from re-painting the photo onto a misplaced mesh.
-    """
-
-    def __init__(self, net, scene: CropScene, skin_p, detail: int, every: int, size: int = 64):
-        """net: a TexturePrior; skin_p (B,S,S) the photo's hand mask (sample weights)."""
-        self.net, self.scene, self.skin_p = net, scene, skin_p
-        self.detail, self.every, self.size = detail, every, size
-        self.calls, self.texture = 0, None
-
-    @torch.no_grad()
-    def predict(self, vertices, sh) -> torch.Tensor:
-        """vertices (B,V,3), sh (B,9,3) -> albedo (B,d,d,3) in [0,1]."""
-        g = self.scene.rasterize(vertices, points=True)
-        return coarse(prior_texture(self.net, self.scene, g, sh, self.skin_p, self.size), self.detail)
-
-    def __call__(self, vertices, sh) -> torch.Tensor:
-        """The current albedo (B,d,d,3), re-predicted every ``every`` calls."""
-        if self.texture is None or self.calls % self.every == 0:
-            self.texture = self.predict(vertices.detach(), sh.detach())
-        self.calls += 1
-        return self.texture
 
 
 def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage,
@@ -329,9 +127,8 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
     return terms
 
 
-def fit_appearance(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
-                   backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None,
-                   freeze: tuple = ()):
+def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
+              backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = ()):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,

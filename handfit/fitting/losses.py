@@ -86,7 +86,7 @@ def shape_loss(shape: torch.Tensor) -> torch.Tensor:
     return shape.square().sum(-1)
 
 
-# -- dense appearance stage ------------------------------------------------------------
+# -- dense stage -----------------------------------------------------------------------
 
 def robust_photometric_loss(render: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
                             sigma: float = 0.15) -> torch.Tensor:

@@ -1,16 +1,30 @@
-"""A per-photo colour model of the hand, seeded by the fitted mesh.
+"""The photo's hand mask and the image regions the dense stage's terms use.
 
-Pixels well inside the rendered hand train a Gaussian for skin, pixels well
-outside it one for the background; their posterior gives a soft hand mask of
-the photo (for the silhouette term and IoU) and a per-pixel weight that keeps
+A per-photo colour model of the hand, seeded by the fitted mesh: pixels well
+inside the rendered hand train a Gaussian for skin, pixels well outside it
+one for the background; their posterior gives a soft hand mask of the photo
+(for the silhouette term and IoU) and a per-pixel weight that keeps
 occluders and background out of the texture and the photometric loss.
+GrabCut (colour mixtures and a graph cut, the detected skeleton as sure
+hand) gives a second mask. :func:`photo_hand_mask` composes the mask the
+dense stage uses (``DenseStage.photo_mask``), :func:`confident` the pixels
+where it is sure, :func:`image_region` the weights of the image terms, and
+:func:`iou` compares masks.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..camera import to_crop
+from ..options import DenseStage
+
+if TYPE_CHECKING:
+    from .scene import CropScene
 
 
 def _box_sum(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
@@ -154,3 +168,53 @@ def _draw_skeleton(lab, kp, value) -> None:
     centre = palm.mean(0)
     core = centre + 0.5 * (palm - centre)
     cv2.fillConvexPoly(lab, np.round(core).astype(np.int32), int(value))
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B,H,W) bool x2 -> (B,)"""
+    inter = (a & b).sum((1, 2)).float()
+    union = (a | b).sum((1, 2)).float().clamp(min=1)
+    return inter / union
+
+
+def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "consensus") -> torch.Tensor:
+    """Soft hand mask (B,S,S) of the photo crops, seeded by the mesh's render_mask (B,S,S).
+
+    "colour": one Gaussian per class; "grabcut": colour mixtures and a graph cut,
+    with the detected skeleton (kp2d_full (B,21,2)) as sure hand; "consensus":
+    GrabCut's mask where the two agree and 0.5 (not used) where they do not.
+    Each fails differently (the colour model on skin-coloured backgrounds,
+    GrabCut on low-contrast edges), so their agreement is the reliable part.
+    """
+    if kind not in ("colour", "grabcut", "consensus"):
+        raise ValueError(f"photo_mask must be colour, grabcut or consensus, not {kind!r}")
+    if kind != "grabcut":
+        colour = hand_probability(scene.target, render_mask, scene.valid)
+        if kind == "colour":
+            return colour
+    det = kp2d_full.detach().cpu().numpy()
+    skel = torch.stack([torch.as_tensor(to_crop(det[b], c)) for b, c in enumerate(scene.crops)])
+    gc = hand_probability_grabcut(scene.target, render_mask, scene.valid, skel)
+    if kind == "grabcut":
+        return gc
+    agree = (gc > 0.5) == (colour > 0.5)
+    return torch.where(agree, gc, torch.full_like(gc, 0.5)) * scene.valid.to(gc.dtype)
+
+
+def confident(skin_p, stage: DenseStage) -> torch.Tensor:
+    """(B,S,S) 1 where the photo mask is sure either way. The mask is
+    unreliable where hand and background colours overlap (skin-coloured
+    backgrounds, shadows); only its confident pixels take part in the
+    silhouette term."""
+    return ((2 * skin_p - 1).abs() >= stage.mask_confidence).to(skin_p.dtype)
+
+
+def image_region(cover, valid, skin_p, sure, stage: DenseStage):
+    """(B,S,S) weights of the image terms: the rendered hand and a margin
+    around it, inside the photo (plus the confident photo hand when the
+    background is inpainted, so uncovered hand pixels count too)."""
+    with torch.no_grad():
+        region = dilate(cover, stage.margin)
+        if stage.background == "inpainted":
+            region = torch.maximum(region, (skin_p > 0.5).to(region.dtype) * sure)
+        return region * valid

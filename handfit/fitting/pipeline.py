@@ -143,7 +143,7 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
 def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> SideFit:
     """Stage 4: the dense stage's geometry and texture phases (``fit.params`` updated in place).
     Every hand needs its photo (``item.rgb``). A track's frames (``fit.track``) keep its shape."""
-    from .dense import fit_appearance
+    from .dense import fit_dense
 
     model, batch, params = fit.model, fit.batch, fit.params
     device, dtype = batch.K.device, batch.K.dtype
@@ -152,14 +152,14 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         fit.stages["keypoint"] = {"keypoints_3d": kp3d.double().cpu().numpy(),
                                   "keypoints_2d": project(kp3d, batch.K).double().cpu().numpy()}
     steps = opts.dense.iters + opts.dense.texture_iters  # both phases' caps
-    report, tex = fit_appearance(
+    report, tex = fit_dense(
         model, params, batch.K, batch.kp2d, batch.scale, [it.rgb for it in fit.items], opts.dense,
         opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
         texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
-        on_step=(lambda it, loss: progress("appearance", fit.side, it, steps)) if progress else None,
+        on_step=(lambda it, loss: progress("dense", fit.side, it, steps)) if progress else None,
         freeze=("shape",) if fit.track else ())
     fit.textures = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
-    fit.losses["appearance"] = dict(report.terms)
+    fit.losses["dense"] = dict(report.terms)
     fit.metrics.update(report.metrics)
     return fit
 
@@ -210,7 +210,7 @@ def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn 
     """Stages 4 and 5: the dense stage (when enabled and every hand has its photo), then
     :func:`assemble`. Its time is added to each hand's ``seconds``."""
     t0 = time.perf_counter()
-    if opts.appearance and all(it.rgb is not None for it in fit.items):
+    if opts.dense.enabled and all(it.rgb is not None for it in fit.items):
         dense_fit(fit, opts, res, progress)
     share = (time.perf_counter() - t0) / len(fit.items)
     fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))

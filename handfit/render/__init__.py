@@ -17,12 +17,14 @@ Meshes are rendered in two steps, the backend chosen once::
     buf = rasterize_mesh(vertices, faces, K, (H, W), uv=uv, uv_faces=uv_faces)
     out = shade(buf, texture=tex, sh=sh, background=photo)   # out["rgb"], out["coverage"]
 
-:func:`render_mesh` is both in one call. Outside this package nothing calls
-the four primitives directly. See docs/rendering.md.
+:func:`render_mesh` is both in one call; :func:`sample_texture` is shade's
+texture lookup on a kept UV image and :func:`bake_uv` draws per-vertex values
+into the UV atlas. Outside this package nothing calls the four primitives
+directly (bench/ and tests/ aside). See docs/rendering.md.
 """
 
 from .clip import camera_to_clip
-from .mesh import MeshBuffers, rasterize_mesh, render_mesh, shade
+from .mesh import MeshBuffers, bake_uv, rasterize_mesh, render_mesh, sample_texture, shade
 from .ops import BACKENDS, antialias, interpolate, make_context, make_topology, pick_backend, rasterize, texture
 from .shading import default_sh, lambert, sh_basis, sh_lights, sh_shading, vertex_normals
 
@@ -30,5 +32,6 @@ __all__ = [
     "BACKENDS", "pick_backend",
     "rasterize", "interpolate", "texture", "antialias",
     "make_context", "make_topology", "camera_to_clip", "MeshBuffers", "rasterize_mesh", "shade", "render_mesh",
+    "sample_texture", "bake_uv",
     "vertex_normals", "sh_basis", "sh_shading", "sh_lights", "default_sh", "lambert",
 ]

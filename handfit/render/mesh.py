@@ -7,8 +7,11 @@ returns :class:`MeshBuffers`, which remember the backend chosen for them.
 background, antialias) as often as needed; an optimisation over texture and
 light with a fixed mesh rasterizes once. :func:`render_mesh` is both in one
 call. Every mesh render in handfit (the dense fit, synthetic scenes, the
-overlay) goes through these two functions, so a change of shading or UV
-conventions is one edit here.
+overlay, the texture prior's training) goes through these functions, so a
+change of shading or UV conventions is one edit here: besides the three,
+:func:`sample_texture` is shade's texture lookup for UV images kept from an
+earlier :func:`rasterize_mesh`, and :func:`bake_uv` draws per-vertex values
+into the mesh's UV atlas.
 """
 
 from __future__ import annotations
@@ -107,6 +110,33 @@ def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
                        points=pts, uv=uv_img, colors=col, visibility=vis, topology=topology)
 
 
+def sample_texture(texture: torch.Tensor, uv: torch.Tensor, boundary_mode: str = "clamp",
+                   backend: str = "auto") -> torch.Tensor:
+    """The albedo :func:`shade` reads off a texture: (B,Ht,Wt,C) or (1,Ht,Wt,C)
+    sampled bilinearly at the UV image ``uv`` (B,H,W,2), e.g. ``MeshBuffers.uv``
+    kept from an earlier :func:`rasterize_mesh` (the texture prior's training
+    views store only that). -> (B,H,W,C), differentiable w.r.t. the texture."""
+    return _texture(texture, uv, boundary_mode=boundary_mode, backend=backend)
+
+
+def bake_uv(values: torch.Tensor, faces: torch.Tensor, uv: torch.Tensor, uv_faces: torch.Tensor, size: int,
+            backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-vertex values drawn into the mesh's UV atlas (texture space, not a camera).
+
+    The atlas's triangles (``uv_faces`` (F,3) into the UV table ``uv`` (T,2))
+    are rasterized at ``size``×``size``, with texel (i, j) at uv
+    ((j+0.5)/size, (i+0.5)/size) as :func:`sample_texture` reads it (row 0 at
+    v = 0), and ``values`` (B,V,C) or (V,C), indexed by the mesh's ``faces``
+    (F,3), are interpolated over them.
+    -> (maps (B,size,size,C), zero outside the charts; coverage (B,size,size,1), 1 inside them)
+    """
+    uv = uv.to(values.dtype)
+    clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)[None]
+    rast = rasterize(clip, uv_faces.to(torch.int32), (size, size), backend=backend)
+    maps = interpolate(values if values.dim() == 3 else values[None], rast, faces.to(torch.int32), backend=backend)
+    return maps, (rast[..., 3:] > 0).to(values.dtype)
+
+
 def shade(buf: MeshBuffers, texture: torch.Tensor = None, sh: torch.Tensor = None,
           background: torch.Tensor = None, antialias: bool = True, clamp: bool = False,
           boundary_mode: str = "clamp") -> dict:
@@ -130,7 +160,7 @@ def shade(buf: MeshBuffers, texture: torch.Tensor = None, sh: torch.Tensor = Non
     if texture is not None:
         if buf.uv is None:
             raise ValueError("shade: a texture needs buffers rasterized with uv")
-        albedo = _texture(texture, buf.uv, boundary_mode=boundary_mode, backend=buf.backend)
+        albedo = sample_texture(texture, buf.uv, boundary_mode=boundary_mode, backend=buf.backend)
     elif buf.colors is not None:
         albedo = buf.colors
     else:

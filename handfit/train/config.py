@@ -37,7 +37,7 @@ class SourceCfg:
     weight: float = 1.0         # share of each batch drawn from this source
     scenes: int = 200           # synthetic: number of views in the pool
     path: str = ""              # photos: a folder of photos and videos
-    appearance: bool = True     # photos: fit with the dense stage (else keypoints only)
+    dense: bool = True          # photos: fit with the dense stage (else keypoints only); old name: appearance
     stride: int = 15            # photos: every stride-th video frame
     max_items: int = 0          # photos: at most this many photos/frames (0 = all)
 
@@ -127,6 +127,10 @@ def _holds(check, v) -> bool:
 def _build(cls, raw, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    if cls is SourceCfg and "appearance" in raw:  # the dense stage's old name, still read
+        if "dense" in raw:
+            raise ConfigError(f"{where}.appearance: the old name of dense; give only dense")
+        raw = {("dense" if k == "appearance" else k): v for k, v in raw.items()}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in raw:

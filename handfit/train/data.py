@@ -63,7 +63,8 @@ class Views:
 def render_buffers(model, vertices: torch.Tensor, K: torch.Tensor, size: int, min_cos: float = 0.3, erode: int = 1):
     """Rasterize B meshes in crop cameras. vertices (B,V,3), K (B,3,3) ->
     dict uv (B,S,S,2), normals (B,S,S,3) unit, cos (B,S,S), keep (B,S,S) bool
-    (pixels that give samples: unwrap's rule, eroded silhouette and cos > min_cos)."""
+    (pixels that give samples: unwrap's rule, eroded silhouette and cos > min_cos),
+    cover (B,S,S) bool and buffers, the :class:`~handfit.render.MeshBuffers` to shade."""
     from .. import render as R
 
     g = R.rasterize_mesh(vertices, model.faces, K, (size, size), uv=model.uv_coords, uv_faces=model.uv_faces,
@@ -73,7 +74,8 @@ def render_buffers(model, vertices: torch.Tensor, K: torch.Tensor, size: int, mi
     uv, n = g.uv, g.normals
     k = 2 * erode + 1
     inner = (-F.max_pool2d(-cover, k, 1, erode))[:, 0] > 0.5
-    return {"uv": uv, "normals": n, "cos": cos, "keep": inner & (cos > min_cos), "cover": cover[:, 0] > 0}
+    return {"uv": uv, "normals": n, "cos": cos, "keep": inner & (cos > min_cos), "cover": cover[:, 0] > 0,
+            "buffers": g}
 
 
 def anatomy_maps(model, size: int = 256) -> torch.Tensor:
@@ -101,14 +103,11 @@ def anatomy_maps(model, size: int = 256) -> torch.Tensor:
         nail = dorsal * near([4, 8, 12, 16, 20], 0.012)
         knuckle = dorsal * near([5, 9, 13, 17, 6, 10, 14, 18], 0.010)
         attr = torch.stack([palmar, nail, knuckle], -1)[None]                 # (1,V,3)
-        uv = model.uv_coords.float()
-        clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)[None]
-        rast = R.rasterize(clip, model.uv_faces.to(torch.int32), (size, size), backend="cpu")
-        maps = R.interpolate(attr, rast, model.faces.to(torch.int32))[0]      # (T,T,3), row 0 at v = 0
+        maps, cov = R.bake_uv(attr, model.faces, model.uv_coords.float(), model.uv_faces, size, backend="cpu")
+        maps, cov = maps[0], cov[0]                                           # (T,T,3), row 0 at v = 0
         # Texels outside every chart take the nearest chart's value (bilinear lookups straddle edges).
         from ..texture.unwrap import fill_push_pull
 
-        cov = (rast[0, ..., 3:] > 0).float()
         maps = fill_push_pull(maps[None] * cov[None], cov[None])[0]
         return F.avg_pool2d(maps.permute(2, 0, 1)[None], 5, 1, 2)[0].permute(1, 2, 0).clamp(0, 1)
 
@@ -144,8 +143,8 @@ def synthetic_views(model, n: int, seed: int, size: int = 128, tex_size: int = 2
     """
     from tqdm import tqdm
 
+    from .. import render as R
     from ..camera import crop_intrinsics, default_focal, project, square_crop
-    from ..render.shading import sh_shading
     from .synth import background, default_light, random_params
 
     gen = np.random.default_rng(seed)
@@ -163,13 +162,11 @@ def synthetic_views(model, n: int, seed: int, size: int = 128, tex_size: int = 2
             Kc = torch.as_tensor(crop_intrinsics(K, crop), dtype=torch.float32)[None]
             g = render_buffers(model, o.vertices, Kc, size)
             tex = torch.from_numpy(anatomical_texture(gen, maps))[None]
-            from .. import render as R
-
-            alb = R.texture(tex, g["uv"])
-            shade = sh_shading(g["normals"], default_light(gen)[None])
-            cover = g["cover"][..., None].float()
+            light = default_light(gen)[None]
             bg = torch.from_numpy(background(gen, size, size))[None]
-            photo = (alb * shade * cover + bg * (1 - cover)).clamp(0, 1)
+            r = R.shade(g["buffers"], texture=tex, sh=light, background=bg, antialias=False)
+            shade = r["shading"]
+            photo = r["rgb"].clamp(0, 1)
             photo = (photo * 255 + 0.5).floor() / 255          # 8-bit, like a photo
         ds = gen.random() < deshade
         out["photo"].append(photo[0])
@@ -194,19 +191,22 @@ def list_media(folder) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if media_kind(p) is not None)
 
 
-def fit_hands(image, appearance: bool = True) -> list[dict]:
+def fit_hands(image, dense: bool = True) -> list[dict]:
     """Fit every hand of one photo (path or (H,W,3) uint8) and keep what
     training needs: per hand the side, the full-photo intrinsics K (3,3),
-    vertices (V,3) camera frame and fitted 2D keypoints (21,2)."""
+    vertices (V,3) camera frame and fitted 2D keypoints (21,2). ``dense``: run the dense stage."""
     from .. import api
+    from ..options import FitOptions
 
-    r = api.fit(image, appearance=appearance, device="cpu")
+    opts = FitOptions(device="cpu")
+    opts.dense.enabled = dense
+    r = api.fit(image, options=opts)
     return [{"side": h.side, "K": torch.as_tensor(r.K, dtype=torch.float32),
              "vertices": torch.as_tensor(h.vertices, dtype=torch.float32),
              "kp2d": torch.as_tensor(h.keypoints_2d_fitted, dtype=torch.float32)} for h in r.hands]
 
 
-def photo_cache(folder, cache: Path, appearance: bool = True, stride: int = 15, max_items: int | None = None,
+def photo_cache(folder, cache: Path, dense: bool = True, stride: int = 15, max_items: int | None = None,
                 progress: bool = True) -> list[Path]:
     """Fit the geometry of every photo (and video frame) in ``folder`` once.
 
@@ -240,14 +240,14 @@ def photo_cache(folder, cache: Path, appearance: bool = True, stride: int = 15, 
         items = items[:max_items]
 
     def cache_file(p, frame):
-        return cache / (hashlib.sha1(f"{p.resolve()}|{frame}|{appearance}".encode()).hexdigest()[:16] + ".pt")
+        return cache / (hashlib.sha1(f"{p.resolve()}|{frame}|{dense}".encode()).hexdigest()[:16] + ".pt")
 
     def fit_and_save(p, frame, rgb, f):
         """rgb None: unreadable (already reported); its empty result is cached too."""
         hands = []
         if rgb is not None:
             try:
-                hands = fit_hands(rgb, appearance)
+                hands = fit_hands(rgb, dense)
             except HandfitError as exc:  # no hand, ...: cache the empty result too
                 bar.write(f"handfit train: {p}: {exc}", file=sys.stderr)
         entry = {"path": str(p), "frame": -1 if frame is None else frame, "hands": hands,
@@ -299,7 +299,7 @@ def photo_views(files: list[Path], size: int = 128, tex_size: int = 256) -> View
     photo's colour-model hand probability (keeps sleeves and occluders out).
     """
     from ..camera import crop_image, crop_intrinsics, square_crop
-    from ..fitting.dense import hand_side_of_wrist
+    from ..fitting.scene import hand_side_of_wrist
     from ..fitting.photo_mask import hand_probability
     from ..models import load_model
     from ..camera import to_crop

@@ -3,7 +3,7 @@
 Each step draws a batch of views (handfit.train.data), hides a contiguous
 part of each visible hand from the input samples, predicts the UV texture
 from the rest, renders it on the hand's mesh in the view's camera (the
-differentiable texture lookup of handfit.render, times the view's shading)
+differentiable texture lookup of handfit.render.mesh, times the view's shading)
 and compares it with the photo:
 
     loss = photo     · robust colour error over the given visible pixels
@@ -59,7 +59,7 @@ def losses(net, batch: dict, cfg: TrainConfig) -> dict:
     """Loss terms (scalars) of one batch; ``total`` is their weighted sum."""
     w = cfg.loss
     tex = net(batch["uv"], batch["rgb"], batch["conf"], batch["cos"], batch["mask"])   # (B,T,T,3)
-    render = R.texture(tex, batch["uv_image"]) * batch["shading"]                       # (B,S,S,3)
+    render = R.sample_texture(tex, batch["uv_image"]) * batch["shading"]                # (B,S,S,3)
     photo, seen, hidden = batch["photo"], batch["seen"], batch["hidden"]
     visible = seen + hidden
     out = {
@@ -168,10 +168,10 @@ class Trainer:
                 cache = Path(d.cache) if d.cache else self.out / "photo_cache"
                 # Every rank would fit the same photos: rank 0 builds the cache, the others wait.
                 if self.rank == 0:
-                    photo_cache(s.path, cache, s.appearance, s.stride, s.max_items or None, progress=self.progress)
+                    photo_cache(s.path, cache, s.dense, s.stride, s.max_items or None, progress=self.progress)
                 if self.distributed:
                     dist.barrier()
-                files = photo_cache(s.path, cache, s.appearance, s.stride, s.max_items or None, progress=False)
+                files = photo_cache(s.path, cache, s.dense, s.stride, s.max_items or None, progress=False)
                 v = photo_views(files, size=d.crop, tex_size=cfg.model.size)
                 if d.val_photos:  # the last ones are held out
                     k = min(d.val_photos, len(v) // 2)
