@@ -128,7 +128,8 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
 
 
 def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
-              backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = ()):
+              backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = (),
+              context=None):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
@@ -136,6 +137,7 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     ``on_step(it, total)`` is called after every iteration of both phases.
     ``texture_prior``: a learned TexturePrior (handfit/texture/prior.py) whose
     prediction fills the unseen texels in the texture phase; None: the coarse albedo.
+    ``context``: the rasterizer state for the device (:func:`handfit.render.make_context`), None on the CPU.
     ``freeze``: parameters the geometry phase keeps fixed (e.g. ("shape",) for a video track's shared shape).
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
@@ -145,7 +147,8 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         out0 = model(**params)
         v0 = out0.vertices
         kp_fit = project(out0.keypoints, K_full)
-    scene = CropScene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend)
+    scene = CropScene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend,
+                                  context)
 
     with torch.no_grad():
         first = scene.rasterize(v0, points=True)

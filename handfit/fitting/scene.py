@@ -47,7 +47,7 @@ class CropScene:
     crops of the photo (targets), their validity masks and intrinsics, the
     renderer backend (resolved once) and the mesh's antialiasing topology."""
 
-    def __init__(self, model, target, valid, K, backend="auto", crops=None):
+    def __init__(self, model, target, valid, K, backend="auto", crops=None, context=None):
         """target (B,S,S,3) in [0,1]; valid (B,S,S) bool, the pixels the image
         terms may use; K (B,3,3) crop intrinsics."""
         dev, dt = target.device, target.dtype
@@ -57,12 +57,14 @@ class CropScene:
         self.uv_faces = model.uv_faces.to(device=dev, dtype=torch.int32)
         self.uv_coords = model.uv_coords.to(device=dev, dtype=dt)
         self.topology = R.make_topology(self.faces, self.backend)
+        self.context = context  # the rasterizer state (R.make_context), None on the CPU
         self.target, self.valid, self.K = target, valid, K
         self.background = target  # what the render is composited over (DenseStage.background)
         self.res = tuple(target.shape[1:3])
 
     @classmethod
-    def from_photos(cls, model, K_full, photos, kp2d_full, crop_size, crop_scale, device, dtype, backend="auto"):
+    def from_photos(cls, model, K_full, photos, kp2d_full, crop_size, crop_scale, device, dtype, backend="auto",
+                    context=None):
         """Square crops around each hand's fitted keypoints.
 
         K_full (B,3,3); photos: B (H,W,3) uint8 arrays; kp2d_full (B,21,2) pixels.
@@ -78,12 +80,12 @@ class CropScene:
             Ks.append(torch.as_tensor(crop_intrinsics(K_full[b].detach().cpu().numpy(), c)))
             valid[-1] &= torch.from_numpy(hand_side_of_wrist(to_crop(kp[b], c), crop_size))
         return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
-                   torch.stack(Ks).to(device=device, dtype=dtype), backend, crops)
+                   torch.stack(Ks).to(device=device, dtype=dtype), backend, crops, context)
 
     def rasterize(self, vertices, points: bool = False) -> R.MeshBuffers:
         """vertices (B,V,3) camera frame -> the mesh's buffers in the crops (:class:`~handfit.render.MeshBuffers`)."""
         return R.rasterize_mesh(vertices, self.faces, self.K, self.res, uv=self.uv_coords, uv_faces=self.uv_faces,
-                                points=points, backend=self.backend, topology=self.topology)
+                                points=points, backend=self.backend, topology=self.topology, context=self.context)
 
     def shade(self, g: R.MeshBuffers, tex, sh, antialias=True) -> dict:
         """Colour the buffers ``g`` with texture (B,T,T,3) and SH light (B,9,3)
