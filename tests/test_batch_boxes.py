@@ -38,12 +38,17 @@ def test_boxes_file_is_read_relative_to_itself_and_used_per_photo(tmp_path):
     boxes = load_boxes(spec)
     assert boxes == {str((sub / "a.png").resolve()): [(1, 2, 10, 12), (0, 0, 5, 5, "left")]}
 
-    prep = Preparer(None, "fast", boxes)
-    prep._det = _StubDetector()
+    stub = _StubDetector()
+
+    class Res:  # the Resources the Preparer takes its detector from
+        def detector(self, mode="thorough", max_hands=None):
+            return stub
+
+    prep = Preparer(None, "fast", boxes, Res())
     got_a = prep(Unit("photo", str(sub / "a.png"), "a"))
     got_b = prep(Unit("photo", str(sub / "b.png"), "b"))
     assert got_a.detections == ["boxed"] and got_b.detections == ["whole"]
-    assert prep._det.calls == [("boxes", [(1, 2, 10, 12), (0, 0, 5, 5, "left")]), ("detect", None)]
+    assert stub.calls == [("boxes", [(1, 2, 10, 12), (0, 0, 5, 5, "left")]), ("detect", None)]
 
 
 @pytest.mark.parametrize("content", ['{"a.png": [[1, 2, 3]]}', '{"a.png": [[1, 2, 3, 4, "up"]]}', "[1, 2]",

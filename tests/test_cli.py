@@ -83,7 +83,7 @@ def test_dense_switch_and_its_old_name():
     stage's old name, still switch it off."""
     import dataclasses
 
-    from handfit.cli import fit_option_flags, fit_options
+    from handfit.cli.common import fit_option_flags, fit_options
     from handfit.options import DenseStage, FitOptions
 
     seen = {}

@@ -304,7 +304,8 @@ def test_detect_overlay_uses_the_one_skeleton():
     """``handfit detect``'s overlay, the fit overlay and the models draw
     handfit.keypoints.SKELETON: MediaPipe's connections (the knuckle line 5-9,
     not the wrist-to-middle-base bone 0-9)."""
-    from handfit import cli_detect, keypoints
+    from handfit import keypoints
+    from handfit.cli import detect as cli_detect
     from handfit.io import overlay
 
     assert cli_detect.SKELETON is keypoints.SKELETON and overlay.SKELETON is keypoints.SKELETON
