@@ -161,6 +161,10 @@ class FitOptions:
     # Unseen texels in the texture phase: "default" (the shipped learned prior,
     # handfit/weights/texture_prior_anny.pt), "none" (the coarse albedo) or a prior file.
     texture_prior: str = opt("default")
+    # Multi-view 2D evidence: refine each detected hand with this many views of its crop
+    # (mirror, small rotations, a zoomed-out copy; handfit.detect.multiview.VIEW_SET), fused per
+    # keypoint, their spread weighting the 2D terms. 0: off. See bench/multiview.py.
+    views: int = opt(8, min=0)
     keypoint: KeypointStage = field(default_factory=KeypointStage)
     dense: DenseStage = field(default_factory=DenseStage)
 
@@ -185,6 +189,8 @@ class FitOptions:
 
             if not Path(str(self.texture_prior)).is_file():
                 raise OptionError("texture_prior", f"expected default, none or a prior file, not {self.texture_prior!r}")
+        if self.views > 20:  # handfit.detect.multiview.VIEW_SET
+            raise OptionError("views", f"must be at most 20, not {self.views!r}")
         if self.model == "mano" and self.mano is None:
             raise OptionError("mano", "the MANO model needs a MANO file (MANO's licence forbids shipping it)")
         if self.intrinsics is not None:

@@ -202,3 +202,22 @@ def test_batch_items_are_independent(name):
     out2 = fn(*changed)
     assert not torch.allclose(out2[0], out[0])
     torch.testing.assert_close(out2[1:], out[1:], rtol=1e-12, atol=0)
+
+
+def test_keypoint_2d_weights_of_ones_equal_no_weights():
+    """All-ones per-keypoint weights (the multi-view confidence) give the unweighted loss;
+    weights only re-balance the keypoints: zero weight removes one."""
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(4, 21, 2, generator=g, dtype=torch.float64) * 10 + 100
+    target = pred + torch.randn(4, 21, 2, generator=g, dtype=torch.float64) * 5
+    scale = torch.tensor([80.0, 120.0, 60.0, 200.0], dtype=torch.float64)
+    plain = L.keypoint_2d_loss(pred, target, scale)
+    torch.testing.assert_close(L.keypoint_2d_loss(pred, target, scale, torch.ones(4, 21, dtype=torch.float64)),
+                               plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(L.keypoint_2d_loss(pred, target, scale, torch.full((4, 21), 0.3, dtype=torch.float64)),
+                               plain, rtol=1e-12, atol=0)
+    w = torch.ones(4, 21, dtype=torch.float64)
+    w[:, 5] = 0
+    keep = [i for i in range(21) if i != 5]
+    torch.testing.assert_close(L.keypoint_2d_loss(pred, target, scale, w),
+                               L.keypoint_2d_loss(pred[:, keep], target[:, keep], scale))

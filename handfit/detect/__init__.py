@@ -13,7 +13,10 @@ Modules (no import cycles: ``detector`` imports ``passes``, ``bundle`` and
 * :mod:`.passes`: the cascade's extra passes as plain functions of a
   landmark callable: views (tiles, upscaled crops, rotations, mirror,
   contrast, pose-guided wrists), :func:`~handfit.detect.passes.map_back`,
-  :func:`~handfit.detect.passes.same_hand`, :func:`~handfit.detect.passes.merge`.
+  :func:`~handfit.detect.passes.same_hand`, :func:`~handfit.detect.passes.merge`;
+* :mod:`.multiview`: multi-view 2D evidence for one detected hand (rotated,
+  scaled and mirrored views of its crop, median-fused, with a per-keypoint
+  spread): :func:`~handfit.detect.multiview.refine` (imports ``passes`` only).
 
 Coordinates
 -----------

@@ -76,6 +76,12 @@ class Detection:
             :mod:`handfit.fitting.side`).
         side_losses: ``{"left": loss, "right": loss}`` when both were fitted.
         detector_side: MediaPipe's side when ``side_source == "fit"``.
+        keypoint_spread: ``(21,)`` float64 pixels or ``None``: after multi-view
+            refinement (:func:`handfit.detect.multiview.refine`), each fused
+            keypoint's median distance from the views' keypoints (a per-keypoint
+            confidence: small is sure).
+        views: how many views were fused into :attr:`keypoints` (0: none, the
+            single landmarker run).
     """
 
     side: str
@@ -89,6 +95,8 @@ class Detection:
     side_source: str = "detector"
     side_losses: dict | None = None
     detector_side: str | None = None
+    keypoint_spread: np.ndarray | None = None
+    views: int = 0
 
     def __repr__(self) -> str:
         b = ", ".join(f"{v:.1f}" for v in self.box_xyxy)
@@ -103,7 +111,8 @@ class Detection:
             "keypoints_2d": np.asarray(self.keypoints, float).tolist(),
             "keypoints_3d_world": np.asarray(self.world, float).tolist(),
             "pass": self.pass_name,
-        }
+        } | ({"keypoint_spread": np.asarray(self.keypoint_spread, float).tolist(), "views": int(self.views)}
+             if self.keypoint_spread is not None else {})
 
 
 # ---------------------------------------------------------------- detector
@@ -130,6 +139,8 @@ class Detector:
         box_margin: :attr:`Detection.box_xyxy` grows the landmarks' bounding
             box by this fraction of its longer side on every side.
         task_path: an existing ``.task`` bundle to use instead of building one.
+        views: after detection, refine each hand with this many views of its
+            crop (:func:`handfit.detect.multiview.refine`; 0: off).
         quiet: silence MediaPipe's native log lines on stderr.
 
     The underlying landmarkers and the pose model are not thread-safe; calls
@@ -153,6 +164,7 @@ class Detector:
         box_margin: float = 0.1,
         task_path: str | os.PathLike | None = None,
         quiet: bool = True,
+        views: int = 0,
     ):
         if max_hands is None:
             max_hands = HAND_CAP
@@ -167,6 +179,11 @@ class Detector:
                 raise UsageError(f"{name} must be in [0, 1], got {v}")
         if int(max_side) < 32:
             raise UsageError(f"max_side must be at least 32 pixels, got {max_side}")
+        from .multiview import VIEW_SET
+
+        if not 0 <= int(views) <= len(VIEW_SET):
+            raise UsageError(f"views must be in 0..{len(VIEW_SET)}, got {views}")
+        self.views = int(views)
         self.max_hands = int(max_hands)
         self.mode = mode
         self.max_side = int(max_side)
@@ -365,7 +382,18 @@ class Detector:
         else:
             dets = _dedupe(dets)
         dets.sort(key=lambda d: -d.score)
-        return dets[: self.max_hands]
+        dets = dets[: self.max_hands]
+        if self.views:
+            dets = [self.refine(rgb, d) for d in dets]
+        return dets
+
+    def refine(self, rgb, det: Detection, views: int | None = None) -> Detection:
+        """``det`` refined with ``views`` (default: the detector's ``views``) views of its
+        crop: :func:`handfit.detect.multiview.refine` with :meth:`landmarks`."""
+        from .multiview import refine
+
+        views = self.views if views is None else int(views)
+        return refine(self.landmarks, _as_rgb8(rgb), det, views, box_margin=self.box_margin)
 
     def detect_in_boxes(self, rgb, boxes) -> list[Detection]:
         """Run the landmarker inside given boxes (your own detector's or annotations).

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["HandItem", "HandBatch", "to_batch"]
+__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "SPREAD_SIGMA"]
 
 
 @dataclass
@@ -28,18 +28,42 @@ class HandBatch:
     kp2d: torch.Tensor     # (B,21,2) detected pixels
     world: torch.Tensor    # (B,21,3) MediaPipe world landmarks, metres
     scale: torch.Tensor    # (B,) side of the detection box, pixels
+    # (B,21) per-keypoint weights of the 2D terms from the multi-view spread
+    # (handfit.detect.multiview.spread_weight), or None: every keypoint alike
+    kp_weight: torch.Tensor | None = None
 
     def select(self, idx) -> "HandBatch":
         i = torch.as_tensor(list(idx), dtype=torch.long, device=self.K.device)
-        return HandBatch(self.K[i], self.kp2d[i], self.world[i], self.scale[i])
+        return HandBatch(self.K[i], self.kp2d[i], self.world[i], self.scale[i],
+                         None if self.kp_weight is None else self.kp_weight[i])
+
+
+#: Relative spread (hand sizes) at which a keypoint's 2D weight halves
+#: (:func:`handfit.detect.multiview.spread_weight`); 0: spread not used.
+SPREAD_SIGMA = 0.02
+
+
+def kp_weights(dets: list, sigma: float | None = None) -> np.ndarray | None:
+    """(B,21) 2D-term weights from the detections' ``keypoint_spread``, or None when no
+    detection has one (a detection without one gets all ones)."""
+    sigma = SPREAD_SIGMA if sigma is None else sigma
+    if sigma <= 0 or all(getattr(d, "keypoint_spread", None) is None for d in dets):
+        return None
+    from ..detect.multiview import spread_weight
+
+    return np.stack([np.ones(21) if getattr(d, "keypoint_spread", None) is None
+                     else spread_weight(d.keypoint_spread, float(np.ptp(d.keypoints, axis=0).max()), sigma)
+                     for d in dets])
 
 
 def to_batch(items: list, device, dtype=torch.float32) -> HandBatch:
     """items: B :class:`HandItem` (or (K, Detection) pairs) -> :class:`HandBatch`."""
     pairs = [(it.K, it.detection) if isinstance(it, HandItem) else it for it in items]
     box = np.stack([d.box_xyxy for _, d in pairs])
+    w = kp_weights([d for _, d in pairs])
     return HandBatch(
         K=torch.tensor(np.stack([k for k, _ in pairs]), device=device, dtype=dtype),
         kp2d=torch.tensor(np.stack([d.keypoints for _, d in pairs]), device=device, dtype=dtype),
         world=torch.tensor(np.stack([d.world for _, d in pairs]), device=device, dtype=dtype),
-        scale=torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype))
+        scale=torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype),
+        kp_weight=None if w is None else torch.tensor(w, device=device, dtype=dtype))

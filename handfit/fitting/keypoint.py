@@ -12,11 +12,13 @@ from .adam import StageReport, run_adam
 
 
 def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tensor | None,
-                   scale: torch.Tensor, w: KeypointWeights, kp2d_weight: float | None = None):
+                   scale: torch.Tensor, w: KeypointWeights, kp2d_weight: float | None = None,
+                   kp_weight: torch.Tensor | None = None):
     """Build ``terms(params)`` for the keypoint stage.
 
     K: (B,3,3); kp2d: (B,21,2) detected pixels; world: (B,21,3) or None;
-    scale: (B,) box side in pixels.
+    scale: (B,) box side in pixels; kp_weight: (B,21) per-keypoint weights of
+    the 2D term (the multi-view confidence, :attr:`HandBatch.kp_weight`) or None.
     """
     w2d = w.kp2d if kp2d_weight is None else kp2d_weight
 
@@ -24,7 +26,7 @@ def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tens
         out = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
         uv = project(out.keypoints, K)
         t = {
-            "kp2d": w2d * L.keypoint_2d_loss(uv, kp2d, scale),
+            "kp2d": w2d * L.keypoint_2d_loss(uv, kp2d, scale, kp_weight),
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
             "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
             "shape": w.shape * L.shape_loss(p["shape"]),
@@ -37,13 +39,14 @@ def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tens
 
 
 def fit_keypoints(model, params: dict, K, kp2d, world, scale, stage: KeypointStage | None = None,
-                  on_step=None) -> StageReport:
+                  on_step=None, kp_weight: torch.Tensor | None = None) -> StageReport:
     """Keypoint stage: Adam over global_orient, pose, shape and transl of B hands.
 
     ``params`` (dict of (B,·) tensors) is updated in place and the report returned.
+    ``kp_weight``: (B,21) per-keypoint weights of the 2D term, or None.
     """
     stage = stage or KeypointStage()
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl}
-    return run_adam(params, lrs, keypoint_terms(model, K, kp2d, world, scale, stage.weights),
+    return run_adam(params, lrs, keypoint_terms(model, K, kp2d, world, scale, stage.weights, kp_weight=kp_weight),
                     max_iters=stage.iters, tol=stage.tol, patience=stage.patience, on_step=on_step)

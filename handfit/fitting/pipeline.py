@@ -5,7 +5,8 @@ and batch videos) comes through here, and every hand goes through the same
 stages in this order:
 
 1. **side decision** (:mod:`.side`): when MediaPipe's handedness is unsure,
-   both hand models are fitted and the better one is kept;
+   both hand models are fitted and the better one is kept; then, with
+   ``views`` > 0, multi-view 2D evidence (:func:`refine_evidence`);
 2. **initialise** (:mod:`.init`): the regressor (or IK) from the world
    landmarks, translation from the 2D keypoints;
 3. **keypoint** (:mod:`.keypoint`): pose, shape and translation against the
@@ -114,6 +115,17 @@ def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
     return [replace(it, detection=d) for it, d in zip(items, dets)]
 
 
+def refine_evidence(items: list, opts: FitOptions, res: Resources) -> list:
+    """Stage 1b: with ``opts.views`` > 0, each photo's hand refined from that many views
+    of its crop (:func:`handfit.detect.multiview.refine`: fused keypoints and world
+    landmarks, ``keypoint_spread``). -> new items"""
+    if not opts.views or not any(it.rgb is not None for it in items):
+        return items
+    detector = res.detector(opts.detect)
+    return [replace(it, detection=detector.refine(it.rgb, it.detection, opts.views)) if it.rgb is not None else it
+            for it in items]
+
+
 def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
                  ) -> SideFit:
     """Stages 2 and 3 for B photos' hands of one side: initialise, then the keypoint stage."""
@@ -130,7 +142,7 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
         init_err = (project(model(**params).keypoints, batch.K) - batch.kp2d).norm(dim=-1).mean(-1)
     report = fit_keypoints(model, params, batch.K, batch.kp2d, batch.world, batch.scale, opts.keypoint,
                            on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
-                           if progress else None)
+                           if progress else None, kp_weight=batch.kp_weight)
     B = len(items)
     fit = SideFit(side, model, list(items), batch, params, [method] * B,
                   losses={"keypoint": dict(report.terms)},
@@ -229,7 +241,7 @@ def fit_hands(items: list, opts: FitOptions, res: Resources, progress: ProgressF
     """The whole pipeline for detected hands of any photos. items: :class:`HandItem` list.
 
     -> one :class:`HandResult` per item, in the items' order (a side may have changed)."""
-    items = decide_sides(items, opts, res)
+    items = refine_evidence(decide_sides(items, opts, res), opts, res)
     out: list = [None] * len(items)
     for side in SIDE_ORDER:
         idx = [i for i, it in enumerate(items) if it.detection.side == side]
