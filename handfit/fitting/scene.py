@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import render as R
 from ..camera import crop_image, crop_intrinsics, square_crop, to_crop
@@ -81,6 +82,28 @@ class CropScene:
             valid[-1] &= torch.from_numpy(hand_side_of_wrist(to_crop(kp[b], c), crop_size))
         return cls(model, torch.stack(imgs).to(device=device, dtype=dtype), torch.stack(valid).to(device),
                    torch.stack(Ks).to(device=device, dtype=dtype), backend, crops, context)
+
+    def downsampled(self, factor: int) -> "CropScene":
+        """The same scene at 1/``factor`` of the resolution: targets and background
+        area-averaged, a pixel valid where all it covers was, K mapped so that pixel
+        centres stay exact (u' = (u + 0.5) / f - 0.5). ``factor`` 1: this scene."""
+        if factor <= 1:
+            return self
+
+        def pool(x):  # (B,S,S,C) -> (B,S/f,S/f,C)
+            return F.avg_pool2d(x.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1).contiguous()
+
+        K = self.K.clone()
+        K[:, :2, :2] /= factor
+        K[:, :2, 2] = (K[:, :2, 2] + 0.5) / factor - 0.5
+        valid = pool(self.valid[..., None].to(self.target.dtype))[..., 0] > 1 - 1e-6
+        out = CropScene.__new__(CropScene)
+        out.__dict__.update(self.__dict__)
+        out.target, out.valid, out.K = pool(self.target), valid, K
+        out.background = out.target if self.background is self.target else pool(self.background)
+        out.res = tuple(out.target.shape[1:3])
+        out.crops = None  # the photo's crop boxes are at the full resolution only
+        return out
 
     def rasterize(self, vertices, points: bool = False) -> R.MeshBuffers:
         """vertices (B,V,3) camera frame -> the mesh's buffers in the crops (:class:`~handfit.render.MeshBuffers`)."""

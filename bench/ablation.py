@@ -1,0 +1,108 @@
+"""Dense-stage ablations on dev3d: each setting's keypoint and default (dense) fit.
+
+Runs ``handfit.eval.evaluate`` (what ``handfit eval DATA --compare`` runs) once
+per setting in one process, with the detections and the multi-view landmarks
+computed once and reused (MediaPipe is deterministic), and prints PA-MPJPE,
+2D error and seconds per hand of the keypoint and the dense fit.
+
+A setting is a ``;``-separated list of FitOptions paths, ``-`` for the defaults:
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/ablation.py --every 4 \\
+        --settings "-" "dense.weights.depth=1" "dense.iters=60;dense.geometry_downsample=2"
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEV3D = REPO.parent / "shared" / "data" / "dev3d"
+
+
+def _value(v: str):
+    if v in ("true", "false"):
+        return v == "true"
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_setting(s: str) -> dict:
+    if s.strip() in ("", "-"):
+        return {}
+    return {k.strip(): _value(v.strip()) for k, v in (kv.split("=", 1) for kv in s.split(";") if kv.strip())}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=["-"])
+    ap.add_argument("--data", type=Path, default=DEV3D)
+    ap.add_argument("--every", type=int, default=1, help="every N-th image (1: all)")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--variants", default="keypoint,dense")
+    ap.add_argument("--json", type=Path, help="append one JSON line per setting here")
+    args = ap.parse_args(argv)
+
+    from handfit.detect import multiview as mv
+    from handfit.eval import evaluate, open_dataset, select
+    from handfit.fitting.resources import Resources
+    from handfit.options import FitOptions
+
+    records = select(open_dataset(args.data), every=args.every, limit=args.limit)
+    res = Resources()
+    views_cache, original = {}, mv.view_detections
+
+    def cached(landmarks_fn, rgb, det, views, *a, **kw):
+        key = (hashlib.sha1(rgb.tobytes()).hexdigest(), det.keypoints.round(6).tobytes(), det.side, views, a,
+               tuple(sorted(kw.items())))
+        if key not in views_cache:
+            views_cache[key] = original(landmarks_fn, rgb, det, views, *a, **kw)
+        return views_cache[key]
+
+    mv.view_detections = cached
+    detections = {}
+
+    class CachedDetector:
+        def detect(self, rgb):
+            k = hashlib.sha1(rgb.tobytes()).hexdigest()
+            if k not in detections:
+                detections[k] = res.detector("thorough").detect(rgb)
+            return detections[k]
+
+    variants = tuple(["mediapipe"] + args.variants.split(","))
+    rows = []
+    for s in args.settings:
+        values = parse_setting(s)
+        opts = FitOptions.from_values({"device": "cpu", **values})
+        t = time.perf_counter()
+        ev = evaluate(records, opts, variants, detector=CachedDetector(), resources=res, warmup=False)
+        row = {"setting": s, "seconds": round(time.perf_counter() - t, 1)}
+        for v in variants[1:]:
+            m = ev.summary[v]
+            row[v] = {k: m[k] for k in ("pa_mpjpe_mm", "kp2d_px", "s_per_hand", "n")}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    res.close()
+    print(f"\n{len(records)} images of {args.data}\n")
+    head = "| setting | " + " | ".join(f"{v} PA mm | {v} 2D px | {v} s/hand" for v in variants[1:]) + " |"
+    print(head)
+    print("|" + "---|" * (1 + 3 * (len(variants) - 1)))
+    for r in rows:
+        cells = [f"{r[v]['pa_mpjpe_mm']:.2f} | {r[v]['kp2d_px']:.2f} | {r[v]['s_per_hand']:.2f}" for v in variants[1:]]
+        print(f"| `{r['setting']}` | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
