@@ -65,7 +65,7 @@ def photometric_error(scene: CropScene, g: R.MeshBuffers, tex, sh) -> tuple[torc
 
 
 def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage,
-                   start: dict | None = None, appearance: PriorAppearance | None = None):
+                   start: dict | None = None, appearance: PriorAppearance | None = None, kp_weight=None):
     """``terms(p) -> dict of (B,)`` for the geometry phase; p holds
     global_orient, pose, shape, transl, texture (B,d,d,3), the coarse albedo,
     and sh (B,9,3).
@@ -75,6 +75,7 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
     ``anchor`` term holds the fit near, and its keypoints (B,21,3), whose
     relative depths the ``depth`` term holds (None: neither term).
     appearance: the prior's albedo (then p's texture is not used), or None.
+    kp_weight: (B,21) weights of the 2D keypoint term (the multi-view spread), or None.
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
@@ -90,7 +91,7 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
             "photo": w.photo * L.robust_photometric_loss(r["rgb"], scene.target, region),
             "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
             "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region * sure),
-            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale, sigma=stage.kp2d_sigma),
+            "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale, kp_weight, sigma=stage.kp2d_sigma),
             "kp_trust": w.kp_trust * L.keypoint_trust_loss(uv, kp2d_full, scale, stage.trust_radius),
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
             "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
@@ -132,7 +133,7 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
 
 def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
               backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = (),
-              context=None):
+              context=None, kp_weight=None):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
@@ -141,6 +142,7 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     ``texture_prior``: a learned TexturePrior (handfit/texture/prior.py) whose
     prediction fills the unseen texels in the texture phase; None: the coarse albedo.
     ``context``: the rasterizer state for the device (:func:`handfit.render.make_context`), None on the CPU.
+    ``kp_weight``: (B,21) weights of the 2D keypoint term, or None.
     ``freeze``: parameters the geometry phase keeps fixed (e.g. ("shape",) for a video track's shared shape).
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
@@ -186,7 +188,8 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     gstage = stage if f == 1 else replace(stage, margin=max(1, round(stage.margin / f)))
     if appearance is not None and f > 1:
         appearance = PriorAppearance(texture_prior, gscene, gskin, stage.prior_detail, stage.prior_every)
-    terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance)
+    terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
+                           kp_weight)
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
                       on_step=on_step)
     for k in ("global_orient", "pose", "shape", "transl"):

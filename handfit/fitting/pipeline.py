@@ -169,7 +169,8 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
         texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
         on_step=(lambda it, loss: progress("dense", fit.side, it, steps)) if progress else None,
-        freeze=("shape",) if fit.track else (), context=res.render_context(device, opts.renderer))
+        freeze=("shape",) if fit.track else (), context=res.render_context(device, opts.renderer),
+        kp_weight=batch.kp_weight)
     fit.textures = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
     fit.losses["dense"] = dict(report.terms)
     fit.metrics.update(report.metrics)
