@@ -28,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "dev3d")
     ap.add_argument("--detect", default="thorough", choices=["fast", "thorough"])
     ap.add_argument("--check-below", type=float, default=None)
+    ap.add_argument("--iters", type=int, default=None, help="FitOptions.side_check_iters (default: its default)")
     args = ap.parse_args(argv)
     from handfit.api import FitOptions
     from handfit.fitting.pipeline import HandItem, decide_sides
@@ -36,6 +37,8 @@ def main(argv=None):
 
     check = FitOptions().side_check_below if args.check_below is None else args.check_below
     opts = FitOptions(device="cpu", detect=args.detect, side_check_below=check)
+    if args.iters is not None:
+        opts.side_check_iters = args.iters
     opts.dense.enabled = False
     res = Resources()
     det = res.detector(args.detect)

@@ -111,7 +111,7 @@ def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
     needs_views = any(it.rgb is not None for it in items)
     detector = res.detector(opts.detect) if needs_views and opts.side_check_below > 0 else None
     dets = resolve_sides([(it.K, it.detection, it.rgb) for it in items], opts, res, device,
-                         opts.side_check_below, detector)
+                         opts.side_check_below, detector, opts.side_check_iters)
     return [replace(it, detection=d) for it, d in zip(items, dets)]
 
 
@@ -266,7 +266,8 @@ def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 6
     from .temporal import fit_sequence
 
     device, dtype = _device(opts)
-    dets = resolve_track_side([(it.K, it.detection) for it in items], opts, res, device, opts.side_check_below)
+    dets = resolve_track_side([(it.K, it.detection) for it in items], opts, res, device, opts.side_check_below,
+                              opts.side_check_iters)
     items = [replace(it, detection=d) for it, d in zip(items, dets)]
     side = items[0].detection.side
     model = res.model(opts.model, side, opts.mano, device, dtype)
