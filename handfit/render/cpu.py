@@ -108,7 +108,14 @@ def edge_planes(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     homogeneous edge functions ``n_k = c_{k+1} x c_{k+2}`` of the columns
     ``c = (X, Y, W)``. At a pixel with NDC (x, y), ``n_k . (x, y, 1)`` is
     proportional to the perspective-correct barycentric of vertex k."""
-    c = pos[:, tri.long()][..., [0, 1, 3]]  # (B,F,3,3)
+    # index_select, not pos[:, tri]: the backward of advanced indexing is an
+    # accumulating index_put_, which torch runs with unordered atomic adds
+    # once it has more than one thread (and >= 32768 values), so the vertex
+    # gradients' rounding changed from run to run. index_select's backward
+    # (index_add_) adds in index order: the same sums, bit for bit, as the
+    # single-threaded index_put_, on any number of threads.
+    nb, nf = pos.shape[0], tri.shape[0]
+    c = pos.index_select(1, tri.reshape(-1).long()).view(nb, nf, 3, 4)[..., [0, 1, 3]]  # (B,F,3,3)
     return torch.cross(c.roll(-1, dims=2), c.roll(-2, dims=2), dim=-1)
 
 

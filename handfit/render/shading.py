@@ -41,9 +41,11 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         (B,V,3) unit outward normals (zero for vertices used by no face).
     """
     f = faces.to(vertices.device).long()
-    v0 = vertices[:, f[:, 0]]
-    v1 = vertices[:, f[:, 1]]
-    v2 = vertices[:, f[:, 2]]
+    # index_select, not vertices[:, f[:, k]]: its backward adds in a fixed order
+    # on any number of threads (see render.cpu.edge_planes).
+    v0 = vertices.index_select(1, f[:, 0])
+    v1 = vertices.index_select(1, f[:, 1])
+    v2 = vertices.index_select(1, f[:, 2])
     fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area: area weighting
     n = torch.zeros_like(vertices)
     for k in range(3):
