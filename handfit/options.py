@@ -149,7 +149,7 @@ class FitOptions:
     max_hands: int | None = opt(None, min=1, kind="int")  # hands per photo, best first; None: all (detect.HAND_CAP)
     detect: str = opt("thorough", choices=("fast", "thorough"))  # detection cascade (handfit.detect.MODES)
     side_check_below: float = opt(0.95, min=0)  # fit both hand models when the handedness score is below this
-    side_check_iters: int = opt(120, min=1)     # keypoint iterations of each model's fit in that check
+    side_check_iters: int = opt(40, min=1)      # keypoint iterations of each model's fit in that check
     model: str = opt("anny", choices=("anny", "mano"))
     mano: str | None = opt(None, kind="path")   # MANO_RIGHT/LEFT (.pkl/.npz) or a folder holding them
     focal: float | None = opt(None, min=0, min_open=True, kind="float")  # pixels; overrides EXIF and the default FOV
