@@ -1,0 +1,60 @@
+"""The one fit pipeline: tensors made in one place, the side decision, results in the items' order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from handfit.fitting import pipeline as P
+from handfit.fitting.resources import Resources
+from handfit.options import FitOptions
+
+
+def _truth_item(side: str, seed: int, label: str | None = None, score: float = 1.0):
+    from handfit.detect import Detection
+    from handfit.models import load_model
+    from handfit.train.synth import make_scene
+
+    sc = make_scene(load_model("anny", side=side), seed=seed, size=(192, 256))
+    kp, kp3 = sc.keypoints_2d.astype(np.float64), sc.keypoints.astype(np.float64)
+    det = Detection(side=label or side, score=score, box_xyxy=np.concatenate([kp.min(0) - 8, kp.max(0) + 8]),
+                    keypoints=kp, keypoints_z=np.zeros(21), world=kp3 - kp3.mean(0), image_size=(256, 192))
+    return P.HandItem(sc.K, det, sc.image), sc
+
+
+def test_to_batch_shapes_and_select():
+    items = [_truth_item("right", 1)[0], _truth_item("right", 2)[0]]
+    b = P.to_batch(items, "cpu", torch.float64)
+    assert b.K.shape == (2, 3, 3) and b.kp2d.shape == (2, 21, 2) and b.world.shape == (2, 21, 3)
+    assert b.scale.shape == (2,) and b.K.dtype == torch.float64
+    one = b.select([1])
+    assert torch.equal(one.kp2d[0], b.kp2d[1])
+    box = items[0].detection.box_xyxy
+    assert float(b.scale[0]) == pytest.approx(max(box[2] - box[0], box[3] - box[1]))
+
+
+def test_a_mislabelled_hand_gets_its_side_from_the_fit():
+    """A left hand that MediaPipe called right, unsure: both models are fitted and left wins.
+    (Given without its photo, so both fits see these landmarks, not MediaPipe's views of the render.)"""
+    item, _ = _truth_item("left", 12, label="right", score=0.5)
+    item = P.HandItem(item.K, item.detection, None)
+    opts = FitOptions.from_values({"views": 0, "device": "cpu"})
+    (d,) = [it.detection for it in P.decide_sides([item], opts, Resources())]
+    assert d.side == "left" and d.side_source == "fit" and d.detector_side == "right"
+    assert d.side_losses["left"] < d.side_losses["right"]
+    sure = P.decide_sides([_truth_item("right", 6)[0]], opts, Resources())[0].detection
+    assert sure.side_source == "detector" and sure.side_losses is None      # a sure label is not checked
+
+
+def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only():
+    items = [_truth_item("left", 7)[0], _truth_item("right", 8)[0], _truth_item("left", 9)[0]]
+    opts = FitOptions.from_values({"views": 0, "side_check_below": 0, "keypoint.iters": 40, "dense.enabled": False,
+                                   "device": "cpu"})
+    out = P.fit_hands(items, opts, Resources())
+    assert [h.side for h in out] == ["left", "right", "left"]
+    for it, h in zip(items, out):
+        assert np.allclose(h.keypoints_2d_detected, it.detection.keypoints)
+        assert "dense" not in h.losses and h.metrics["kp2d_px"] < 15
+        assert h.texture.std(axis=(0, 1)).max() == 0         # the flat skin texture
+        assert h.vertices.shape == (1609, 3) and h.seconds > 0
