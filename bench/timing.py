@@ -33,11 +33,11 @@ def main(argv=None):
 
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"image {args.image}; torch threads {torch.get_num_threads()}")
-    print("| device | stages | first run s | median s per photo | hands | s per hand |")
-    print("|---|---|---|---|---|---|")
+    print("| device | stages | first run s | median s per photo | hands | s per hand | median HandResult.seconds |")
+    print("|---|---|---|---|---|---|---|")
     for dev in devices:
         for dense in (False, True):
-            times = []
+            times, fit_s = [], []
             n = 0
             for i in range(args.repeats + 1):
                 if dev == "cuda":
@@ -47,10 +47,12 @@ def main(argv=None):
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
+                fit_s.append(sum(h.seconds for h in res.hands))
                 n = len(res.hands)
             med = statistics.median(times[1:])
             stages = "keypoint + dense" if dense else "keypoint only"
-            print(f"| {dev} | {stages} | {times[0]:.2f} | {med:.2f} | {n} | {med / max(n, 1):.2f} |")
+            print(f"| {dev} | {stages} | {times[0]:.2f} | {med:.2f} | {n} | {med / max(n, 1):.2f} "
+                  f"| {statistics.median(fit_s[1:]):.2f} |")
 
 
 if __name__ == "__main__":

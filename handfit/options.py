@@ -57,7 +57,7 @@ class KeypointWeights:
 class KeypointStage:
     """The keypoint stage: Adam over pose, shape and translation against the detections."""
 
-    iters: int = opt(300, min=1)          # maximum iterations (stops earlier on convergence)
+    iters: int = opt(100, min=1)          # maximum iterations (stops earlier on convergence)
     lr_orient: float = opt(0.02, min=0)
     lr_pose: float = opt(0.02, min=0)
     lr_shape: float = opt(0.05, min=0)
@@ -85,8 +85,8 @@ class DenseWeights:
     # lengths) from the keypoint stage's, leaving the 2D projection free. A
     # photo pins where the fingers are in the image but hardly how far they
     # reach towards the camera: on real photos (dev3d) the image terms bent
-    # weakly seen joints in depth, which this stops.
-    depth: float = opt(0.0, min=0)
+    # weakly seen joints in depth, which this stops (on by default since issue 19).
+    depth: float = opt(1.0, min=0)
     pose_limit: float = opt(1.0, min=0)
     pose_l2: float = opt(1e-3, min=0)
     shape: float = opt(1e-3, min=0)
@@ -100,8 +100,8 @@ class DenseStage:
     """The dense stage: the rendered hand against the photo (see handfit/fitting/dense.py and docs/fitting.md)."""
 
     enabled: bool = opt(True, kind="bool")  # run it (False: keypoint fit only)
-    iters: int = opt(120, min=1)          # geometry phase (stops earlier on convergence)
-    texture_iters: int = opt(40, min=0)   # texture phase, geometry fixed
+    iters: int = opt(60, min=1)           # geometry phase (stops earlier on convergence)
+    texture_iters: int = opt(20, min=0)   # texture phase, geometry fixed
     lr_orient: float = opt(0.005, min=0)
     lr_pose: float = opt(0.01, min=0)
     lr_shape: float = opt(0.02, min=0)
@@ -132,9 +132,10 @@ class DenseStage:
     background: str = opt("photo", choices=("photo", "inpainted"))
     # The photo's hand mask (see fitting/photo_mask.py).
     photo_mask: str = opt("consensus", choices=("consensus", "grabcut", "colour"))
-    # Box sides around each detected keypoint the dense stage may move freely in:
-    # about MediaPipe's typical error once the keypoints are calibrated.
-    trust_radius: float = opt(0.03, min=0)
+    # Box sides around each detected keypoint the dense stage may move freely in.
+    # 0: the hinge holds every keypoint to its (multi-view fused) detection; on
+    # dev3d a free ball of 0.03 let the image terms pull the 2D off (docs/benchmarks.md).
+    trust_radius: float = opt(0.0, min=0)
     # Robust scale of the 2D term (box sides); wider than the keypoint stage's
     # 0.1 so the detections keep anchoring the fit.
     kp2d_sigma: float = opt(0.3, min=0, min_open=True)
