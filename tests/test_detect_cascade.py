@@ -388,7 +388,7 @@ def test_more_than_two_hands_are_fitted_by_default(four_hands):
     import handfit
     from handfit.fitting.keypoint import KeypointStage
 
-    res = handfit.fit(four_hands, appearance=False, device="cpu",  # default detection: thorough
+    res = handfit.fit(four_hands, dense=handfit.DenseStage(enabled=False), device="cpu",  # default detection: thorough
                       keypoint=KeypointStage(iters=15))
     assert res.hands_found >= 3
     assert len(res.hands) == res.hands_found > 2
@@ -396,6 +396,6 @@ def test_more_than_two_hands_are_fitted_by_default(four_hands):
     assert doc["hands_found"] == res.hands_found
     for h in doc["hands"]:
         assert h["side_source"] in ("detector", "fit") and h["pass"] in dp.PASSES
-    capped = handfit.fit(four_hands, appearance=False, device="cpu", max_hands=2,
+    capped = handfit.fit(four_hands, dense=handfit.DenseStage(enabled=False), device="cpu", max_hands=2,
                          keypoint=KeypointStage(iters=5))
     assert len(capped.hands) == 2 and capped.hands_found == res.hands_found

@@ -179,7 +179,7 @@ def test_depth_term_is_zero_at_the_start_and_grows_when_fingers_bend_in_depth(mo
         q["pose"] = q["pose"] + 0.1
         assert float(terms(q)["depth"]) > 1e-3
     with torch.no_grad():
-        assert "depth" not in geometry_terms(*args, DenseStage(), start)(q)
+        assert "depth" not in geometry_terms(*args, DenseStage(weights=DenseWeights(depth=0.0)), start)(q)
 
 
 def test_anchor_term_is_zero_at_the_start_and_grows_with_pose_change(model):
@@ -192,7 +192,7 @@ def test_anchor_term_is_zero_at_the_start_and_grows_with_pose_change(model):
     start = {k: p[k].clone() for k in ("global_orient", "pose")}
     sh = ambient_sh(1, "cpu", torch.float32)
     terms = geometry_terms(model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh,
-                           DenseStage(weights=DenseWeights(anchor=2.0)), start)
+                           DenseStage(weights=DenseWeights(anchor=2.0, depth=0.0)), start)
     q = {**{k: v.clone() for k, v in p.items()}, "texture": tex, "sh": sh}
     with torch.no_grad():
         assert float(terms(q)["anchor"]) == 0.0
