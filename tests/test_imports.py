@@ -120,7 +120,7 @@ def test_no_import_cycles():
 
 def test_fitting_stages_are_imported_only_by_the_fitting_pipeline():
     """Outside handfit/fitting/ and handfit/train/, nothing imports handfit.fitting.init, .keypoint,
-    .adam, .dense or .side (nor anything inside them): they are reached through handfit.api."""
+    .adam, .dense or .side (nor anything inside them): they are reached through handfit.fitting.pipeline."""
     mods = _modules()
     banned = tuple(f"handfit.fitting.{n}" for n in FITTING_INTERNALS)
     bad = []
