@@ -119,7 +119,7 @@ def resolve_sides(items: list, opts, res, device, check_below: float, detector=N
         return dets
     cands = []
     for i in todo:
-        K, d, rgb = items[i][0], dets[i], items[i][2]
+        d, rgb = dets[i], items[i][2]
         best = side_candidates(detector, rgb, d)[0] if detector is not None and rgb is not None else {}
         cands.append({s: best.get(s, d) for s in SIDES})
     losses = _side_losses({s: [(items[i][0], c[s]) for i, c in zip(todo, cands)] for s in SIDES},
