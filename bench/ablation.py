@@ -22,18 +22,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _overrides import _value as set_value  # noqa: E402
 DEV3D = REPO.parent / "shared" / "data" / "dev3d"
 
 
 def _value(v: str):
-    if v in ("true", "false"):
-        return v == "true"
-    for kind in (int, float):
-        try:
-            return kind(v)
-        except ValueError:
-            pass
-    return v
+    """``true``/``false`` as booleans (e.g. ``dense.enabled``), else as ``--set`` reads it."""
+    return v == "true" if v in ("true", "false") else set_value(v)
 
 
 def parse_setting(s: str) -> dict:

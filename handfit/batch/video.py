@@ -125,18 +125,20 @@ def _hw(frame) -> tuple:
     return tuple(x.shape[:2]) if hasattr(x, "shape") else tuple(x)
 
 
-def track_outputs(fit) -> dict:
-    """Per-frame arrays of a fitted track, filled in as frames finish (:func:`frame_hands`):
-    keypoints_3d (T,21,3), keypoints_2d (T,21,2), keypoints_2d_detected (T,21,2), params
-    name -> (T,·), losses "stage.term" -> (T,), dense (T,) bool."""
+def track_outputs(fit, assembled: bool = True) -> dict:
+    """Per-frame arrays of a fitted track: keypoints_3d (T,21,3), keypoints_2d (T,21,2),
+    keypoints_2d_detected (T,21,2), params name -> (T,·), losses "stage.term" -> (T,),
+    dense (T,) bool. ``assembled``: filled with the track's keypoint-stage values; else
+    left empty for :func:`frame_hands` to fill as every frame finishes."""
     from ..fitting.pipeline import assemble
 
     T = len(fit.items)
     out = {"keypoints_3d": np.zeros((T, 21, 3)), "keypoints_2d": np.zeros((T, 21, 2)),
            "keypoints_2d_detected": fit.batch.kp2d.double().cpu().numpy(), "params": {}, "losses": {},
            "dense": np.zeros(T, bool)}
-    for b, h in enumerate(assemble(fit, texture_size=1)):
-        _record_frame(out, b, h)
+    if assembled:
+        for b, h in enumerate(assemble(fit, texture_size=1)):
+            _record_frame(out, b, h)
     return out
 
 
@@ -332,7 +334,7 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     frames, tracks, fits = run["frames"], run["tracks"], run["fits"]
     per_frame = _frame_hands(len(frames), tracks)
     hands = sum(map(len, per_frame))
-    outputs = [track_outputs(fit) for fit in fits]
+    outputs = [track_outputs(fit, assembled=False) for fit in fits]  # every frame is finished while writing
     fps = Fraction(run["info"].fps).limit_denominator(1001) / vopts.every
     names = [f"frame_{idx:06d}" for idx, _, _ in frames]
     poster = names[len(names) // 2]

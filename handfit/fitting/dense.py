@@ -177,17 +177,15 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         lrs.pop(k, None)
     start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
     start["keypoints"] = out0.keypoints
-    appearance = None
-    if stage.geometry_albedo == "prior" and texture_prior is not None:
-        appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
-        del lrs["texture"]
     # The geometry phase may run on a coarser copy of the crops (DenseStage.geometry_downsample).
     f = stage.geometry_downsample if crop_size % stage.geometry_downsample == 0 else 1
     gscene = scene.downsampled(f)
     gskin = skin_p if f == 1 else F.avg_pool2d(skin_p[:, None], f)[:, 0]
     gstage = stage if f == 1 else replace(stage, margin=max(1, round(stage.margin / f)))
-    if appearance is not None and f > 1:
+    appearance = None
+    if stage.geometry_albedo == "prior" and texture_prior is not None:
         appearance = PriorAppearance(texture_prior, gscene, gskin, stage.prior_detail, stage.prior_every)
+        del lrs["texture"]
     terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
                            kp_weight)
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,

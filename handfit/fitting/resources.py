@@ -77,12 +77,9 @@ class Resources:
     def render_context(self, device, backend: str = "auto"):
         """The rasterizer state for ``device`` (:func:`handfit.render.make_context`):
         nvdiffrast's CUDA context on a GPU, None on the CPU."""
-        from ..render import make_context, pick_backend
+        from ..render import make_context
 
         device = torch.device(device)
-        backend = pick_backend(backend, torch.empty(0, device=device))
-        if backend == "cpu":
-            return None
         return self._get(("render", str(device), backend), lambda: make_context(device, backend))
 
     def close(self) -> None:
