@@ -9,6 +9,16 @@ A setting is a ``;``-separated list of FitOptions paths, ``-`` for the defaults:
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/ablation.py --every 4 \\
         --settings "-" "dense.weights.depth=1" "dense.iters=60;dense.geometry_downsample=2"
+
+The side decisions and keypoint fits are cached too, keyed by the options
+they depend on, so settings that change only the dense stage run only it
+(the keypoint variant's seconds are then those of its first run).
+
+``--perturb SIGMA`` also fits every hand a second time with the dense
+stage's starting pose perturbed by Gaussian noise of SIGMA radians per pose
+value (its evidence, the detections and the keypoint fit that its depth term
+refers to, unchanged; see bench/perturb.py) and reports the median and the
+maximum over hands of the largest keypoint movement between the two fits.
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,6 +51,55 @@ def parse_setting(s: str) -> dict:
     return {k.strip(): _value(v.strip()) for k, v in (kv.split("=", 1) for kv in s.split(";") if kv.strip())}
 
 
+def _items_key(items, *parts) -> str:
+    h = hashlib.sha1()
+    for it in items:
+        d = it.detection
+        h.update(np.asarray(it.K, np.float64).tobytes())
+        h.update(np.asarray(d.keypoints, np.float64).tobytes())
+        h.update(f"{d.side}{d.score}".encode())
+        if it.rgb is not None:
+            h.update(hashlib.sha1(it.rgb.tobytes()).digest())
+    h.update(repr(parts).encode())
+    return h.hexdigest()
+
+
+def _cache_stages(pipeline):
+    """Reuse side decisions and keypoint fits across settings that leave their options alone."""
+    decide, keypoint_fit = pipeline.decide_sides, pipeline.keypoint_fit
+    sides, fits = {}, {}
+
+    def decide_cached(items, opts, res):
+        key = _items_key(items, opts.keypoint, opts.side_check_below, opts.side_check_iters, opts.model, opts.detect)
+        if key not in sides:
+            sides[key] = decide(items, opts, res)
+        return sides[key]
+
+    def keypoint_cached(side, items, opts, res, progress=None):
+        key = _items_key(items, side, opts.keypoint, opts.model, opts.views)
+        if key not in fits:
+            fits[key] = keypoint_fit(side, items, opts, res, progress)
+        fit = fits[key]
+        return fit.select(range(len(fit.items)))  # a copy: the dense stage updates its params
+
+    pipeline.decide_sides, pipeline.keypoint_fit = decide_cached, keypoint_cached
+
+
+def _perturb_starts(dense, noise):
+    """While noise["sigma"] is set, shake the dense stage's starting pose (seeded by the hand's keypoints)."""
+    original = dense.fit_dense
+
+    def fit_dense(model, params, K_full, kp2d_full, *a, **kw):
+        if noise["sigma"]:
+            p = params["pose"]
+            seed = int(hashlib.sha1(kp2d_full.detach().cpu().numpy().tobytes()).hexdigest()[:8], 16)
+            eps = np.random.default_rng(seed).normal(0, noise["sigma"], tuple(p.shape))
+            params["pose"] = p + torch.from_numpy(eps).to(p)
+        return original(model, params, K_full, kp2d_full, *a, **kw)
+
+    dense.fit_dense = fit_dense
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", default=["-"])
@@ -46,9 +108,12 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--variants", default="keypoint,dense")
     ap.add_argument("--json", type=Path, help="append one JSON line per setting here")
+    ap.add_argument("--perturb", type=float, default=None, metavar="SIGMA",
+                    help="also measure the dense stage's stability (radians of pose noise)")
     args = ap.parse_args(argv)
 
     from handfit.detect import multiview as mv
+    from handfit.fitting import dense, pipeline
     from handfit.eval import evaluate, open_dataset, select
     from handfit.fitting.resources import Resources
     from handfit.options import FitOptions
@@ -65,6 +130,9 @@ def main(argv=None):
         return views_cache[key]
 
     mv.view_detections = cached
+    _cache_stages(pipeline)
+    noise = {"sigma": None}
+    _perturb_starts(dense, noise)
     detections = {}
 
     class CachedDetector:
@@ -85,6 +153,16 @@ def main(argv=None):
         for v in variants[1:]:
             m = ev.summary[v]
             row[v] = {k: m[k] for k in ("pa_mpjpe_mm", "kp2d_px", "s_per_hand", "n")}
+        if args.perturb and "dense" in variants:
+            noise["sigma"] = args.perturb
+            shaken = evaluate(records, opts, variants, detector=CachedDetector(), resources=res, warmup=False)
+            noise["sigma"] = None
+            moves = [float(np.linalg.norm(a.preds["dense"]["kp3d"] - b.preds["dense"]["kp3d"], axis=-1).max() * 1000)
+                     for a, b in zip(ev.hands, shaken.hands)
+                     if a.preds.get("dense", {}).get("kp3d") is not None
+                     and b.preds.get("dense", {}).get("kp3d") is not None]
+            row["perturb"] = {"sigma": args.perturb, "median_mm": round(float(np.median(moves)), 3),
+                              "max_mm": round(max(moves), 3), "n": len(moves)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.json:
@@ -97,6 +175,8 @@ def main(argv=None):
     print("|" + "---|" * (1 + 3 * (len(variants) - 1)))
     for r in rows:
         cells = [f"{r[v]['pa_mpjpe_mm']:.2f} | {r[v]['kp2d_px']:.2f} | {r[v]['s_per_hand']:.2f}" for v in variants[1:]]
+        if "perturb" in r:
+            cells.append(f"perturbed: median {r['perturb']['median_mm']:.2f} mm, max {r['perturb']['max_mm']:.2f} mm")
         print(f"| `{r['setting']}` | " + " | ".join(cells) + " |")
 
 

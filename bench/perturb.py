@@ -3,6 +3,13 @@ dense stage's starting pose (the keypoint fit's) perturbed by Gaussian noise of
 ``--sigma`` radians per pose value. Prints the median and the maximum over hands
 of the largest keypoint movement (mm) between the two final fits.
 
+``--what start`` (default) perturbs only where the dense stage's optimisation
+starts: its evidence -- the detections and the keypoint fit that its depth and
+anchor terms refer to -- stays as it was, so this measures whether the stage
+ends in the same place from a nearby start. ``--what keypoint-fit`` perturbs
+the keypoint fit itself, start and reference alike, so the movement also
+contains the change of evidence.
+
     python bench/perturb.py --every 2 --sigma 0.01
 """
 
@@ -27,25 +34,40 @@ def main(argv=None):
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--sigma", type=float, default=0.01, help="radians of noise per pose value")
+    ap.add_argument("--what", choices=("start", "keypoint-fit"), default="start",
+                    help="perturb the dense stage's start only, or the keypoint fit it refers to as well")
     args = ap.parse_args(argv)
 
     import handfit
     from handfit.eval import open_dataset, select
-    from handfit.fitting import pipeline
+    from handfit.fitting import dense, pipeline
     from handfit.fitting.resources import Resources
 
     records = select(open_dataset(args.data), every=args.every, limit=args.limit)
     res = Resources()
-    original = pipeline.dense_fit
     noise = {"on": False, "gen": None}
 
-    def perturbed(fit, opts, r, progress=None):
+    def shake(params):
         if noise["on"]:
-            p = fit.params["pose"]
-            fit.params["pose"] = p + torch.from_numpy(noise["gen"].normal(0, args.sigma, tuple(p.shape))).to(p)
-        return original(fit, opts, r, progress)
+            p = params["pose"]
+            params["pose"] = p + torch.from_numpy(noise["gen"].normal(0, args.sigma, tuple(p.shape))).to(p)
 
-    pipeline.dense_fit = perturbed
+    if args.what == "start":
+        original = dense.fit_dense
+
+        def perturbed(model, params, *a, **kw):
+            shake(params)  # the reference (kw["reference"]) is the unperturbed keypoint fit
+            return original(model, params, *a, **kw)
+
+        dense.fit_dense = perturbed
+    else:
+        original = pipeline.dense_fit
+
+        def perturbed(fit, opts, r, progress=None):
+            shake(fit.params)
+            return original(fit, opts, r, progress)
+
+        pipeline.dense_fit = perturbed
     moves = []
     for i, rec in enumerate(records):
         out = []
@@ -58,7 +80,7 @@ def main(argv=None):
         moves.append(float(np.linalg.norm(out[0] - out[1], axis=-1).max() * 1000))
         print(f"{rec.name}: largest keypoint movement {moves[-1]:.2f} mm", file=sys.stderr, flush=True)
     res.close()
-    print(f"{len(moves)} hands, pose noise {args.sigma} rad: largest keypoint movement median "
+    print(f"{len(moves)} hands, pose noise {args.sigma} rad ({args.what}): largest keypoint movement median "
           f"{statistics.median(moves):.2f} mm, max {max(moves):.2f} mm")
 
 

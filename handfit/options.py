@@ -110,11 +110,17 @@ class DenseStage:
     lr_light: float = opt(0.01, min=0)
     tol: float = opt(1e-3, min=0)
     patience: int = opt(15, min=1)
+    # The geometry phase's learning rates fall linearly to this fraction of theirs by its
+    # last iteration, so it settles instead of ending on whatever its last step was.
+    lr_end: float = opt(1.0, min=0)
     crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
     margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
     # The geometry phase renders its crops at 1/geometry_downsample of crop_size (the texture
     # phase at the full size): fewer pixels per iteration, the same silhouette to a pixel or two.
     geometry_downsample: int = opt(1, min=1)
+    # Coarse to fine: after the geometry phase's iters at 1/geometry_downsample, this many
+    # more at the full crop size, where a pixel's worth of misalignment still shows.
+    fine_iters: int = opt(0, min=0)
     mask_confidence: float = opt(0.6, min=0)  # silhouette only where the photo mask is this sure: |2p-1| >= it
     # Texels a side of the albedo optimised with the geometry: a sharper one,
     # unwrapped from a misaligned mesh, bakes the misalignment in.

@@ -160,3 +160,25 @@ def test_shared_tensors_fall_back_to_stopping_the_whole_batch():
     rep = run_adam(params, {"x": 0.05, "z": 0.05}, terms, max_iters=2000, tol=1e-6, patience=10)
     assert rep.converged
     torch.testing.assert_close(params["z"], torch.ones(2, dtype=D), atol=1e-2, rtol=0)
+
+
+def test_falling_learning_rate_ends_at_lr_end():
+    """lr_end=0: the last iteration's rate is zero, so it leaves x where the one before put it."""
+    params, _ = problem()
+    p1 = run_adam_params(params, max_iters=1, lr_end=1.0)
+    assert torch.equal(run_adam_params(params, max_iters=2, lr_end=0.0), p1)
+    assert not torch.equal(run_adam_params(params, max_iters=2, lr_end=1.0), p1)
+
+
+def run_adam_params(params, max_iters, lr_end):
+    p = dict(params)
+    run_adam(p, {"x": 0.1}, quadratic, max_iters=max_iters, tol=0, min_iters=100, lr_end=lr_end)
+    return p["x"]
+
+
+def test_lr_end_one_is_the_constant_rate():
+    params, _ = problem()
+    p = dict(params)
+    run_adam(p, {"x": 0.1}, quadratic, max_iters=30, tol=0, min_iters=100)  # the default
+    assert torch.equal(run_adam_params(params, 30, 1.0), p["x"])
+    assert not torch.equal(run_adam_params(params, 30, 1.0), run_adam_params(params, 30, 0.5))

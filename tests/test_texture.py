@@ -258,3 +258,51 @@ def test_texture_package_imports_nothing_from_fitting():
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert not any("fitting" in n for n in names), (path.name, names)
+
+
+def _small_dense_problem(model):
+    scene, p = _scene(model, torch.full((1, 16, 16, 3), 0.6))
+    photo = (scene.target[0].numpy() * 255 + 0.5).astype(np.uint8)
+    with torch.no_grad():
+        kp2d = project(model(**p).keypoints, scene.K)
+    start = {k: v.clone() for k, v in p.items()}
+    start["pose"] = start["pose"] + 0.05 * torch.from_numpy(np.random.default_rng(7).normal(size=model.pose_dim)).float()
+    return scene, photo, kp2d, start
+
+
+def test_coarse_to_fine_runs_both_resolutions(model):
+    """geometry_downsample=2 with fine_iters: the coarse iterations, then the fine ones
+    (counted in the report and the progress), and a different result from coarse only."""
+    scene, photo, kp2d, start = _small_dense_problem(model)
+    out = {}
+    for fine in (0, 4):
+        stage = DenseStage(iters=6, fine_iters=fine, texture_iters=2, geometry_downsample=2, photo_mask="colour",
+                           tol=0)
+        params = {k: v.clone() for k, v in start.items()}
+        steps = []
+        report, _ = fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, 16,
+                              backend="cpu", crop_size=96, on_step=lambda it, t: steps.append(it))
+        out[fine] = (report, params["pose"], steps)
+    assert out[0][0].iters == 6 and out[4][0].iters == 10
+    assert out[4][2] == list(range(1, 13))  # 6 coarse + 4 fine + 2 texture
+    assert not torch.equal(out[0][1], out[4][1])
+
+
+def test_reference_is_the_start_unless_given(model):
+    """reference equal to the starting params changes nothing, bit for bit; another
+    reference moves the result (the depth term holds the fit to it, not to the start)."""
+    scene, photo, kp2d, start = _small_dense_problem(model)
+    with torch.no_grad():
+        kp_start = model(**start).keypoints
+    stage = DenseStage(iters=8, texture_iters=1, photo_mask="colour", tol=0, weights=DenseWeights(depth=10.0))
+
+    def run(reference):
+        params = {k: v.clone() for k, v in start.items()}
+        fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, 16, backend="cpu",
+                  crop_size=96, reference=reference)
+        return params["pose"]
+
+    same = {"global_orient": start["global_orient"], "pose": start["pose"], "keypoints": kp_start}
+    assert torch.equal(run(None), run(same))
+    other = dict(same, keypoints=kp_start + torch.tensor([0.0, 0.0, 0.01]) * torch.linspace(0, 1, 21)[None, :, None])
+    assert not torch.equal(run(None), run(other))

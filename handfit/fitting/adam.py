@@ -24,7 +24,7 @@ class StageReport:
 
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
              tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
-             on_step: Callable[[int, float], None] | None = None) -> StageReport:
+             on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0) -> StageReport:
     """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
     named in ``lrs`` (name -> learning rate). Others stay fixed.
 
@@ -36,6 +36,11 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     (Adam is elementwise). When an optimised tensor is not batched along dim 0
     like the loss, hands cannot be frozen one by one and the loop ends once
     every hand has stalled.
+
+    ``lr_end`` < 1: the learning rates fall linearly to that fraction of
+    theirs by ``max_iters``. Adam's steps are about a learning rate long
+    whatever the gradient, so at a constant rate it ends wherever its last
+    step put it near the minimum; a falling rate lets it settle.
     """
     leaves = {k: params[k].detach().clone().requires_grad_(True) for k in lrs}
     opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr} for k, lr in lrs.items()])
@@ -46,6 +51,10 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     it = 0
     converged = False
     for it in range(1, max_iters + 1):
+        if lr_end != 1.0:
+            f = 1.0 - (1.0 - lr_end) * (it - 1) / max(max_iters - 1, 1)
+            for group, lr in zip(opt.param_groups, lrs.values()):
+                group["lr"] = lr * f
         cur = {**params, **leaves}
         terms = terms_fn(cur)
         total = sum(terms.values())  # (B,)

@@ -133,7 +133,7 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
 
 def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
               backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = (),
-              context=None, kp_weight=None):
+              context=None, kp_weight=None, reference: dict | None = None):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
@@ -144,6 +144,9 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     ``context``: the rasterizer state for the device (:func:`handfit.render.make_context`), None on the CPU.
     ``kp_weight``: (B,21) weights of the 2D keypoint term, or None.
     ``freeze``: parameters the geometry phase keeps fixed (e.g. ("shape",) for a video track's shared shape).
+    ``reference``: the keypoint stage's result that the ``anchor`` and ``depth`` terms hold the
+    fit near -- global_orient (B,3), pose (B,P), keypoints (B,21,3) -- or None: ``params`` as
+    given. It is evidence, like the detections, and need not be where the optimisation starts.
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
     dev, dt = params["pose"].device, params["pose"].dtype
@@ -177,6 +180,8 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         lrs.pop(k, None)
     start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
     start["keypoints"] = out0.keypoints
+    if reference is not None:
+        start.update({k: v.detach() for k, v in reference.items()})
     # The geometry phase may run on a coarser copy of the crops (DenseStage.geometry_downsample).
     f = stage.geometry_downsample if crop_size % stage.geometry_downsample == 0 else 1
     gscene = scene.downsampled(f)
@@ -188,8 +193,20 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         del lrs["texture"]
     terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
                            kp_weight)
+    fine_iters = stage.fine_iters if f > 1 else 0
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
-                      on_step=on_step)
+                      on_step=on_step, lr_end=stage.lr_end if not fine_iters else 1.0)
+    if fine_iters:  # coarse to fine: the rest at the full size
+        if appearance is not None:
+            appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
+        fine = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage, start, appearance,
+                              kp_weight)
+        coarse_iters = report.iters
+        fine_report = run_adam(state, lrs, fine, max_iters=fine_iters, tol=stage.tol, patience=stage.patience,
+                               on_step=None if on_step is None else (lambda it, t: on_step(coarse_iters + it, t)),
+                               lr_end=stage.lr_end)
+        fine_report.iters += coarse_iters
+        report = fine_report
     for k in ("global_orient", "pose", "shape", "transl"):
         params[k] = state[k]
     albedo = state["texture"].detach().clamp(0, 1) if appearance is None else appearance.texture

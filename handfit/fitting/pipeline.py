@@ -163,14 +163,16 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         kp3d = model(**params).keypoints
         fit.stages["keypoint"] = {"keypoints_3d": kp3d.double().cpu().numpy(),
                                   "keypoints_2d": project(kp3d, batch.K).double().cpu().numpy()}
-    steps = opts.dense.iters + opts.dense.texture_iters  # both phases' caps
+    d = opts.dense
+    steps = d.iters + (d.fine_iters if d.geometry_downsample > 1 else 0) + d.texture_iters  # the phases' caps
     report, tex = fit_dense(
         model, params, batch.K, batch.kp2d, batch.scale, [it.rgb for it in fit.items], opts.dense,
         opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
         texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
         on_step=(lambda it, loss: progress("dense", fit.side, it, steps)) if progress else None,
         freeze=("shape",) if fit.track else (), context=res.render_context(device, opts.renderer),
-        kp_weight=batch.kp_weight)
+        kp_weight=batch.kp_weight, reference={"global_orient": params["global_orient"], "pose": params["pose"],
+                                              "keypoints": kp3d})
     fit.textures = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
     fit.losses["dense"] = dict(report.terms)
     fit.metrics.update(report.metrics)
