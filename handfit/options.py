@@ -142,6 +142,10 @@ class DenseStage:
     # 0: the hinge holds every keypoint to its (multi-view fused) detection; on
     # dev3d a free ball of 0.03 let the image terms pull the 2D off (docs/benchmarks.md).
     trust_radius: float = opt(0.0, min=0)
+    # What that hinge holds each keypoint to: the (fused) detections, or where the keypoint
+    # fit put it in 2D (the dense stage then refines around the keypoint fit, whose 2D term
+    # is robust to a detection's outliers; the 2D terms still see the detections).
+    trust_target: str = opt("detections", choices=("detections", "keypoint_fit"))
     # Robust scale of the 2D term (box sides); wider than the keypoint stage's
     # 0.1 so the detections keep anchoring the fit.
     kp2d_sigma: float = opt(0.3, min=0, min_open=True)

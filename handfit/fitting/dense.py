@@ -73,13 +73,17 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
     skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light;
     start: the keypoint stage's global_orient (B,3) and pose (B,P), which the
     ``anchor`` term holds the fit near, and its keypoints (B,21,3), whose
-    relative depths the ``depth`` term holds (None: neither term).
+    relative depths the ``depth`` term holds and, with ``trust_target``
+    "keypoint_fit", whose projections the ``kp_trust`` hinge holds (None: none of that).
     appearance: the prior's albedo (then p's texture is not used), or None.
     kp_weight: (B,21) weights of the 2D keypoint term (the multi-view spread), or None.
     """
     w = stage.weights
     validf = scene.valid.to(scene.target.dtype)
     sure = confident(skin_p, stage)
+    trust_2d = kp2d_full
+    if stage.trust_target == "keypoint_fit" and start is not None:
+        trust_2d = project(start["keypoints"], K_full).detach()
 
     def terms(p):
         out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
@@ -92,7 +96,7 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
             "grad": w.grad * L.gradient_loss(r["rgb"], scene.target, region),
             "silhouette": w.silhouette * L.silhouette_loss(r["coverage"], skin_p, region * sure),
             "kp2d": w.kp2d * L.keypoint_2d_loss(uv, kp2d_full, scale, kp_weight, sigma=stage.kp2d_sigma),
-            "kp_trust": w.kp_trust * L.keypoint_trust_loss(uv, kp2d_full, scale, stage.trust_radius),
+            "kp_trust": w.kp_trust * L.keypoint_trust_loss(uv, trust_2d, scale, stage.trust_radius),
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
             "pose_l2": w.pose_l2 * L.pose_l2_loss(p["pose"]),
             "shape": w.shape * L.shape_loss(p["shape"]),
