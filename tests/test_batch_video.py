@@ -189,8 +189,9 @@ def _synthetic_clip(path: Path, n: int = 3):
 @pytest.mark.slow
 def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
     """A short synthetic video through `handfit batch`: every frame gets the track's side
-    decision (side_source) and, by default, the dense stage with a texture of its own;
-    with --no-appearance the frames are keypoint fits with the flat skin texture."""
+    decision (side_source) and, by default, the dense stage against the track's one
+    texture (track0_texture.png, which every frame's .mtl refers to); with
+    --no-appearance the frames are keypoint fits with the flat skin texture of their own."""
     from click.testing import CliRunner
     from PIL import Image
 
@@ -224,16 +225,29 @@ def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
         assert r.exit_code == 0, r.output
         folders = sorted((out / "clip").glob("frame_*"))
         assert len(folders) == 3
+        assert (out / "clip" / "track0_texture.png").is_file() == dense
         for f in folders:
             doc = json.loads((f / "result.json").read_text())
             (hand,) = doc["hands"]
             assert hand["side"] == "right" and hand["side_source"] == "fit", hand["side_source"]
             assert set(hand["side_losses"]) == {"left", "right"}
-            tex = np.asarray(Image.open(f / hand["files"]["texture"]).convert("RGB"), np.float64)
+            mtl = (f / hand["files"]["mtl"]).read_text()
+            tex_path = f / hand["files"]["texture"]
+            tex = np.asarray(Image.open(tex_path).convert("RGB"), np.float64)
             assert ("dense" in hand["losses"]) == dense
             assert (tex.std(axis=(0, 1)).max() > 2.0) == dense      # a fitted texture, or the flat skin
+            if dense:   # the track's one texture, referred to, not copied per frame
+                assert hand["files"]["texture"] == "../track0_texture.png" and "map_Kd ../track0_texture.png" in mtl
+                assert sorted(p.name for p in f.glob("*.png")) == ["overlay.png"]
+                assert hand["metrics"]["texture_iters"] == 0 and hand["metrics"]["track"] == 0
+            else:
+                assert hand["files"]["texture"] == "hand0_right.png" and tex_path.is_file()
         z = np.load(out / "clip" / "tracks.npz")
         assert str(z["track0_side_source"]) == "fit" and z["track0_dense"].tolist() == [dense] * 3
+        assert np.isfinite(z["track0_loss_keypoint_kp2d"]).all()
+        assert ("track0_loss_dense_photo" in z.files) == dense      # the per-frame dense losses are kept
+        if dense:
+            assert np.isfinite(z["track0_loss_dense_photo"]).all()
 
 
 def test_boxes_warn_that_videos_are_searched_whole(tmp_path, monkeypatch):

@@ -172,8 +172,9 @@ def _items(kps, K, img):
 @pytest.mark.slow
 def test_finish_track_renders_one_texture_for_every_frame(model):
     """The whole of finish_track on the turning hand (small iteration caps): one texture
-    array shared by every frame, each frame's dense losses and metrics; with the dense
-    stage off it is finish (flat texture)."""
+    array shared by every frame, each frame's dense losses and metrics, and on what the
+    first frame cannot see a lower error than that frame's own photo texture; with the
+    dense stage off it is finish (flat texture)."""
     from handfit.fitting.pipeline import finish, finish_track, fit_track
     from handfit.fitting.resources import Resources
     from handfit.options import FitOptions
@@ -193,6 +194,14 @@ def test_finish_track_renders_one_texture_for_every_frame(model):
     for h in out:
         assert "dense" in h.losses and h.metrics["texture_iters"] == 0 and h.metrics["dense_iters"] >= 1
         assert np.isfinite(h.metrics["photometric_after"]) and h.seconds > 0
+    # Against frame 0's own photo texture (finish), on what frame 0 cannot see.
+    own = finish(fit_track(items[:1], opts, res, warm_iters=10, smooth_weight=0.0), opts, res)[0].texture
+    _, g = photos(model, verts, K, tex)
+    colour, weight = frame_observation(img, g, size=T)
+    _, total = accumulate(colour, weight)
+    hidden = atlas(model) & (weight[0, ..., 0] == 0) & (total[..., 0] > 0)
+    err = lambda t: float((torch.from_numpy(t).float()[hidden] / 255 - tex[hidden]).abs().mean())  # noqa: E731
+    assert hidden.sum() > 100 and err(out[0].texture) < 0.7 * err(own), (err(out[0].texture), err(own))
     opts.dense.enabled = False
     plain = finish_track(fit_track(items, opts, res, warm_iters=10, smooth_weight=0.0), opts, res)
     again = finish(fit_track(items, opts, res, warm_iters=10, smooth_weight=0.0), opts, res)
