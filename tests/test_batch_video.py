@@ -311,3 +311,51 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
     av = pytest.importorskip("av")
     with av.open(str(out / "overlay.mp4")) as c:
         assert sum(1 for _ in c.decode(c.streams.video[0])) == 12
+
+
+def test_track_textures_stream_the_frames(tmp_path, monkeypatch):
+    """The decoding that builds each track's texture holds one frame at a time, feeds every
+    hand of a frame to its own track's accumulation, and adds the time to that frame."""
+    import gc
+    import weakref
+
+    from handfit.batch import video
+    from handfit.batch.records import VideoOptions
+    from handfit.fitting import pipeline
+    from handfit.io import media
+
+    make_clip(tmp_path / "clip.mp4", n=6)
+    real_read = media.read_frames
+    alive, peak = [], [0]
+
+    def read_frames(*a, **kw):
+        for idx, sec, rgb in real_read(*a, **kw):
+            gc.collect()
+            alive[:] = [r for r in alive if r() is not None]
+            peak[0] = max(peak[0], len(alive))
+            alive.append(weakref.ref(rgb))
+            yield idx, sec, rgb
+
+    class Fit:  # a track's SideFit, as far as the accumulation looks at it
+        def __init__(self, n):
+            self.items, self.seconds = [pipeline.HandItem(np.eye(3), None)] * n, np.zeros(n)
+
+        def select(self, idx):
+            out = Fit(len(idx))
+            out.seconds = self.seconds[idx]
+            return out
+
+    def observe(fit, opts, res, acc=None):
+        fit.seconds = fit.seconds + 1.0
+        return (acc or []) + [float(fit.items[0].rgb.mean())]
+
+    monkeypatch.setattr(media, "read_frames", read_frames)
+    monkeypatch.setattr(pipeline, "observe_track", observe)
+    monkeypatch.setattr(pipeline, "track_texture", lambda acc, opts, res: acc)
+    frames = [(i, i / 10, (48, 64)) for i in range(0, 6, 2)]
+    per_frame = [[(0, 0), (1, 0)], [(0, 1)], [(1, 1), (0, 2)]]     # two tracks, one missing frame 1
+    fits = [Fit(3), Fit(2)]
+    got = video.track_textures(tmp_path / "clip.mp4", frames, per_frame, fits, None, VideoOptions(every=2), None)
+    assert [[round(x / 10) for x in t] for t in got] == [[0, 2, 4], [0, 4]]   # each frame's pixels, to its tracks
+    assert fits[0].seconds.tolist() == [1, 1, 1] and fits[1].seconds.tolist() == [1, 1]
+    assert peak[0] <= 2, peak
