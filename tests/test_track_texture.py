@@ -208,3 +208,21 @@ def test_finish_track_renders_one_texture_for_every_frame(model):
     for a, b in zip(plain, again):
         assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.texture, b.texture)
         assert "dense" not in a.losses
+
+
+def test_meshes_refer_to_a_shared_texture(tmp_path):
+    """A frame's OBJ can point at its track's texture instead of a copy of its own."""
+    from handfit.io.export import write_obj
+
+    v = np.array([[0, 0, 1.0], [1, 0, 1], [0, 1, 1]])
+    f = np.array([[0, 1, 2]])
+    uv = np.array([[0, 0], [1, 0], [0, 1.0]])
+    tex = np.zeros((4, 4, 3), np.uint8)
+    (tmp_path / "a").mkdir()
+    own = write_obj(tmp_path / "a" / "hand0_right.obj", v, f, uv, f, tex)
+    assert own["texture"].is_file() and "map_Kd hand0_right.png" in own["mtl"].read_text()
+    (tmp_path / "b").mkdir()
+    shared = write_obj(tmp_path / "b" / "hand0_right.obj", v, f, uv, f, tex, texture_file="../track0_texture.png")
+    assert "map_Kd ../track0_texture.png" in shared["mtl"].read_text()
+    assert shared["texture"].as_posix() == "../track0_texture.png" and not (tmp_path / "b" / "hand0_right.png").exists()
+    assert "mtllib hand0_right.mtl" in shared["obj"].read_text()
