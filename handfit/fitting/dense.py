@@ -29,6 +29,12 @@ It runs in two phases:
    (handfit/texture/fill.py), or, without a prior, the coarse albedo, and the
    prior term holds them there.
 
+A video track's frames run it with one texture given for the whole track
+(``fit_dense(texture=...)``, built by handfit/texture/track.py from all its
+frames, :func:`observe_texture`): the geometry phase renders that texture,
+fixed, in place of the coarse albedo (the light is still fitted per frame),
+and the texture phase is skipped.
+
 This module is the two-phase driver, :func:`fit_dense`, and the loss terms
 of each phase. Its pieces live elsewhere: the crop scene in
 handfit/fitting/scene.py, the photo's hand mask and the image-term regions
