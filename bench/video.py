@@ -16,7 +16,8 @@ reference. frames/s counts read + detect + fit (not writing the outputs).
 finish_track: one texture per track, every frame's dense stage against it);
 ``frame`` the sequence with a texture per frame (fit_track, then finish per frame,
 the video default before the track texture); ``photo`` the single-frame default
-(each frame alone through the photo pipeline, ``handfit fit`` on that frame).
+(each frame alone through the photo pipeline, ``handfit fit`` on that frame);
+``track2`` the track texture refined once (:func:`refit_track`; not a default).
 Seconds are wall time per hand (keypoint + dense stages; detection excluded);
 photometric error and silhouette IoU are the dense stage's own measures after it.
 """
@@ -45,7 +46,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--detect", default="thorough", choices=("fast", "thorough"),
                     help="detection cascade (handfit batch uses --detect, default thorough, for videos too)")
-    ap.add_argument("--dense", default="", help="comma list of track, frame, photo: time the dense stage's "
+    ap.add_argument("--dense", default="", help="comma list of track, frame, photo, track2: time the dense stage's "
                                                 "ways of finishing the frames (see above)")
     add_set_option(ap)
     args = ap.parse_args()
@@ -112,9 +113,25 @@ def finish_modes(mode: str, frames, dets, opts, vopts, res) -> list:
         fit.items = [replace(it, rgb=frames[f][2]) for it, f in zip(fit.items, trk.frames)]
         if mode == "track":
             out.append(finish_track(fit, opts, res))
+        elif mode == "track2":
+            out.append(refit_track(fit, opts, res))
         else:
             out.append([finish(fit.select([b]), opts, res)[0] for b in range(len(fit.items))])
     return out
+
+
+def refit_track(fit, opts, res) -> list:
+    """``track2``: finish_track, then the texture accumulated again from the meshes its
+    dense stage aligned, and every frame's dense stage run again (from the keypoint fit)
+    against that second texture: what refining the track texture once would give."""
+    from handfit.fitting.pipeline import finish_with_texture, observe_track, track_texture
+
+    idx = list(range(len(fit.items)))
+    first = fit.select(idx)
+    acc = observe_track(first, opts, res)
+    aligned = fit.select(idx)
+    finish_with_texture(aligned, track_texture(acc, opts, res), opts, res)
+    return finish_with_texture(fit.select(idx), track_texture(observe_track(aligned, opts, res), opts, res), opts, res)
 
 
 def dense_modes(frames, dets, args, res):
