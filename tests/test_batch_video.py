@@ -109,6 +109,9 @@ def test_dev_clip_end_to_end(tmp_path, dev_data):
     assert abs(rec["fps"] - 5.0) < 1e-6                      # 25 fps / every 5
     for i in (0, 5, 10, 15):
         assert (out / "asl_hand.25fps" / f"frame_{i:06d}" / "result.json").is_file()
+        (mtl,) = (out / "asl_hand.25fps" / f"frame_{i:06d}").glob("hand0_*.mtl")
+        assert "map_Kd ../track0_texture.png" in mtl.read_text()
+    assert (out / "asl_hand.25fps" / "track0_texture.png").is_file()      # one texture for the track
     z = np.load(out / "asl_hand.25fps" / "tracks.npz")
     assert list(z["frame_index"]) == [0, 5, 10, 15] and int(z["num_tracks"]) >= 1
     assert z["track0_keypoints_3d"].shape[1:] == (21, 3)
