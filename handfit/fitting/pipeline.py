@@ -292,7 +292,8 @@ def finish_with_texture(fit: SideFit, texture: np.ndarray, opts: FitOptions, res
     return assemble(fit, opts.texture_size)
 
 
-def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> list:
+def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
+                 ) -> list[HandResult]:
     """Stages 4-5 for the T frames of one track (a :func:`fit_track` result, every item
     with its ``rgb``): the track's texture accumulated over all its frames
     (:func:`observe_track`, :func:`track_texture`), then each frame's dense stage against
