@@ -1,13 +1,25 @@
 """Video fitting: jitter (mean keypoint acceleration) with and without temporal
-smoothing, and frames per second.
+smoothing, and frames per second; with ``--dense``, the dense stage's seconds
+per frame per hand and quality in each way of finishing the frames.
 
     python bench/video.py [VIDEO] [--every 5] [--end N] [--weights 0,1]
+    python bench/video.py [VIDEO] --every 5 --end 100 --dense track,frame,photo [--set lr_light=0]
 
 Detects the chosen frames once, then fits the tracks once per smoothing
 weight (0 = no smoothing term). Jitter is the mean norm of the second
 difference of the fitted keypoints between consecutive chosen frames: 3D in
 millimetres (camera frame), 2D in pixels; the detector's own 2D jitter is the
 reference. frames/s counts read + detect + fit (not writing the outputs).
+
+``--dense`` modes, each on the same detections with the default options (plus ``--set``):
+``track`` the sequence default (``handfit batch`` on a video: fit_track, then
+finish_track: one texture per track, every frame's dense stage against it);
+``frame`` the sequence with a texture per frame (fit_track, then finish per frame,
+the video default before the track texture); ``photo`` the single-frame default
+(each frame alone through the photo pipeline, ``handfit fit`` on that frame);
+``track2`` the track texture refined once (:func:`refit_track`; not a default).
+Seconds are wall time per hand (keypoint + dense stages; detection excluded);
+photometric error and silhouette IoU are the dense stage's own measures after it.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _overrides import add_set_option, dense_stage  # noqa: E402
 DEFAULT = REPO.parent / "shared" / "data" / "dev" / "tfjs_models" / "asl_hand.25fps.mp4"
 
 
@@ -32,6 +46,9 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--detect", default="thorough", choices=("fast", "thorough"),
                     help="detection cascade (handfit batch uses --detect, default thorough, for videos too)")
+    ap.add_argument("--dense", default="", help="comma list of track, frame, photo, track2: time the dense stage's "
+                                                "ways of finishing the frames (see above)")
+    add_set_option(ap)
     args = ap.parse_args()
 
     from handfit.batch.threads import configure_threads
@@ -72,6 +89,75 @@ def main():
         print(f"| {w:g} | {len(tracks)} ({len(m)} with >= 3 frames) | {len(frames) / (t_read + t_det + t_fit):.2f} "
               f"| {t_fit / len(frames):.2f} | {avg('jitter_mm'):.2f} | {avg('jitter_px'):.2f} "
               f"| {avg('jitter_detected_px'):.2f} | {avg('kp2d_px'):.2f} |")
+    if args.dense:
+        dense_modes(frames, dets, args, res)
+
+
+def finish_modes(mode: str, frames, dets, opts, vopts, res) -> list:
+    """Fit the frames one way (see the module docstring). -> lists of HandResult per track (or per frame)"""
+    from dataclasses import replace
+
+    from handfit.batch.video import fit_video_frames
+    from handfit.fitting.pipeline import HandItem, finish, finish_track, fit_hands, frame_intrinsics
+
+    if mode == "photo":
+        out = []
+        for (_, _, rgb), d in zip(frames, dets):
+            if d:
+                K = frame_intrinsics(rgb.shape[1], rgb.shape[0], opts)
+                out.append(fit_hands([HandItem(K, x, rgb) for x in d], opts, res))
+        return out
+    tracks, fits = fit_video_frames(frames, dets, opts, vopts, res)
+    out = []
+    for trk, fit in zip(tracks, fits):
+        fit.items = [replace(it, rgb=frames[f][2]) for it, f in zip(fit.items, trk.frames)]
+        if mode == "track":
+            out.append(finish_track(fit, opts, res))
+        elif mode == "track2":
+            out.append(refit_track(fit, opts, res))
+        else:
+            out.append([finish(fit.select([b]), opts, res)[0] for b in range(len(fit.items))])
+    return out
+
+
+def refit_track(fit, opts, res) -> list:
+    """``track2``: finish_track, then the texture accumulated again from the meshes its
+    dense stage aligned, and every frame's dense stage run again (from the keypoint fit)
+    against that second texture: what refining the track texture once would give."""
+    from handfit.fitting.pipeline import finish_with_texture, observe_track, track_texture
+
+    idx = list(range(len(fit.items)))
+    first = fit.select(idx)
+    acc = observe_track(first, opts, res)
+    aligned = fit.select(idx)
+    finish_with_texture(aligned, track_texture(acc, opts, res), opts, res)
+    return finish_with_texture(fit.select(idx), track_texture(observe_track(aligned, opts, res), opts, res), opts, res)
+
+
+def dense_modes(frames, dets, args, res):
+    """The ``--dense`` table: per mode, seconds per frame per hand and the dense stage's measures."""
+    import numpy as np
+
+    from handfit.api import FitOptions
+    from handfit.batch.records import VideoOptions
+    from handfit.batch.video import jitter
+
+    print(f"\ndense stage, --set {args.set or '(none)'}; wall seconds per hand include the keypoint stage")
+    print("| mode | hands | s per frame per hand | photometric after | silhouette IoU after | 2D error px "
+          "| 3D jitter mm |")
+    print("|---|---|---|---|---|---|---|")
+    for mode in args.dense.split(","):
+        opts = FitOptions(device="cpu", detect=args.detect)
+        opts.dense = dense_stage(args.set)
+        t0 = time.perf_counter()
+        groups = finish_modes(mode, frames, dets, opts, VideoOptions(every=args.every), res)
+        wall = time.perf_counter() - t0
+        hands = [h for g in groups for h in g]
+        m = lambda k: float(np.mean([h.metrics[k] for h in hands]))  # noqa: E731
+        jit = ("—" if mode == "photo" else
+               f"{np.mean([jitter(np.stack([h.keypoints_3d for h in g])) * 1000 for g in groups if len(g) >= 3]):.2f}")
+        print(f"| {mode} | {len(hands)} | {wall / max(len(hands), 1):.2f} | {m('photometric_after'):.4f} "
+              f"| {m('silhouette_iou_after'):.3f} | {m('kp2d_px'):.2f} | {jit} |", flush=True)
 
 
 if __name__ == "__main__":

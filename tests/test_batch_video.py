@@ -109,6 +109,9 @@ def test_dev_clip_end_to_end(tmp_path, dev_data):
     assert abs(rec["fps"] - 5.0) < 1e-6                      # 25 fps / every 5
     for i in (0, 5, 10, 15):
         assert (out / "asl_hand.25fps" / f"frame_{i:06d}" / "result.json").is_file()
+        (mtl,) = (out / "asl_hand.25fps" / f"frame_{i:06d}").glob("hand0_*.mtl")
+        assert "map_Kd ../track0_texture.png" in mtl.read_text()
+    assert (out / "asl_hand.25fps" / "track0_texture.png").is_file()      # one texture for the track
     z = np.load(out / "asl_hand.25fps" / "tracks.npz")
     assert list(z["frame_index"]) == [0, 5, 10, 15] and int(z["num_tracks"]) >= 1
     assert z["track0_keypoints_3d"].shape[1:] == (21, 3)
@@ -189,8 +192,9 @@ def _synthetic_clip(path: Path, n: int = 3):
 @pytest.mark.slow
 def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
     """A short synthetic video through `handfit batch`: every frame gets the track's side
-    decision (side_source) and, by default, the dense stage with a texture of its own;
-    with --no-appearance the frames are keypoint fits with the flat skin texture."""
+    decision (side_source) and, by default, the dense stage against the track's one
+    texture (track0_texture.png, which every frame's .mtl refers to); with
+    --no-appearance the frames are keypoint fits with the flat skin texture of their own."""
     from click.testing import CliRunner
     from PIL import Image
 
@@ -224,16 +228,29 @@ def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
         assert r.exit_code == 0, r.output
         folders = sorted((out / "clip").glob("frame_*"))
         assert len(folders) == 3
+        assert (out / "clip" / "track0_texture.png").is_file() == dense
         for f in folders:
             doc = json.loads((f / "result.json").read_text())
             (hand,) = doc["hands"]
             assert hand["side"] == "right" and hand["side_source"] == "fit", hand["side_source"]
             assert set(hand["side_losses"]) == {"left", "right"}
-            tex = np.asarray(Image.open(f / hand["files"]["texture"]).convert("RGB"), np.float64)
+            mtl = (f / hand["files"]["mtl"]).read_text()
+            tex_path = f / hand["files"]["texture"]
+            tex = np.asarray(Image.open(tex_path).convert("RGB"), np.float64)
             assert ("dense" in hand["losses"]) == dense
             assert (tex.std(axis=(0, 1)).max() > 2.0) == dense      # a fitted texture, or the flat skin
+            if dense:   # the track's one texture, referred to, not copied per frame
+                assert hand["files"]["texture"] == "../track0_texture.png" and "map_Kd ../track0_texture.png" in mtl
+                assert sorted(p.name for p in f.glob("*.png")) == ["overlay.png"]
+                assert hand["metrics"]["texture_iters"] == 0 and hand["metrics"]["track"] == 0
+            else:
+                assert hand["files"]["texture"] == "hand0_right.png" and tex_path.is_file()
         z = np.load(out / "clip" / "tracks.npz")
         assert str(z["track0_side_source"]) == "fit" and z["track0_dense"].tolist() == [dense] * 3
+        assert np.isfinite(z["track0_loss_keypoint_kp2d"]).all()
+        assert ("track0_loss_dense_photo" in z.files) == dense      # the per-frame dense losses are kept
+        if dense:
+            assert np.isfinite(z["track0_loss_dense_photo"]).all()
 
 
 def test_boxes_warn_that_videos_are_searched_whole(tmp_path, monkeypatch):
@@ -297,3 +314,51 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
     av = pytest.importorskip("av")
     with av.open(str(out / "overlay.mp4")) as c:
         assert sum(1 for _ in c.decode(c.streams.video[0])) == 12
+
+
+def test_track_textures_stream_the_frames(tmp_path, monkeypatch):
+    """The decoding that builds each track's texture holds one frame at a time, feeds every
+    hand of a frame to its own track's accumulation, and adds the time to that frame."""
+    import gc
+    import weakref
+
+    from handfit.batch import video
+    from handfit.batch.records import VideoOptions
+    from handfit.fitting import pipeline
+    from handfit.io import media
+
+    make_clip(tmp_path / "clip.mp4", n=6)
+    real_read = media.read_frames
+    alive, peak = [], [0]
+
+    def read_frames(*a, **kw):
+        for idx, sec, rgb in real_read(*a, **kw):
+            gc.collect()
+            alive[:] = [r for r in alive if r() is not None]
+            peak[0] = max(peak[0], len(alive))
+            alive.append(weakref.ref(rgb))
+            yield idx, sec, rgb
+
+    class Fit:  # a track's SideFit, as far as the accumulation looks at it
+        def __init__(self, n):
+            self.items, self.seconds = [pipeline.HandItem(np.eye(3), None)] * n, np.zeros(n)
+
+        def select(self, idx):
+            out = Fit(len(idx))
+            out.seconds = self.seconds[idx]
+            return out
+
+    def observe(fit, opts, res, acc=None):
+        fit.seconds = fit.seconds + 1.0
+        return (acc or []) + [float(fit.items[0].rgb.mean())]
+
+    monkeypatch.setattr(media, "read_frames", read_frames)
+    monkeypatch.setattr(pipeline, "observe_track", observe)
+    monkeypatch.setattr(pipeline, "track_texture", lambda acc, opts, res: acc)
+    frames = [(i, i / 10, (48, 64)) for i in range(0, 6, 2)]
+    per_frame = [[(0, 0), (1, 0)], [(0, 1)], [(1, 1), (0, 2)]]     # two tracks, one missing frame 1
+    fits = [Fit(3), Fit(2)]
+    got = video.track_textures(tmp_path / "clip.mp4", frames, per_frame, fits, None, VideoOptions(every=2), None)
+    assert [[round(x / 10) for x in t] for t in got] == [[0, 2, 4], [0, 4]]   # each frame's pixels, to its tracks
+    assert fits[0].seconds.tolist() == [1, 1, 1] and fits[1].seconds.tolist() == [1, 1]
+    assert peak[0] <= 2, peak

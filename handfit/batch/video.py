@@ -3,13 +3,16 @@ temporal smoothness on pose and translation.
 
 Per video (``OUT/<video>/``, written to a temporary sibling and renamed whole):
 ``frame_000123/`` (the photo layout: result.json, meshes, overlay.png) for
-every fitted frame, ``tracks.npz`` and ``overlay.mp4`` at the source's frame
-rate divided by ``--every``.
+every fitted frame, ``track<t>_texture.png`` (each track's one texture, which
+its frames' .mtl files refer to as ``../track<t>_texture.png``), ``tracks.npz``
+and ``overlay.mp4`` at the source's frame rate divided by ``--every``.
 
 Frames are streamed, never all held in memory: a first decoding detects
 each chosen frame and keeps only its detections; the tracks are fitted; a
-second decoding writes the frames' folders and encodes overlay.mp4 one frame
-at a time. A video is the unit of resume: its folder is committed whole, and
+second decoding adds what each frame shows to its tracks' textures (only
+the running sums are kept); a third writes the frames' folders and encodes
+overlay.mp4 one frame at a time. Without the dense stage the second is
+skipped. A video is the unit of resume: its folder is committed whole, and
 a video interrupted part way is redone from its start.
 
 1. Detect every chosen frame (MediaPipe).
@@ -22,9 +25,14 @@ a video interrupted part way is redone from its start.
    frame initialised and fitted in full, each later frame warm-started from
    the one before, then all frames refined together with one shape and,
    unless ``--no-smooth``, a penalty on accelerations.
-4. While the second decoding writes the frames, each frame's hands finish
-   the pipeline (:func:`handfit.fitting.pipeline.finish`): the dense stage
-   (the track's shape kept) and a texture, unless ``--no-dense``.
+4. Unless ``--no-dense``, each track's texture is accumulated over its frames
+   (:func:`handfit.fitting.pipeline.observe_track`, :func:`~handfit.fitting.pipeline.track_texture`:
+   visible texels weighted by facing and the photo's hand mask, the learned prior for
+   what no frame showed), then, while the last decoding writes the frames, each
+   frame's hands finish the pipeline against it
+   (:func:`~handfit.fitting.pipeline.finish_with_texture`: the dense stage with the
+   track's shape and texture fixed). With ``--no-dense`` the frames finish as
+   keypoint fits with the flat skin texture (:func:`~handfit.fitting.pipeline.finish`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from . import store
 
 MAX_GAP = 3           # chosen frames in a row a track may miss and go on
 MIN_IOU = 0.1
+TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
 
 
 @dataclass
@@ -157,24 +166,72 @@ def _record_frame(out: dict, b: int, h) -> None:
     out["dense"][b] = "dense" in h.losses
 
 
-def frame_hands(fits, hands: list, rgb: np.ndarray, opts, res, outputs: list) -> list:
-    """The HandResults of one frame: hands [(track index, index in the track)], rgb (H,W,3) uint8.
-
-    Each hand goes through the pipeline's last stages (the dense stage and texture unless
-    turned off); ``outputs[track]`` (:func:`track_outputs`) records the final values."""
+def _frame_fit(fits, ti: int, b: int, rgb: np.ndarray):
+    """Frame b of track ti as a SideFit of its own, with its photo rgb (H,W,3) uint8."""
     from dataclasses import replace
 
-    from ..fitting.pipeline import finish
+    sub = fits[ti].select([b])
+    sub.items = [replace(sub.items[0], rgb=rgb)]
+    return sub
+
+
+def frame_hands(fits, hands: list, rgb: np.ndarray, opts, res, outputs: list, textures: list | None = None) -> list:
+    """The HandResults of one frame: hands [(track index, index in the track)], rgb (H,W,3) uint8.
+
+    Each hand goes through the pipeline's last stages: with ``textures`` (per track a
+    (T,T,3) uint8 texture, :func:`track_textures`), the dense stage against its track's
+    texture; without, :func:`~handfit.fitting.pipeline.finish` (the keypoint fit and
+    flat texture when the dense stage is off). ``outputs[track]`` (:func:`track_outputs`)
+    records the final values."""
+    from ..fitting.pipeline import finish, finish_with_texture
 
     results = []
     for ti, b in hands:
-        sub = fits[ti].select([b])
-        sub.items = [replace(sub.items[0], rgb=rgb)]
-        h = finish(sub, opts, res)[0]
+        sub = _frame_fit(fits, ti, b, rgb)
+        h = (finish(sub, opts, res) if textures is None else finish_with_texture(sub, textures[ti], opts, res))[0]
         h.metrics["track"] = ti
         _record_frame(outputs[ti], b, h)
         results.append(h)
     return results
+
+
+def decode_chosen(path, frames: list, vopts):
+    """Decode the chosen frames again, checking they are the ones the first decoding saw.
+
+    frames: [(index, seconds, (H, W))] -> yields (position in frames, rgb (H,W,3) uint8), one at a time."""
+    from ..io.media import read_frames
+
+    f = 0
+    for idx, _, rgb in read_frames(path, vopts.every, vopts.start, vopts.end):
+        if f == len(frames):
+            break
+        if idx != frames[f][0] or tuple(rgb.shape[:2]) != frames[f][2]:
+            raise ImageError(f"{path}: a later decoding gave frame {idx}, not {frames[f][0]}")
+        yield f, rgb
+        del rgb
+        f += 1
+    if f != len(frames):
+        raise ImageError(f"{path}: a later decoding ended after {f} of {len(frames)} frames")
+
+
+def track_textures(path, frames: list, per_frame: list, fits: list, opts, vopts, res) -> list:
+    """One texture per track, from a decoding of the video that holds one frame at a time.
+
+    per_frame: per chosen frame its hands [(track index, index in the track)] (:func:`_frame_hands`).
+    Each frame's hands add what they show to their track's running accumulation
+    (:func:`~handfit.fitting.pipeline.observe_track`, on the track's keypoint fit);
+    the time is added to each frame's ``seconds``. -> per track (T,T,3) uint8
+    (:func:`~handfit.fitting.pipeline.track_texture`)."""
+    from ..fitting.pipeline import observe_track, track_texture
+
+    acc = [None] * len(fits)
+    for f, rgb in decode_chosen(path, frames, vopts):
+        for ti, b in per_frame[f]:
+            sub = _frame_fit(fits, ti, b, rgb)
+            acc[ti] = observe_track(sub, opts, res, acc[ti])
+            if fits[ti].seconds is not None:
+                fits[ti].seconds[b] = sub.seconds[0]
+    return [track_texture(a, opts, res) for a in acc]
 
 
 def _frame_hands(n: int, tracks) -> list:
@@ -326,7 +383,7 @@ def process_video(unit, job, run_id: str, res=None) -> dict:
 
 
 def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
-    from ..io.media import read_frames
+    from ..io.export import write_png
     from ..io.save import save_result
 
     opts, vopts = job.fit_options(), job.video
@@ -344,28 +401,27 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
               "overlay_video": f"{unit.key}/overlay.mp4", "poster": f"{unit.key}/{poster}/overlay.png",
               "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id}
 
-    def overlays(tmp: Path):
-        """Decode the video again; finish each chosen frame's hands (dense stage, texture) and
-        write its folder; -> its overlay, one at a time."""
+    def overlays(tmp: Path, textures: list | None):
+        """Decode the video again; finish each chosen frame's hands (the dense stage against
+        their tracks' textures) and write its folder; -> its overlay, one at a time."""
         from PIL import Image
 
-        f = 0
-        for idx, _, rgb in read_frames(unit.path, vopts.every, vopts.start, vopts.end):
-            if f == len(frames):
-                break
-            if idx != frames[f][0] or tuple(rgb.shape[:2]) != frames[f][2]:
-                raise ImageError(f"{unit.path}: the second decoding gave frame {idx}, not {frames[f][0]}")
-            r = _frame_result(rgb, frame_hands(fits, per_frame[f], rgb, opts, res, outputs), opts)
-            r.image_path = f"{unit.path}#frame={idx}"
-            folder = save_result(r, tmp, names[f])
+        for f, rgb in decode_chosen(unit.path, frames, vopts):
+            hands_f = frame_hands(fits, per_frame[f], rgb, opts, res, outputs, textures)
+            r = _frame_result(rgb, hands_f, opts)
+            r.image_path = f"{unit.path}#frame={frames[f][0]}"
+            shared = None if textures is None else [f"../{TEXTURE_NAME.format(h.metrics['track'])}" for h in hands_f]
+            folder = save_result(r, tmp, names[f], texture_files=shared)
             del r, rgb
-            f += 1
             yield np.asarray(Image.open(folder / "overlay.png").convert("RGB"))
-        if f != len(frames):
-            raise ImageError(f"{unit.path}: the second decoding ended after {f} of {len(frames)} frames")
 
     def fill(tmp: Path):
-        write_mp4(tmp / "overlay.mp4", overlays(tmp), fps)
+        textures = None
+        if opts.dense.enabled and tracks:
+            textures = track_textures(unit.path, frames, per_frame, fits, opts, vopts, res)
+            for t, tex in enumerate(textures):
+                write_png(tmp / TEXTURE_NAME.format(t), tex)
+        write_mp4(tmp / "overlay.mp4", overlays(tmp, textures), fps)
         record["hand_metrics"] = track_metrics(tracks, outputs)
         np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=run["info"].fps, every=vopts.every,
                             smooth=vopts.smooth, **tracks_arrays(frames, tracks, outputs))

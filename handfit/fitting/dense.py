@@ -29,6 +29,12 @@ It runs in two phases:
    (handfit/texture/fill.py), or, without a prior, the coarse albedo, and the
    prior term holds them there.
 
+A video track's frames run it with one texture given for the whole track
+(``fit_dense(texture=...)``, built by handfit/texture/track.py from all its
+frames, :func:`observe_texture`): the geometry phase renders that texture,
+fixed, in place of the coarse albedo (the light is still fitted per frame),
+and the texture phase is skipped.
+
 This module is the two-phase driver, :func:`fit_dense`, and the loss terms
 of each phase. Its pieces live elsewhere: the crop scene in
 handfit/fitting/scene.py, the photo's hand mask and the image-term regions
@@ -47,6 +53,7 @@ from .. import render as R
 from ..camera import project
 from ..options import DenseStage
 from ..texture.init import PriorAppearance, coarse, initial_texture, prior_texture, resize_texture
+from ..texture.track import frame_observation
 from ..texture.unwrap import fill_push_pull
 from . import losses as L
 from .adam import run_adam
@@ -135,9 +142,41 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
     return terms
 
 
+def photo_scene(model, params: dict, K_full, kp2d_full, photos, stage: DenseStage, backend: str = "auto",
+                crop_size: int = 256, context=None):
+    """The dense stage's start for B hands: the crops around the mesh of ``params``
+    (:meth:`CropScene.from_photos`), that mesh, its buffers and the photo's hand mask.
+
+    K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
+    photos: B (H,W,3) uint8 arrays. -> (scene, model output, MeshBuffers with
+    points (B,S,S,·), hand mask (B,S,S) in [0,1])"""
+    dev, dt = params["pose"].device, params["pose"].dtype
+    with torch.no_grad():
+        out0 = model(**params)
+        kp_fit = project(out0.keypoints, K_full)
+    scene = CropScene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend,
+                                  context)
+    with torch.no_grad():
+        first = scene.rasterize(out0.vertices, points=True)
+        skin_p = photo_hand_mask(scene, first.cover[..., 0] > 0.5, kp2d_full, stage.photo_mask)  # (B,S,S)
+    return scene, out0, first, skin_p
+
+
+@torch.no_grad()
+def observe_texture(model, params: dict, K_full, kp2d_full, photos, stage: DenseStage, texture_size: int,
+                    backend: str = "auto", crop_size: int = 256, context=None):
+    """What B photos show of their hands' texture, on the meshes of ``params`` (a
+    video track's keypoint fit), for :func:`handfit.texture.track.accumulate`:
+    the crops of :func:`photo_scene`, unwrapped under ambient light and weighted by
+    facing and the photo's hand mask (:func:`handfit.texture.track.frame_observation`).
+    -> colour (B,T,T,3) in [0,1], weight (B,T,T,1)"""
+    scene, _, g, skin_p = photo_scene(model, params, K_full, kp2d_full, photos, stage, backend, crop_size, context)
+    return frame_observation(scene.target, g, scene.valid, skin_p, texture_size)
+
+
 def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
               backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = (),
-              context=None, kp_weight=None, reference: dict | None = None):
+              context=None, kp_weight=None, reference: dict | None = None, texture=None):
     """Run the dense stage on B hands of one model; ``params`` is updated in place.
 
     K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
@@ -151,21 +190,19 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     ``reference``: the keypoint stage's result that the ``anchor`` and ``depth`` terms hold the
     fit near -- global_orient (B,3), pose (B,P), keypoints (B,21,3) -- or None: ``params`` as
     given. It is evidence, like the detections, and need not be where the optimisation starts.
+    ``texture``: (B,T,T,3) in [0,1], a given albedo (a video track's texture,
+    :mod:`handfit.texture.track`): the geometry phase renders it, fixed, instead of
+    the coarse albedo (each hand's light is still fitted), and the texture phase is
+    skipped. None: the photo's own texture, as above.
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
     dev, dt = params["pose"].device, params["pose"].dtype
     B = params["pose"].shape[0]
+    scene, out0, first, skin_p = photo_scene(model, params, K_full, kp2d_full, photos, stage, backend, crop_size,
+                                             context)
+    v0 = out0.vertices
     with torch.no_grad():
-        out0 = model(**params)
-        v0 = out0.vertices
-        kp_fit = project(out0.keypoints, K_full)
-    scene = CropScene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend,
-                                  context)
-
-    with torch.no_grad():
-        first = scene.rasterize(v0, points=True)
         first_cover = first.cover[..., 0] > 0.5
-        skin_p = photo_hand_mask(scene, first_cover, kp2d_full, stage.photo_mask)  # (B,S,S)
         if stage.background == "inpainted":
             hole = ((skin_p > 0.5) | first_cover).to(dt)[..., None]
             scene.background = fill_push_pull(scene.target * (1 - hole), 1 - hole)
@@ -192,7 +229,11 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     gskin = skin_p if f == 1 else F.avg_pool2d(skin_p[:, None], f)[:, 0]
     gstage = stage if f == 1 else replace(stage, margin=max(1, round(stage.margin / f)))
     appearance = None
-    if stage.geometry_albedo == "prior" and texture_prior is not None:
+    if texture is not None:  # the given texture, fixed: only the geometry and light move
+        given = texture.to(device=dev, dtype=dt).clamp(0, 1)
+        appearance = lambda vertices, sh: given  # noqa: E731
+        del lrs["texture"]
+    elif stage.geometry_albedo == "prior" and texture_prior is not None:
         appearance = PriorAppearance(texture_prior, gscene, gskin, stage.prior_detail, stage.prior_every)
         del lrs["texture"]
     terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
@@ -201,7 +242,7 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
                       on_step=on_step, lr_end=stage.lr_end if not fine_iters else 1.0)
     if fine_iters:  # coarse to fine: the rest at the full size
-        if appearance is not None:
+        if isinstance(appearance, PriorAppearance):  # re-made on the full-size crops
             appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
         fine = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage, start, appearance,
                               kp_weight)
@@ -213,6 +254,9 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         report = fine_report
     for k in ("global_orient", "pose", "shape", "transl"):
         params[k] = state[k]
+    if texture is not None:
+        return _given_texture_report(model, params, scene, report, given, state["sh"].detach(), photo_before,
+                                     iou_before, photo_mask)
     albedo = state["texture"].detach().clamp(0, 1) if appearance is None else appearance.texture
 
     # Phase 2: the full texture (and light) on the fixed final mesh.
@@ -240,3 +284,18 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         "dense_iters": report.iters, "texture_iters": tex_report.iters,
     }
     return report, tex
+
+
+def _given_texture_report(model, params, scene: CropScene, report, texture, sh, photo_before, iou_before,
+                          photo_mask):
+    """fit_dense's result when the texture was given: the geometry phase's report with
+    the metrics of the final mesh rendered with ``texture`` (B,T,T,3) under light ``sh`` (B,9,3)."""
+    with torch.no_grad():
+        g = scene.rasterize(model(**params).vertices, points=True)
+    photo_after, mask_after = photometric_error(scene, g, texture, sh)
+    report.metrics = {
+        "photometric_before": photo_before, "photometric_after": photo_after,
+        "silhouette_iou_before": iou_before, "silhouette_iou_after": iou(mask_after, photo_mask),
+        "dense_iters": report.iters, "texture_iters": 0,
+    }
+    return report, texture

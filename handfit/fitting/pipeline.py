@@ -14,7 +14,10 @@ stages in this order:
    sequence with one shape and temporal terms instead (:mod:`.temporal`);
 4. **dense** (:mod:`.dense`): the geometry phase against the rendered
    appearance, then the UV texture and light (skipped with
-   ``dense.enabled = False``, or for a hand given without its photo);
+   ``dense.enabled = False``, or for a hand given without its photo); for a
+   video track, one texture accumulated over all its frames
+   (:mod:`handfit.texture.track`) is the appearance of every frame's
+   geometry phase instead (:func:`finish_track`);
 5. **assemble**: numpy results in full-photo coordinates (:func:`assemble`).
 
 Hands are grouped per side, each side in one batch (:class:`SideFit`).
@@ -38,7 +41,8 @@ from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
 
 __all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish",
-           "assemble", "frame_intrinsics", "Resources", "FitResult", "HandResult"]
+           "finish_track", "observe_track", "track_texture", "finish_with_texture", "assemble", "frame_intrinsics",
+           "Resources", "FitResult", "HandResult"]
 
 SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
 
@@ -152,9 +156,13 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
     return fit
 
 
-def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> SideFit:
+def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
+              texture: np.ndarray | None = None) -> SideFit:
     """Stage 4: the dense stage's geometry and texture phases (``fit.params`` updated in place).
-    Every hand needs its photo (``item.rgb``). A track's frames (``fit.track``) keep its shape."""
+    Every hand needs its photo (``item.rgb``). A track's frames (``fit.track``) keep its shape.
+    ``texture``: (T,T,3) uint8, one texture every hand renders, fixed (a video track's,
+    :func:`track_texture`); then only the geometry and each hand's light are fitted, and
+    ``fit.textures`` is that array for every hand."""
     from .dense import fit_dense
 
     model, batch, params = fit.model, fit.batch, fit.params
@@ -164,16 +172,20 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         fit.stages["keypoint"] = {"keypoints_3d": kp3d.double().cpu().numpy(),
                                   "keypoints_2d": project(kp3d, batch.K).double().cpu().numpy()}
     d = opts.dense
-    steps = d.iters + (d.fine_iters if d.geometry_downsample > 1 else 0) + d.texture_iters  # the phases' caps
+    steps = (d.iters + (d.fine_iters if d.geometry_downsample > 1 else 0)
+             + (d.texture_iters if texture is None else 0))  # the phases' caps
+    given = None if texture is None else (torch.as_tensor(texture, device=device).to(dtype) / 255)[None].expand(
+        len(fit.items), -1, -1, -1)
     report, tex = fit_dense(
         model, params, batch.K, batch.kp2d, batch.scale, [it.rgb for it in fit.items], opts.dense,
         opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
         texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
         on_step=(lambda it, loss: progress("dense", fit.side, it, steps)) if progress else None,
         freeze=("shape",) if fit.track else (), context=res.render_context(device, opts.renderer),
-        kp_weight=batch.kp_weight, reference={"global_orient": params["global_orient"], "pose": params["pose"],
-                                              "keypoints": kp3d})
-    fit.textures = [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex]
+        kp_weight=batch.kp_weight, texture=given,
+        reference={"global_orient": params["global_orient"], "pose": params["pose"], "keypoints": kp3d})
+    fit.textures = ([texture] * len(fit.items) if texture is not None
+                    else [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex])
     fit.losses["dense"] = dict(report.terms)
     fit.metrics.update(report.metrics)
     return fit
@@ -232,6 +244,86 @@ def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn 
     return assemble(fit, opts.texture_size)
 
 
+TRACK_CHUNK = 16  # frames of a track per dense batch in finish_track (bounds memory, not results)
+
+
+def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | None = None) -> tuple:
+    """Stage 4a for a video track: what B of its frames (each item with its ``rgb``) show of
+    its texture, on their keypoint-fit meshes, added to the running accumulation ``acc``
+    (None at the first frames). Frames can come one at a time, in any order: the
+    result is the same (:func:`handfit.texture.track.accumulate`). Each frame's share
+    of the time is added to ``fit.seconds``.
+    -> acc: (colour (T,T,3) in [0,1], weight (T,T,1)) tensors"""
+    from ..texture.track import merge
+    from .dense import observe_texture
+
+    t0 = time.perf_counter()
+    batch = fit.batch
+    colour, weight = observe_texture(fit.model, fit.params, batch.K, batch.kp2d, [it.rgb for it in fit.items],
+                                     opts.dense, opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
+                                     context=res.render_context(batch.K.device, opts.renderer))
+    acc = merge(acc, colour, weight)
+    if fit.seconds is not None:
+        fit.seconds = fit.seconds + (time.perf_counter() - t0) / len(fit.items)
+    return acc
+
+
+def track_texture(acc: tuple, opts: FitOptions, res: Resources) -> np.ndarray:
+    """Stage 4b: a track's texture (T,T,3) uint8 from its accumulation (:func:`observe_track`);
+    texels no frame showed come from the learned texture prior (``opts.texture_prior``)."""
+    from ..texture.track import fill_track
+
+    colour, weight = acc
+    prior = res.texture_prior(opts.texture_prior, opts.model, colour.device, colour.dtype)
+    with torch.no_grad():
+        tex = fill_track(colour, weight, prior)
+    return (tex.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def finish_with_texture(fit: SideFit, texture: np.ndarray, opts: FitOptions, res: Resources,
+                        progress: ProgressFn | None = None) -> list:
+    """Stages 4c and 5 for B frames of a track (each item with its ``rgb``): every frame's
+    dense stage renders the track's ``texture`` (T,T,3) uint8, fixed, fitting its geometry
+    (the track's shape kept) and light; then :func:`assemble`. Every result's ``texture``
+    is that same array. Without the dense stage: :func:`finish`."""
+    if not (opts.dense.enabled and all(it.rgb is not None for it in fit.items)):
+        return finish(fit, opts, res, progress)
+    t0 = time.perf_counter()
+    dense_fit(fit, opts, res, progress, texture=texture)
+    share = (time.perf_counter() - t0) / len(fit.items)
+    fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
+    return assemble(fit, opts.texture_size)
+
+
+def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
+                 ) -> list[HandResult]:
+    """Stages 4-5 for the T frames of one track (a :func:`fit_track` result, every item
+    with its ``rgb``): the track's texture accumulated over all its frames
+    (:func:`observe_track`, :func:`track_texture`), then each frame's dense stage against
+    it (:func:`finish_with_texture`), ``TRACK_CHUNK`` frames at a time.
+    -> T HandResult in frame order, each ``texture`` the one track texture (the same array).
+    With ``opts.dense.enabled`` False: :func:`finish` (keypoint fits, flat texture).
+    Holds every frame; a video that cannot be held calls the three steps itself."""
+    if not (opts.dense.enabled and all(it.rgb is not None for it in fit.items)):
+        return finish(fit, opts, res, progress)
+    T = len(fit.items)
+    if fit.seconds is None:
+        fit.seconds = np.zeros(T)
+    chunks = [list(range(i, min(T, i + TRACK_CHUNK))) for i in range(0, T, TRACK_CHUNK)]
+    acc = None
+    for idx in chunks:
+        part = fit.select(idx)
+        acc = observe_track(part, opts, res, acc)
+        fit.seconds[idx] = part.seconds
+    t0 = time.perf_counter()
+    texture = track_texture(acc, opts, res)
+    fit.seconds = fit.seconds + (time.perf_counter() - t0) / T
+    out = []
+    for idx in chunks:
+        out += finish_with_texture(fit.select(idx), texture, opts, res, progress)
+    return out
+
+
 # -- entry points ---------------------------------------------------------------------------------
 
 
@@ -262,7 +354,8 @@ def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 6
     :func:`.temporal.fit_sequence`: the first frame initialised and fitted in full, each
     later frame warm-started from the one before (``warm_iters`` iterations), then all
     frames refined together with one shape and, with ``smooth_weight`` > 0, temporal
-    terms. Finish frames with :func:`finish` (the dense stage needs their photos)."""
+    terms. Finish the frames with :func:`finish_track` (one texture for the track) or
+    :func:`finish` (a texture per frame); the dense stage needs their photos."""
     from .init import initialise
     from .side import resolve_track_side
     from .temporal import fit_sequence

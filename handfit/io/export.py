@@ -39,18 +39,24 @@ def write_png(path, image) -> Path:
     return Path(path)
 
 
-def write_obj(path, vertices, faces, uv_coords, uv_faces, texture, name: str = "hand") -> dict:
+def write_obj(path, vertices, faces, uv_coords, uv_faces, texture, name: str = "hand",
+              texture_file: str | None = None) -> dict:
     """Write ``path`` (.obj) with its ``.mtl`` and ``.png`` texture beside it.
 
-    Returns {"obj", "mtl", "texture"} as Paths.
+    ``texture_file``: a texture written elsewhere (a path relative to the .mtl, e.g. a
+    video track's ``../track0_texture.png``) that the .mtl refers to instead; then no
+    .png is written and ``texture`` is not used.
+    Returns {"obj", "mtl", "texture"} as Paths (the texture's as given when ``texture_file``).
     """
     path = Path(path)
     mtl_path, png_path = path.with_suffix(".mtl"), path.with_suffix(".png")
     v, f = _to_np(vertices).astype(np.float64), _to_np(faces).astype(np.int64)
     vt, ft = _to_np(uv_coords).astype(np.float64), _to_np(uv_faces).astype(np.int64)
-    write_png(png_path, texture)
+    if texture_file is None:
+        write_png(png_path, texture)
+    map_kd = png_path.name if texture_file is None else Path(texture_file).as_posix()
     mtl_path.write_text(
-        f"newmtl {name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {png_path.name}\n"
+        f"newmtl {name}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {map_kd}\n"
     )
     lines = [f"# handfit hand mesh: {len(v)} vertices, {len(f)} faces, camera frame (OpenCV), metres",
              f"mtllib {mtl_path.name}", f"o {name}"]
@@ -59,7 +65,7 @@ def write_obj(path, vertices, faces, uv_coords, uv_faces, texture, name: str = "
     lines.append(f"usemtl {name}")
     lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f + 1, ft + 1)]
     path.write_text("\n".join(lines) + "\n")
-    return {"obj": path, "mtl": mtl_path, "texture": png_path}
+    return {"obj": path, "mtl": mtl_path, "texture": png_path if texture_file is None else Path(texture_file)}
 
 
 def split_uv_seams(faces, uv_faces):

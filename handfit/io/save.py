@@ -7,8 +7,12 @@ from pathlib import Path
 from .export import write_glb, write_json, write_npz, write_obj
 
 
-def save_result(result, outdir, stem: str | None = None) -> Path:
-    """outdir/<stem>/{result.json, overlay.png, hand<i>_<side>.{obj,mtl,png,glb,npz}}."""
+def save_result(result, outdir, stem: str | None = None, texture_files: list | None = None) -> Path:
+    """outdir/<stem>/{result.json, overlay.png, hand<i>_<side>.{obj,mtl,png,glb,npz}}.
+
+    ``texture_files``: per hand, None or the path (relative to the folder) of a texture
+    written elsewhere, e.g. a video track's ``../track0_texture.png``: that hand's .mtl
+    refers to it and no .png of its own is written (the .glb still embeds it)."""
     if stem is None:
         stem = Path(result.image_path).stem if result.image_path else "image"
     folder = Path(outdir) / stem
@@ -16,10 +20,13 @@ def save_result(result, outdir, stem: str | None = None) -> Path:
     files = []
     for i, h in enumerate(result.hands):
         base = f"hand{i}_{h.side}"
-        paths = write_obj(folder / f"{base}.obj", h.vertices, h.faces, h.uv_coords, h.uv_faces, h.texture, name=base)
+        shared = texture_files[i] if texture_files else None
+        paths = write_obj(folder / f"{base}.obj", h.vertices, h.faces, h.uv_coords, h.uv_faces, h.texture, name=base,
+                          texture_file=shared)
         write_glb(folder / f"{base}.glb", h.vertices, h.faces, h.uv_coords, h.uv_faces, h.texture)
         write_npz(folder / f"{base}.npz", h.params)
-        files.append({"obj": f"{base}.obj", "mtl": paths["mtl"].name, "texture": paths["texture"].name,
+        texture = paths["texture"].name if shared is None else paths["texture"].as_posix()
+        files.append({"obj": f"{base}.obj", "mtl": paths["mtl"].name, "texture": texture,
                       "glb": f"{base}.glb", "params": f"{base}.npz"})
     overlay = None
     if result.image is not None:
