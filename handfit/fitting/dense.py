@@ -89,7 +89,7 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
     validf = scene.valid.to(scene.target.dtype)
     sure = confident(skin_p, stage)
     trust_2d = kp2d_full
-    if stage.trust_target == "keypoint_fit" and start is not None:
+    if stage.trust_target == "keypoint_fit" and start is not None and "keypoints" in start:
         trust_2d = project(start["keypoints"], K_full).detach()
 
     def terms(p):
