@@ -37,7 +37,7 @@ from .hands import HandBatch, HandItem, to_batch
 from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
 
-__all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish",
+__all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish", "finish_track",
            "assemble", "frame_intrinsics", "Resources", "FitResult", "HandResult"]
 
 SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
@@ -228,6 +228,14 @@ def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn 
     share = (time.perf_counter() - t0) / len(fit.items)
     fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
     return assemble(fit, opts.texture_size)
+
+
+def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> list:
+    """TEMPORARY stand-in (seq-eval branch) for the track's stages 4-5 with one track texture:
+    :func:`finish` on each of the T frames alone (each item with its ``rgb``), as a video's
+    frames are finished today (``batch.video.frame_hands``), so each frame gets its own
+    texture; the track's shape is kept because ``fit.track`` freezes it in the dense stage."""
+    return [finish(fit.select([b]), opts, res, progress)[0] for b in range(len(fit.items))]
 
 
 # -- entry points ---------------------------------------------------------------------------------
