@@ -42,10 +42,14 @@ def fit_run(items: list, opts, res, dense: bool) -> tuple:
     items: T :class:`handfit.fitting.pipeline.HandItem` in frame order, each with its K and
     photo. -> (keypoint, final): T :class:`HandResult` each, ``keypoint`` assembled from the
     track before the dense stage, ``final`` after :func:`finish_track` (None when not ``dense``).
-    Seconds are the pipeline's (each frame's share of the track's optimisation)."""
-    from ..fitting.pipeline import assemble, finish_track, fit_track
+    Seconds are the pipeline's (each frame's share of the track's optimisation).
 
-    fit = fit_track(items, opts, res)
+    The detections are first refined from ``opts.views`` views of each frame's crop, the
+    evidence a single-frame fit of the same frame gets (``fit_hands``' stage 1b; ``fit_track``
+    alone, as for a video, fits the raw detections), so that both variants fit the same keypoints."""
+    from ..fitting.pipeline import assemble, finish_track, fit_track, refine_evidence
+
+    fit = fit_track(refine_evidence(items, opts, res), opts, res)
     keypoint = assemble(fit, texture_size=1)   # numpy copies: the dense stage below changes fit.params
     return keypoint, (finish_track(fit, opts, res) if dense else None)
 
