@@ -61,7 +61,8 @@ def make_command(common, build_options, fail):
         0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
         hand. With --sequence, each subfolder of DATA is a run fitted as one
         track (frames in name order), and the acceleration error of the
-        root-relative keypoints (accel_mm, mm/frame²) is reported too. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
+        root-relative keypoints (accel_mm, mm/frame²) is reported too.
+        Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
         OUT/predictions.json (each hand's truth and every variant's 2D and 3D
         keypoints, for other metrics) and OUT/pck.png (all but the plot are
         rewritten after every --batch-size images, so an interrupted run

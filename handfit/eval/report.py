@@ -45,12 +45,12 @@ def _array(a):
 def predictions_document(hands: list) -> dict:
     """Every labelled hand's ground truth and each variant's keypoints, so that other
     metrics (or other methods' predictions) can be computed on the same hands:
-    ``{"units": ..., "hands": [{"image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
+    ``{"units": ..., "hands": [{"run" (--sequence only), "image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
     "gt_2d" (21x2 px), "visible", "<variant>": {"keypoints_3d", "keypoints_2d"}}]}``."""
     out = []
     for e in hands:
-        h = {**({"run": e.run} if getattr(e, "run", None) else {}), "image": e.record, "hand": e.hand, "side": e.side, "detected_side": e.det_side,
-             "gt_3d": _array(e.gt3d), "gt_2d": _array(e.gt2d),
+        h = {**({"run": e.run} if getattr(e, "run", None) else {}), "image": e.record, "hand": e.hand,
+             "side": e.side, "detected_side": e.det_side, "gt_3d": _array(e.gt3d), "gt_2d": _array(e.gt2d),
              "visible": None if e.visible is None else [bool(v) for v in np.asarray(e.visible)]}
         for v, p in e.preds.items():
             h[v] = {"keypoints_3d": _array(p.get("kp3d")), "keypoints_2d": _array(p.get("kp2d"))}
