@@ -320,3 +320,5 @@ def test_cli_help_and_bad_layouts(tmp_path):
     assert r.exit_code == 4 and "frames without labels: 00007.png" in r.output
     r = CliRunner().invoke(main, ["eval", str(root), "--sequence", "--format", "freihand", "-q"])
     assert r.exit_code == 2 and "--sequence reads the dev3d layout" in r.output
+    r = CliRunner().invoke(main, ["eval", str(root), "--sequence", "--save-fits", "-q"])
+    assert r.exit_code == 2 and "--save-fits does not apply" in r.output

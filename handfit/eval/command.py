@@ -76,6 +76,8 @@ def make_command(common, build_options, fail):
             opts = build_options(params)
             if compare and not opts.dense.enabled:
                 raise UsageError("--compare measures the dense fit too; drop --no-dense")
+            if sequence and save_fits:
+                raise UsageError("--save-fits does not apply to --sequence (its fits are not written)")
             if sequence:
                 ev, n_images = _sequence(data, opts, compare, limit, every, fmt, split, batch_size, own_camera,
                                          quiet, outdir)
