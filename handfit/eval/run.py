@@ -348,7 +348,7 @@ def _postfix(bar, hands, variants):
         errs = [M.pa_mpjpe(e.preds[v]["kp3d"], e.gt3d)[0] * 1000 for e in hands
                 if v in e.preds and e.gt3d is not None and e.preds[v]["kp3d"] is not None]
         if errs:
-            parts[v[:2]] = f"{np.mean(errs):.2f}"
+            parts[{"sequence_keypoint": "sk", "sequence_dense": "sd"}.get(v, v[:2])] = f"{np.mean(errs):.2f}"
     bar.set_postfix(parts, refresh=False)
 
 
