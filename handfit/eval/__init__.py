@@ -4,6 +4,8 @@
 * :mod:`~handfit.eval.datasets`: readers (dev3d ``.gt.json``, FreiHAND, HO3D, InterHand2.6M, RHD);
 * :mod:`~handfit.eval.metrics`: PA-MPJPE, root-relative MPJPE, PCK/AUC, 2D error (batched numpy);
 * :mod:`~handfit.eval.run`: :func:`evaluate` (detect once, fit, measure every variant);
+* :mod:`~handfit.eval.sequence`: :func:`evaluate_sequences` (runs of frames, each fitted as one track,
+  and the acceleration error);
 * :mod:`~handfit.eval.report`: ``metrics.json``, ``per_image.csv``, ``pck.json``, ``predictions.json``, ``pck.png``.
 
 Example::
@@ -16,6 +18,7 @@ Example::
 
 _EXPORTS = {
     "FORMATS": "datasets", "DatasetError": "datasets", "open_dataset": "datasets", "select": "datasets",
+    "read_runs": "datasets", "evaluate_sequences": "sequence", "SEQUENCE_VARIANTS": "sequence",
     "HandLabel": "records", "Record": "records",
     "evaluate": "run", "Evaluation": "run", "VARIANTS": "run",
     "write_report": "report", "summary_table": "report",

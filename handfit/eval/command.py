@@ -23,9 +23,16 @@ def make_command(common, build_options, fail):
     @click.option("--compare", is_flag=True,
                   help="Measure the keypoint-only and the dense fit on the same detections in one run "
                        "(the keypoint result is kept from before the dense stage; nothing is fitted twice).")
-    @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+    @click.option("--sequence", is_flag=True,
+                  help="DATA holds runs (one subfolder of dev3d-layout frames per run, e.g. dev3d_seq): fit each "
+                       "run as one track (one shape, warm starts, temporal terms, each frame with its own K) and "
+                       "also report the acceleration error (accel_mm). With --compare: the single-frame keypoint "
+                       "and dense fits and the sequence_keypoint and sequence_dense fits, on the same detections.")
+    @click.option("--limit", type=click.IntRange(min=1), default=None,
+                  help="Evaluate only the first N images (with --sequence: the first N runs).")
     @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Take every N-th image (before --limit), e.g. to thin out video frames.")
+                  help="Take every N-th image (before --limit), e.g. to thin out video frames (with --sequence: "
+                       "every N-th frame of each run).")
     @click.option("--format", "fmt", default="auto", show_default=True,
                   type=click.Choice(["auto", "dev3d", "freihand", "ho3d", "interhand", "rhd"]),
                   help="Dataset layout; auto recognises each from its files.")
@@ -37,7 +44,8 @@ def make_command(common, build_options, fail):
                   help="Images fitted together. 1 fits each image alone, as `handfit fit` does; larger is "
                        "faster on a GPU and changes results slightly (a batch converges as a whole).")
     @click.option("--save-fits", is_flag=True, help="Also write every fit's files (meshes, overlay) to OUT/fits/.")
-    def eval_command(data, outdir, quiet, compare, limit, every, fmt, split, batch_size, save_fits, **params):
+    def eval_command(data, outdir, quiet, compare, sequence, limit, every, fmt, split, batch_size, save_fits,
+                     **params):
         """Measure 3D accuracy on labelled photos: fit every image of DATA with its own camera.
 
         DATA is a folder of images with `<image>.gt.json` labels (the dev3d format:
@@ -51,7 +59,10 @@ def make_command(common, build_options, fail):
         for the fit (or, with --compare, for the keypoint and the dense fit):
         PA-MPJPE and root-relative MPJPE (mm), the AUC of the 3D PCK curve over
         0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
-        hand. Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
+        hand. With --sequence, each subfolder of DATA is a run fitted as one
+        track (frames in name order), and the acceleration error of the
+        root-relative keypoints (accel_mm, mm/frame²) is reported too.
+        Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
         OUT/predictions.json (each hand's truth and every variant's 2D and 3D
         keypoints, for other metrics) and OUT/pck.png (all but the plot are
         rewritten after every --batch-size images, so an interrupted run
@@ -65,6 +76,19 @@ def make_command(common, build_options, fail):
             opts = build_options(params)
             if compare and not opts.dense.enabled:
                 raise UsageError("--compare measures the dense fit too; drop --no-dense")
+            if sequence and save_fits:
+                raise UsageError("--save-fits does not apply to --sequence (its fits are not written)")
+            if sequence:
+                ev, n_images = _sequence(data, opts, compare, limit, every, fmt, split, batch_size, own_camera,
+                                         quiet, outdir)
+                paths = write_report(ev, outdir)
+                runs = len({e.run for e in ev.hands})
+                click.echo(summary_table(ev.summary))
+                click.echo(f"{runs} runs, {n_images} frames, {len(ev.hands)} labelled hands -> "
+                           f"{', '.join(str(p) for p in paths.values())}", err=True)
+                if not any(e.detected for e in ev.hands):
+                    sys.exit(3)
+                return
             records = select(open_dataset(data, fmt, split), limit=limit, every=every)
             if not records:
                 raise UsageError(f"{data}: no labelled images found")
@@ -89,6 +113,23 @@ def make_command(common, build_options, fail):
                    err=True)
         if not any(e.detected for e in ev.hands):
             sys.exit(3)
+
+    def _sequence(data, opts, compare, limit, every, fmt, split, batch_size, own_camera, quiet, outdir):
+        from ..errors import UsageError
+        from . import write_report
+        from .datasets import read_runs
+        from .sequence import evaluate_sequences
+
+        if fmt not in ("auto", "dev3d") or split is not None:
+            raise UsageError("--sequence reads the dev3d layout (one folder per run); drop --format/--split")
+        runs = read_runs(data, every)[:limit]
+        dense = opts.dense.enabled
+        variants = ("mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense") if compare else \
+            ("mediapipe", "sequence_dense" if dense else "sequence_keypoint")
+        ev = evaluate_sequences(runs, opts, variants, batch_size=batch_size, use_label_camera=not own_camera,
+                                progress=not quiet,
+                                on_run=lambda partial: write_report(partial, outdir, plot=False))
+        return ev, sum(len(frames) for _, frames in runs)
 
     for p in eval_command.params:  # the shared -o/--out says "OUT/<image stem>/"; eval writes reports
         if p.name == "outdir":

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ImageError
 from .records import FROM_INTERHAND, FROM_MANO_TIPS, FROM_RHD, MEDIAPIPE_NAMES, HandLabel, Record, reorder
 
-__all__ = ["FORMATS", "DatasetError", "open_dataset", "detect_format", "select",
+__all__ = ["FORMATS", "DatasetError", "open_dataset", "detect_format", "select", "read_runs",
            "read_dev3d", "read_freihand", "read_ho3d", "read_interhand", "read_rhd"]
 
 FORMATS = ("dev3d", "freihand", "ho3d", "interhand", "rhd")
@@ -333,3 +333,44 @@ def select(records: Iterable[Record], limit: int | None = None, every: int = 1) 
     """Every ``every``-th record, at most ``limit`` of them, as a list."""
     it = itertools.islice(records, 0, None, max(1, int(every)))
     return list(itertools.islice(it, limit) if limit is not None else it)
+
+
+# ---------------------------------------------------------------- sequences (one folder per run)
+
+
+def read_runs(root, every: int = 1) -> list:
+    """The runs of a sequence dataset in the dev3d layout: every folder under ``root``
+    that holds labelled images is one run (a clip of one hand), its frames in file-name
+    order, each with its own K (``../shared/data/dev3d_seq/README.md``).
+
+    every: keep every N-th frame of each run (its first frame included).
+    -> [(run name, [Record, ...])], runs in name order; a run's name is its folder
+    relative to ``root``. Raises :class:`DatasetError` when ``root`` is not a folder,
+    holds no labelled image, has labelled images directly in it (not in run
+    folders), or when a run folder has an image without its ``.gt.json``.
+    """
+    from ..io.media import PHOTO_EXTS
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: a sequence dataset is a folder with one subfolder per run")
+    runs: dict = {}
+    for rec in read_dev3d(root):
+        runs.setdefault(rec.image.parent, []).append(rec)
+    if not runs:
+        raise DatasetError(f"{root}: no labelled image (<image>.gt.json) found")
+    if root in runs:
+        names = ", ".join(r.image.name for r in runs[root][:3])
+        raise DatasetError(f"{root}: labelled images lie directly in the folder ({names}, ...); a sequence "
+                           f"dataset holds one subfolder per run, the frames of a run inside it")
+    out = []
+    for folder in sorted(runs):
+        unlabelled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PHOTO_EXTS
+                            and not p.with_name(p.name + ".gt.json").is_file())
+        if unlabelled:
+            more = f" and {len(unlabelled) - 3} more" if len(unlabelled) > 3 else ""
+            raise DatasetError(f"{folder}: frames without labels: {', '.join(unlabelled[:3])}{more} (each frame "
+                               f"of a run needs its <image>.gt.json)")
+        frames = sorted(runs[folder], key=lambda r: r.image.name)[:: max(1, int(every))]
+        out.append((folder.relative_to(root).as_posix(), frames))
+    return out

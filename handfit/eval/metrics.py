@@ -13,6 +13,8 @@ whatever the inputs use (the evaluation passes millimetres and pixels).
   (wrist) joint, no rotation or scale.
 * :func:`pck` and :func:`auc`: the fraction of keypoints under each threshold
   and the normalised area under that curve (FreiHAND: 0-50 mm, 100 steps).
+* :func:`accel_errors`: the acceleration error of root-relative keypoints
+  along a sequence (units per frame², as in HMMR and VIBE).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["similarity_align", "pa_errors", "pa_mpjpe", "rr_errors", "rr_mpjpe", "kp2d_errors", "pck", "auc",
-           "PCK_THRESHOLDS_MM"]
+           "accel_errors", "PCK_THRESHOLDS_MM"]
 
 #: Thresholds of the 3D PCK curve, 0 to 50 mm in 100 steps (FreiHAND's curve).
 PCK_THRESHOLDS_MM = np.linspace(0.0, 50.0, 101)
@@ -93,6 +95,33 @@ def kp2d_errors(pred, gt, visible=None) -> np.ndarray:
     n = v.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, (e * v).sum(-1) / n, np.nan)
+
+
+def accel_errors(pred, gt, valid=None, root: int = 0) -> np.ndarray:
+    """Acceleration error per frame of one sequence of ``T`` frames.
+
+    pred, gt: ``(T,N,3)`` keypoints of consecutive frames; valid: ``(T,)`` bool,
+    the frames that have a prediction (None: all). Both sets are made relative
+    to their ``root`` keypoint, so that only the hand's articulation counts, not
+    its travel. The acceleration of frame ``t`` is the second difference
+    ``x[t-1] - 2 x[t] + x[t+1]``; its error is the mean over keypoints of
+    ``|accel_pred - accel_gt|``. -> ``(T,)``: NaN for the first and last frame
+    and wherever ``t-1``, ``t`` or ``t+1`` is not valid (or has a NaN).
+    """
+    p, g = _batch(pred, 3), _batch(gt, 3)
+    if p.shape != g.shape:
+        raise ValueError(f"pred {p.shape} and gt {g.shape} differ")
+    T = p.shape[0]
+    out = np.full(T, np.nan)
+    if T < 3:
+        return out
+    v = np.ones(T, bool) if valid is None else np.asarray(valid, bool).reshape(T)
+    p = np.where(v[:, None, None], p, np.nan)                       # an invalid frame poisons its neighbours
+    p, g = p - p[:, root:root + 1], g - g[:, root:root + 1]
+    acc_p = p[:-2] - 2 * p[1:-1] + p[2:]                            # (T-2,N,3), charged to the middle frame
+    acc_g = g[:-2] - 2 * g[1:-1] + g[2:]
+    out[1:-1] = np.linalg.norm(acc_p - acc_g, axis=-1).mean(-1)
+    return out
 
 
 def pck(errors, thresholds=PCK_THRESHOLDS_MM) -> np.ndarray:

@@ -17,7 +17,8 @@ from .run import SUMMARY_KEYS
 
 __all__ = ["write_report", "metrics_document", "predictions_document", "summary_table"]
 
-_LABELS = {"mediapipe": "MediaPipe world landmarks", "keypoint": "keypoint fit", "dense": "dense fit"}
+_LABELS = {"mediapipe": "MediaPipe world landmarks", "keypoint": "keypoint fit", "dense": "dense fit",
+           "sequence_keypoint": "sequence keypoint fit", "sequence_dense": "sequence dense fit"}
 
 
 def _clean(x):
@@ -31,8 +32,10 @@ def _clean(x):
 
 
 def metrics_document(summary: dict) -> dict:
-    """``{"<variant>": {key: value for key in SUMMARY_KEYS}}`` with JSON-safe values (NaN -> null)."""
-    return {v: {k: _clean(m[k]) for k in SUMMARY_KEYS} for v, m in summary.items()}
+    """``{"<variant>": {key: value for key in SUMMARY_KEYS}}`` with JSON-safe values (NaN -> null),
+    then any further keys a variant's summary has (``accel_mm`` for sequences)."""
+    return {v: {k: _clean(m[k]) for k in (*SUMMARY_KEYS, *(k for k in m if k not in SUMMARY_KEYS))}
+            for v, m in summary.items()}
 
 
 def _array(a):
@@ -42,12 +45,12 @@ def _array(a):
 def predictions_document(hands: list) -> dict:
     """Every labelled hand's ground truth and each variant's keypoints, so that other
     metrics (or other methods' predictions) can be computed on the same hands:
-    ``{"units": ..., "hands": [{"image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
+    ``{"units": ..., "hands": [{"run" (--sequence only), "image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
     "gt_2d" (21x2 px), "visible", "<variant>": {"keypoints_3d", "keypoints_2d"}}]}``."""
     out = []
     for e in hands:
-        h = {"image": e.record, "hand": e.hand, "side": e.side, "detected_side": e.det_side,
-             "gt_3d": _array(e.gt3d), "gt_2d": _array(e.gt2d),
+        h = {**({"run": e.run} if getattr(e, "run", None) else {}), "image": e.record, "hand": e.hand,
+             "side": e.side, "detected_side": e.det_side, "gt_3d": _array(e.gt3d), "gt_2d": _array(e.gt2d),
              "visible": None if e.visible is None else [bool(v) for v in np.asarray(e.visible)]}
         for v, p in e.preds.items():
             h[v] = {"keypoints_3d": _array(p.get("kp3d")), "keypoints_2d": _array(p.get("kp2d"))}
@@ -130,9 +133,12 @@ def _plot(ev, path: Path) -> bool:
 
 
 def summary_table(summary: dict) -> str:
-    """The summary as a Markdown table, one row per variant."""
-    head = "| variant | PA-MPJPE mm | RR-MPJPE mm | AUC 0-50 | 2D px | recall | wrong side | s/hand | n |"
-    lines = [head, "|" + "---|" * 9]
+    """The summary as a Markdown table, one row per variant (with an acceleration column
+    when the summary has ``accel_mm``)."""
+    accel = any("accel_mm" in m for m in summary.values())
+    head = "| variant | PA-MPJPE mm | RR-MPJPE mm | AUC 0-50 | 2D px |" + (" accel mm/f² |" if accel else "") + \
+        " recall | wrong side | s/hand | n |"
+    lines = [head, "|" + "---|" * (10 if accel else 9)]
 
     def f(x, fmt):
         x = _clean(x)
@@ -140,6 +146,7 @@ def summary_table(summary: dict) -> str:
 
     for v, m in summary.items():
         lines.append(f"| {v} | {f(m['pa_mpjpe_mm'], '.2f')} | {f(m['rr_mpjpe_mm'], '.2f')} | "
-                     f"{f(m['auc_0_50'], '.3f')} | {f(m['kp2d_px'], '.2f')} | {f(m['recall'], '.3f')} | "
+                     f"{f(m['auc_0_50'], '.3f')} | {f(m['kp2d_px'], '.2f')} | "
+                     + (f"{f(m.get('accel_mm'), '.2f')} | " if accel else "") + f"{f(m['recall'], '.3f')} | "
                      f"{m['wrong_side']} | {f(m['s_per_hand'], '.2f')} | {m['n']} |")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ import numpy as np
 from . import metrics as M
 from .records import Record
 
-__all__ = ["VARIANTS", "HandEval", "Evaluation", "evaluate", "match_hands", "score"]
+__all__ = ["VARIANTS", "HandEval", "Evaluation", "evaluate", "detect_record", "match_hands", "score"]
 
 VARIANTS = ("mediapipe", "keypoint", "dense")
 #: Keys of each variant's summary (the ``metrics.json`` schema).
@@ -54,6 +54,7 @@ class HandEval:
     n_detections: int = 0
     error: str | None = None
     preds: dict = field(default_factory=dict)
+    run: str | None = None          # the sequence (run) the image belongs to, ``--sequence`` only
 
     @property
     def wrong_side(self) -> bool:
@@ -149,9 +150,6 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
             per stage, so that one-off costs (JIT compilation, caches, thread
             pools) do not land in the first hand's seconds.
     """
-    from ..errors import ImageError
-    from ..io.image import load_image
-
     if options is None:
         from ..api import FitOptions
 
@@ -186,36 +184,8 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
             chunk = records[start:start + max(1, int(batch_size))]
             jobs = []  # (record, photo, detections to fit, [(HandEval, det)])
             for rec in chunk:
-                evs = [HandEval(rec.name, i, h.side, h.keypoints_3d, rec.keypoints_2d(h), h.visible)
-                       for i, h in enumerate(rec.hands)]
+                evs, photo, pairs = detect_record(rec, detector, match_threshold)
                 hands.extend(evs)
-                # One bad image is recorded (its hands count as missed) and never ends the run.
-                try:
-                    photo = load_image(rec.image)
-                except ImageError as exc:
-                    _fail(evs, str(exc))
-                    continue
-                except Exception as exc:  # noqa: BLE001
-                    _fail(evs, f"{rec.image}: cannot read: {_describe(exc)}")
-                    continue
-                try:
-                    t = time.perf_counter()
-                    dets = list(detector.detect(photo.rgb))
-                    det_s = (time.perf_counter() - t) / max(len(dets), 1)
-                except Exception as exc:  # noqa: BLE001
-                    _fail(evs, f"detection failed: {_describe(exc)}")
-                    continue
-                assign = match_hands([e.gt2d for e in evs], [e.visible for e in evs], dets, match_threshold)
-                pairs = []
-                for e, j in zip(evs, assign):
-                    e.n_detections = len(dets)
-                    if j is None:
-                        continue
-                    d = dets[j]
-                    e.detected, e.det_side, e.det_score = True, d.side, float(d.score)
-                    e.preds["mediapipe"] = {"kp3d": np.asarray(d.world, np.float64),
-                                            "kp2d": np.asarray(d.keypoints, np.float64), "seconds": det_s}
-                    pairs.append((e, d))
                 if pairs and fitted:
                     jobs.append((rec, photo, [d for _, d in sorted(pairs, key=lambda p: -p[1].score)], pairs))
             if jobs and warmup:
@@ -238,6 +208,49 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
             resources.close()
     rows, summary, curves = score(hands, variants)
     return Evaluation(variants, hands, rows, summary, curves, M.PCK_THRESHOLDS_MM.copy())
+
+
+def detect_record(rec: Record, detector, match_threshold: float = 0.5) -> tuple:
+    """Read one record's image, detect its hands once and match them to its labels.
+
+    -> (evs, photo, pairs): one :class:`HandEval` per labelled hand (a detected one
+    holds its ``mediapipe`` prediction), the loaded :class:`handfit.io.image.Photo`
+    (None when unreadable) and [(HandEval, Detection)] of the matched hands. An image
+    that cannot be read or detected never raises: its hands get the ``error``.
+    """
+    from ..errors import ImageError
+    from ..io.image import load_image
+
+    evs = [HandEval(rec.name, i, h.side, h.keypoints_3d, rec.keypoints_2d(h), h.visible)
+           for i, h in enumerate(rec.hands)]
+    # One bad image is recorded (its hands count as missed) and never ends the run.
+    try:
+        photo = load_image(rec.image)
+    except ImageError as exc:
+        _fail(evs, str(exc))
+        return evs, None, []
+    except Exception as exc:  # noqa: BLE001
+        _fail(evs, f"{rec.image}: cannot read: {_describe(exc)}")
+        return evs, None, []
+    try:
+        t = time.perf_counter()
+        dets = list(detector.detect(photo.rgb))
+        det_s = (time.perf_counter() - t) / max(len(dets), 1)
+    except Exception as exc:  # noqa: BLE001
+        _fail(evs, f"detection failed: {_describe(exc)}")
+        return evs, photo, []
+    assign = match_hands([e.gt2d for e in evs], [e.visible for e in evs], dets, match_threshold)
+    pairs = []
+    for e, j in zip(evs, assign):
+        e.n_detections = len(dets)
+        if j is None:
+            continue
+        d = dets[j]
+        e.detected, e.det_side, e.det_score = True, d.side, float(d.score)
+        e.preds["mediapipe"] = {"kp3d": np.asarray(d.world, np.float64),
+                                "kp2d": np.asarray(d.keypoints, np.float64), "seconds": det_s}
+        pairs.append((e, d))
+    return evs, photo, pairs
 
 
 def _describe(exc: BaseException) -> str:
@@ -335,7 +348,7 @@ def _postfix(bar, hands, variants):
         errs = [M.pa_mpjpe(e.preds[v]["kp3d"], e.gt3d)[0] * 1000 for e in hands
                 if v in e.preds and e.gt3d is not None and e.preds[v]["kp3d"] is not None]
         if errs:
-            parts[v[:2]] = f"{np.mean(errs):.2f}"
+            parts[{"sequence_keypoint": "sk", "sequence_dense": "sd"}.get(v, v[:2])] = f"{np.mean(errs):.2f}"
     bar.set_postfix(parts, refresh=False)
 
 

@@ -1,0 +1,230 @@
+"""Sequences with 3D truth: every run of a dataset fitted as one track (``handfit eval --sequence``).
+
+A run is a short clip of one hand (a folder of frames, :func:`handfit.eval.datasets.read_runs`),
+each frame with its own K. :func:`evaluate_sequences` detects every frame once, matches the
+detections to the labels (:func:`handfit.eval.run.detect_record`) and measures, on those same
+detections, some of these variants:
+
+* ``mediapipe``: MediaPipe's own world landmarks and 2D landmarks;
+* ``keypoint`` / ``dense``: every frame fitted alone, as ``handfit fit`` would (one fit gives
+  both: the keypoint result is kept from before the dense stage);
+* ``sequence_keypoint``: the run's matched frames as one track
+  (:func:`handfit.fitting.pipeline.fit_track`: side decided once, warm starts, one shape,
+  temporal terms), measured before the dense stage;
+* ``sequence_dense``: the same track through the dense stage with the track's texture
+  (:func:`handfit.fitting.pipeline.finish_track`).
+
+So ``--compare`` fits each frame twice in all: once alone, once in its track. Besides the
+per-hand metrics of :func:`handfit.eval.run.score`, every variant gets the acceleration error of
+its root-relative keypoints against the truth (:func:`handfit.eval.metrics.accel_errors`,
+``accel_mm``, mm/frame²), over the frames whose neighbours were fitted too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import metrics as M
+from .run import Evaluation, _describe, _fail, _fit_jobs_safe, _postfix, _warm_up, _with_dense, detect_record, score
+
+__all__ = ["SEQUENCE_VARIANTS", "evaluate_sequences", "fit_run", "accel_scores"]
+
+#: Every variant :func:`evaluate_sequences` can measure, in report order.
+SEQUENCE_VARIANTS = ("mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense")
+
+
+def fit_run(items: list, opts, res, dense: bool) -> tuple:
+    """Fit one run's hands as one track through the pipeline.
+
+    items: T :class:`handfit.fitting.pipeline.HandItem` in frame order, each with its K and
+    photo. -> (keypoint, final): T :class:`HandResult` each, ``keypoint`` assembled from the
+    track before the dense stage, ``final`` after :func:`finish_track` (None when not ``dense``).
+    Seconds are the pipeline's (each frame's share of the track's optimisation).
+
+    The detections are first refined from ``opts.views`` views of each frame's crop, the
+    evidence a single-frame fit of the same frame gets (``fit_hands``' stage 1b; ``fit_track``
+    alone, as for a video, fits the raw detections), so that both variants fit the same keypoints."""
+    from ..fitting.pipeline import assemble, finish_track, fit_track, refine_evidence
+
+    fit = fit_track(refine_evidence(items, opts, res), opts, res)
+    keypoint = assemble(fit, texture_size=1)   # numpy copies: the dense stage below changes fit.params
+    return keypoint, (finish_track(fit, opts, res) if dense else None)
+
+
+def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, batch_size: int = 1,
+                       use_label_camera: bool = True, match_threshold: float = 0.5, progress: bool = False,
+                       detector=None, fit_batch: Callable | None = None, fit_sequence: Callable | None = None,
+                       on_run: Callable | None = None, warmup: bool = True, resources=None) -> Evaluation:
+    """Fit and measure every run.
+
+    Args:
+        runs: [(run name, [Record, ...] in frame order)] (:func:`handfit.eval.datasets.read_runs`).
+        options: :class:`handfit.FitOptions`; ``dense.enabled`` is set per variant.
+        variants: some of :data:`SEQUENCE_VARIANTS`.
+        batch_size: frames fitted together by the single-frame variants (see
+            :func:`handfit.eval.run.evaluate`).
+        use_label_camera: fit with each frame's K (else the options' camera).
+        detector: ``detect(rgb) -> [Detection]`` (default: MediaPipe from ``resources``).
+        fit_batch: the single-frame fitting function (default :func:`handfit.api.fit_batch`).
+        fit_sequence: ``fit_sequence(items, opts, dense) -> (keypoint, final)`` as
+            :func:`fit_run` (default: :func:`fit_run` with ``resources``).
+        on_run: called as ``on_run(Evaluation)`` with the runs done so far after each run.
+        warmup: one throw-away quick fit before the first timed one (see ``evaluate``).
+        resources: the :class:`~handfit.fitting.resources.Resources` (default: a new one, closed at the end).
+
+    A frame that cannot be read, detected or fitted, or a run whose track fit fails,
+    never ends the evaluation: the hands concerned record the ``error``.
+    -> :class:`Evaluation` whose summary has ``accel_mm`` besides the usual keys and whose
+    rows carry each hand's ``run``.
+    """
+    unknown = set(variants) - set(SEQUENCE_VARIANTS)
+    if unknown:
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown variants {sorted(unknown)}; expected some of {SEQUENCE_VARIANTS}")
+    variants = tuple(v for v in SEQUENCE_VARIANTS if v in variants)
+    single = tuple(v for v in ("keypoint", "dense") if v in variants)
+    sequence = tuple(v for v in ("sequence_keypoint", "sequence_dense") if v in variants)
+    if options is None:
+        from ..api import FitOptions
+
+        options = FitOptions()
+    own_resources = resources is None
+    if own_resources:
+        from ..fitting.resources import Resources
+
+        resources = Resources()
+    if fit_batch is None:
+        import functools
+
+        from ..api import fit_batch as api_fit_batch
+
+        fit_batch = functools.partial(api_fit_batch, resources=resources)
+    if fit_sequence is None:
+        def fit_sequence(items, opts, dense):
+            return fit_run(items, opts, resources, dense)
+    if detector is None:
+        detector = resources.detector(getattr(options, "detect", "fast"), options.max_hands)
+    single_opts = _with_dense(options, "dense" in single)
+    seq_opts = _with_dense(options, "sequence_dense" in sequence)
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(frames) for _, frames in runs), desc="eval", unit="img", file=sys.stderr)
+    hands: list = []
+    try:
+        for name, frames in runs:
+            done = []  # (record, photo, pairs) per frame of this run
+            for rec in frames:
+                evs, photo, pairs = detect_record(rec, detector, match_threshold)
+                for e in evs:
+                    e.run = name
+                hands.extend(evs)
+                done.append((rec, photo, pairs))
+            jobs = [(rec, photo, [d for _, d in sorted(pairs, key=lambda p: -p[1].score)], pairs)
+                    for rec, photo, pairs in done if pairs]
+            if jobs and warmup:
+                try:
+                    _warm_up(jobs[0], single_opts, use_label_camera, fit_batch)
+                except Exception:  # noqa: BLE001 - the timed fit of that frame will record the failure
+                    pass
+                warmup = False
+            if single:
+                bs = max(1, int(batch_size))
+                for start in range(0, len(jobs), bs):
+                    _fit_jobs_safe(jobs[start:start + bs], single, single_opts, use_label_camera, fit_batch, None)
+            if sequence:
+                _fit_track_safe(done, sequence, seq_opts, use_label_camera, fit_sequence)
+            if bar is not None:
+                bar.update(len(frames))
+                _postfix(bar, hands, variants)
+            if on_run is not None:
+                on_run(_evaluation(hands, variants))
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_resources:
+            resources.close()
+    return _evaluation(hands, variants)
+
+
+def _fit_track_safe(done: list, variants: tuple, opts, use_label_camera: bool, fit_sequence: Callable) -> None:
+    """Fit each labelled hand of a run (hand index h of every frame) as one track over the frames
+    where it was matched, and store the sequence variants; a failure is recorded, not raised."""
+    from ..fitting.pipeline import HandItem
+
+    for h in sorted({e.hand for _, _, pairs in done for e, _ in pairs}):
+        track = [(rec, photo, e, d) for rec, photo, pairs in done for e, d in pairs if e.hand == h]
+        items = [HandItem(rec.K if use_label_camera else _own_camera(photo, opts), d, photo.rgb)
+                 for rec, photo, _, d in track]
+        try:
+            keypoint, final = fit_sequence(items, opts, "sequence_dense" in variants)
+            if len(keypoint) != len(track) or (final is not None and len(final) != len(track)):
+                raise RuntimeError(f"the track fit gave {len(keypoint)} results for {len(track)} frames")
+        except Exception as exc:  # noqa: BLE001 - one bad run must not end the evaluation
+            evs = [e for _, _, e, _ in track]
+            for e in evs:
+                for v in variants:
+                    e.preds.pop(v, None)
+            _fail(evs, f"track fit failed: {_describe(exc)}")
+            continue
+        for b, (_, _, e, _) in enumerate(track):
+            if "sequence_keypoint" in variants:
+                e.preds["sequence_keypoint"] = _pred(keypoint[b])
+            if final is not None:
+                e.preds["sequence_dense"] = _pred(final[b])
+
+
+def _own_camera(photo, opts) -> np.ndarray:
+    """The options' camera for a photo (``--focal``/``--intrinsics``/EXIF/default FOV)."""
+    from ..fitting.pipeline import frame_intrinsics
+
+    return frame_intrinsics(photo.width, photo.height, opts, photo.exif_focal_px)
+
+
+def _pred(h) -> dict:
+    return {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds, "side": h.side}
+
+
+def accel_scores(hands: list, variants) -> tuple:
+    """Acceleration errors of every variant along every run.
+
+    hands: :class:`~handfit.eval.run.HandEval` in frame order within each run (``e.run``).
+    -> (per_hand, mean): per_hand[variant] a (len(hands),) array in mm/frame² (NaN where
+    a frame or one of its neighbours has no prediction or no 3D truth); mean[variant] the
+    mean over every frame that has one, pooled over the runs."""
+    groups: dict = {}
+    for i, e in enumerate(hands):
+        groups.setdefault((e.run, e.hand), []).append(i)
+    per_hand = {v: np.full(len(hands), np.nan) for v in variants}
+    for idx in groups.values():
+        gt = np.stack([hands[i].gt3d if hands[i].gt3d is not None else np.full((21, 3), np.nan) for i in idx])
+        for v in variants:
+            pred = np.full((len(idx), 21, 3), np.nan)
+            for k, i in enumerate(idx):
+                p = hands[i].preds.get(v, {}).get("kp3d")
+                if p is not None:
+                    pred[k] = p
+            valid = np.isfinite(pred).all((1, 2)) & np.isfinite(gt).all((1, 2))
+            per_hand[v][idx] = M.accel_errors(pred * 1000.0, np.nan_to_num(gt) * 1000.0, valid)
+    mean = {}
+    for v in variants:
+        a = per_hand[v][np.isfinite(per_hand[v])]
+        mean[v] = float(a.mean()) if a.size else float("nan")
+    return per_hand, mean
+
+
+def _evaluation(hands: list, variants: tuple) -> Evaluation:
+    rows, summary, curves = score(hands, variants)
+    per_hand, mean = accel_scores(hands, variants)
+    rows = [{"run": e.run or "", **r, **{f"{v}_accel_mm": per_hand[v][i] for v in variants}}
+            for i, (e, r) in enumerate(zip(hands, rows))]
+    for v in variants:
+        summary[v]["accel_mm"] = mean[v]
+    return Evaluation(variants, hands, rows, summary, curves, M.PCK_THRESHOLDS_MM.copy())
