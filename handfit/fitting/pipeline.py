@@ -350,21 +350,27 @@ def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 6
               ) -> SideFit:
     """Stages 1-3 for the T frames of one tracked hand (items in frame order, photos not needed).
 
-    Side decision once for the whole track (:func:`.side.resolve_track_side`), then
+    Side decision once for the whole track (:func:`.side.resolve_track_side`); frames
+    MediaPipe called the other side get landmarks of the track's side from their photos
+    when they have them (:func:`.side.track_landmarks`); then
     :func:`.temporal.fit_sequence`: the first frame initialised and fitted in full, each
     later frame warm-started from the one before (``warm_iters`` iterations), then all
     frames refined together with one shape and, with ``smooth_weight`` > 0, temporal
     terms. Finish the frames with :func:`finish_track` (one texture for the track) or
     :func:`finish` (a texture per frame); the dense stage needs their photos."""
     from .init import initialise
-    from .side import resolve_track_side
+    from .side import resolve_track_side, track_landmarks
     from .temporal import fit_sequence
 
     device, dtype = _device(opts)
     dets = resolve_track_side([(it.K, it.detection) for it in items], opts, res, device, opts.side_check_below,
                               opts.side_check_iters)
+    side = dets[0].side
+    if opts.side_check_below > 0 and any(it.rgb is not None and it.detection.side != side for it in items):
+        # frames called the other side: their landmarks again, from views that call the track's side
+        dets = track_landmarks(res.detector(opts.detect), [(it.rgb, it.detection, d) for it, d in zip(items, dets)],
+                               side)
     items = [replace(it, detection=d) for it, d in zip(items, dets)]
-    side = items[0].detection.side
     model = res.model(opts.model, side, opts.mano, device, dtype)
     batch = to_batch(items, device, dtype)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-__all__ = ["side_loss", "resolve_sides", "SIDES"]
+__all__ = ["side_loss", "resolve_sides", "resolve_track_side", "track_landmarks", "SIDES"]
 
 SIDES = ("left", "right")
 
@@ -155,3 +155,27 @@ def resolve_track_side(items: list, opts, res, device, check_below: float, iters
     side = min(SIDES, key=lambda s: ls[s])
     return [d if _given(d) else replace(d, side=side, side_source="fit", side_losses=ls, detector_side=d.side)
             for d in dets]
+
+
+def track_landmarks(detector, frames: list, side: str) -> list:
+    """The landmarks of a track's frames that MediaPipe called the other side.
+
+    A hand called the wrong side comes with landmarks of the other hand's
+    chirality, and relabelling it (:func:`resolve_track_side`) does not change
+    them: fitted as they are, such a frame is mirrored, and a sequence that
+    starts from it starts wrong. frames: [(rgb (H,W,3) uint8 or None, the
+    frame's original Detection, its Detection after the side decision)].
+    Each frame whose original side differs from ``side`` is looked at again in
+    the 8 views of :func:`side_candidates`; the best view that called it
+    ``side`` gives its landmarks. -> one Detection per frame
+    """
+    out = []
+    for rgb, original, det in frames:
+        if rgb is None or original.side == side or detector is None:
+            out.append(det)
+            continue
+        best = side_candidates(detector, rgb, original)[0].get(side)
+        out.append(det if best is None else replace(
+            best, side=side, score=det.score, pass_name=det.pass_name, side_source="fit",
+            side_losses=getattr(det, "side_losses", None), detector_side=original.side))
+    return out
