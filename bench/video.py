@@ -124,14 +124,14 @@ def refit_track(fit, opts, res) -> list:
     """``track2``: finish_track, then the texture accumulated again from the meshes its
     dense stage aligned, and every frame's dense stage run again (from the keypoint fit)
     against that second texture: what refining the track texture once would give."""
-    from handfit.fitting.pipeline import finish_with_texture, observe_track, track_texture
+    from handfit.fitting.pipeline import finish, observe_track, track_texture
 
     idx = list(range(len(fit.items)))
     first = fit.select(idx)
     acc = observe_track(first, opts, res)
     aligned = fit.select(idx)
-    finish_with_texture(aligned, track_texture(acc, opts, res), opts, res)
-    return finish_with_texture(fit.select(idx), track_texture(observe_track(aligned, opts, res), opts, res), opts, res)
+    finish(aligned, opts, res, texture=track_texture(acc, opts, res))
+    return finish(fit.select(idx), opts, res, texture=track_texture(observe_track(aligned, opts, res), opts, res))
 
 
 def dense_modes(frames, dets, args, res):

@@ -29,6 +29,25 @@ def make_clip(path: Path, n: int = 12, fps: int = 10):
             c.mux(pkt)
 
 
+def _counting_reader(real_read):
+    """A stand-in for media.read_frames that yields the same frames and records in
+    peak[0] how many of them were alive at once. -> (reader, peak)"""
+    import gc
+    import weakref
+
+    alive, peak = [], [0]
+
+    def read_frames(*a, **kw):
+        for idx, sec, rgb in real_read(*a, **kw):
+            gc.collect()
+            alive[:] = [r for r in alive if r() is not None]
+            peak[0] = max(peak[0], len(alive))
+            alive.append(weakref.ref(rgb))
+            yield idx, sec, rgb
+
+    return read_frames, peak
+
+
 def test_read_frames_every_start_end(tmp_path):
     from handfit.batch.inputs import collect
     from handfit.io.media import read_frames, video_info
@@ -277,24 +296,12 @@ def test_end_not_after_start_is_a_usage_error(tmp_path):
 
 def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
     """Detection and writing each see one decoded frame at a time; the outputs are whole."""
-    import gc
-    import weakref
-
     from handfit.batch import inputs, video
     from handfit.batch.records import BatchJob
     from handfit.io import media
 
     make_clip(tmp_path / "clip.mp4", n=12)
-    real_read = media.read_frames
-    alive, peak = [], [0]
-
-    def read_frames(*a, **kw):
-        for idx, sec, rgb in real_read(*a, **kw):
-            gc.collect()
-            alive[:] = [r for r in alive if r() is not None]
-            peak[0] = max(peak[0], len(alive))
-            alive.append(weakref.ref(rgb))
-            yield idx, sec, rgb
+    read_frames, peak = _counting_reader(media.read_frames)
 
     class NoHands:
         def __init__(self, *a, **kw):
@@ -319,25 +326,13 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
 def test_track_textures_stream_the_frames(tmp_path, monkeypatch):
     """The decoding that builds each track's texture holds one frame at a time, feeds every
     hand of a frame to its own track's accumulation, and adds the time to that frame."""
-    import gc
-    import weakref
-
     from handfit.batch import video
     from handfit.batch.records import VideoOptions
     from handfit.fitting import pipeline
     from handfit.io import media
 
     make_clip(tmp_path / "clip.mp4", n=6)
-    real_read = media.read_frames
-    alive, peak = [], [0]
-
-    def read_frames(*a, **kw):
-        for idx, sec, rgb in real_read(*a, **kw):
-            gc.collect()
-            alive[:] = [r for r in alive if r() is not None]
-            peak[0] = max(peak[0], len(alive))
-            alive.append(weakref.ref(rgb))
-            yield idx, sec, rgb
+    read_frames, peak = _counting_reader(media.read_frames)
 
     class Fit:  # a track's SideFit, as far as the accumulation looks at it
         def __init__(self, n):

@@ -30,7 +30,7 @@ a video interrupted part way is redone from its start.
    visible texels weighted by facing and the photo's hand mask, the learned prior for
    what no frame showed), then, while the last decoding writes the frames, each
    frame's hands finish the pipeline against it
-   (:func:`~handfit.fitting.pipeline.finish_with_texture`: the dense stage with the
+   (:func:`~handfit.fitting.pipeline.finish` with the track's texture: the dense stage with the
    track's shape and texture fixed). With ``--no-dense`` the frames finish as
    keypoint fits with the flat skin texture (:func:`~handfit.fitting.pipeline.finish`).
 """
@@ -183,12 +183,12 @@ def frame_hands(fits, hands: list, rgb: np.ndarray, opts, res, outputs: list, te
     texture; without, :func:`~handfit.fitting.pipeline.finish` (the keypoint fit and
     flat texture when the dense stage is off). ``outputs[track]`` (:func:`track_outputs`)
     records the final values."""
-    from ..fitting.pipeline import finish, finish_with_texture
+    from ..fitting.pipeline import finish
 
     results = []
     for ti, b in hands:
         sub = _frame_fit(fits, ti, b, rgb)
-        h = (finish(sub, opts, res) if textures is None else finish_with_texture(sub, textures[ti], opts, res))[0]
+        h = finish(sub, opts, res, texture=None if textures is None else textures[ti])[0]
         h.metrics["track"] = ti
         _record_frame(outputs[ti], b, h)
         results.append(h)

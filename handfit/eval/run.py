@@ -187,12 +187,9 @@ def evaluate(records: Iterable[Record], options=None, variants=("mediapipe", "ke
                 evs, photo, pairs = detect_record(rec, detector, match_threshold)
                 hands.extend(evs)
                 if pairs and fitted:
-                    jobs.append((rec, photo, [d for _, d in sorted(pairs, key=lambda p: -p[1].score)], pairs))
+                    jobs.append(_job(rec, photo, pairs))
             if jobs and warmup:
-                try:
-                    _warm_up(jobs[0], opts, use_label_camera, fit_batch)
-                except Exception:  # noqa: BLE001 - the timed fit of that image will record the failure
-                    pass
+                _warm_up(jobs[0], opts, use_label_camera, fit_batch)
                 warmup = False
             if jobs:
                 _fit_jobs_safe(jobs, fitted, opts, use_label_camera, fit_batch, on_fit)
@@ -322,11 +319,21 @@ def _with_dense(opts, enabled: bool):
     return dataclasses.replace(opts, dense=dataclasses.replace(opts.dense, enabled=enabled))
 
 
+def _job(rec, photo, pairs) -> tuple:
+    """A fit job: (record, photo, its matched detections best first, [(HandEval, det)])."""
+    return rec, photo, [d for _, d in sorted(pairs, key=lambda p: -p[1].score)], pairs
+
+
 def _warm_up(job, opts, use_label_camera, fit_batch):
+    """One short fit of ``job``'s first hand, so the first timed fit does not pay for
+    caches and compilation. A failure is left to the timed fit to record."""
     rec, photo, dets, _ = job
     quick = dataclasses.replace(opts, keypoint=dataclasses.replace(opts.keypoint, iters=2),
-                                dense=dataclasses.replace(opts.dense, iters=2, texture_iters=1))
-    fit_batch([photo], detections=[dets[:1]], intrinsics=[rec.K if use_label_camera else None], options=quick)
+                                dense=dataclasses.replace(opts.dense, iters=2, fine_iters=1, texture_iters=1))
+    try:
+        fit_batch([photo], detections=[dets[:1]], intrinsics=[rec.K if use_label_camera else None], options=quick)
+    except Exception:  # noqa: BLE001 - the timed fit of that image will record the failure
+        pass
 
 
 def _result_for(hands, det, used=()):

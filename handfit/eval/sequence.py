@@ -22,13 +22,13 @@ its root-relative keypoints against the truth (:func:`handfit.eval.metrics.accel
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
 
 from . import metrics as M
-from .run import Evaluation, _describe, _fail, _fit_jobs_safe, _postfix, _warm_up, _with_dense, detect_record, score
+from .run import (Evaluation, _describe, _fail, _fit_jobs_safe, _job, _postfix, _warm_up, _with_dense,
+                  detect_record, score)
 
 __all__ = ["SEQUENCE_VARIANTS", "evaluate_sequences", "fit_run", "accel_scores"]
 
@@ -127,13 +127,9 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
                     e.run = name
                 hands.extend(evs)
                 done.append((rec, photo, pairs))
-            jobs = [(rec, photo, [d for _, d in sorted(pairs, key=lambda p: -p[1].score)], pairs)
-                    for rec, photo, pairs in done if pairs]
+            jobs = [_job(rec, photo, pairs) for rec, photo, pairs in done if pairs]
             if jobs and warmup:
-                try:
-                    _warm_up(jobs[0], single_opts, use_label_camera, fit_batch)
-                except Exception:  # noqa: BLE001 - the timed fit of that frame will record the failure
-                    pass
+                _warm_up(jobs[0], single_opts, use_label_camera, fit_batch)
                 warmup = False
             if single:
                 bs = max(1, int(batch_size))

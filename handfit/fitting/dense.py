@@ -174,6 +174,12 @@ def observe_texture(model, params: dict, K_full, kp2d_full, photos, stage: Dense
     return frame_observation(scene.target, g, scene.valid, skin_p, texture_size)
 
 
+def geometry_factor(stage: DenseStage, crop_size: int) -> int:
+    """How much the geometry phase downsamples the crops: ``geometry_downsample`` when it
+    divides ``crop_size``, else 1 (and then no fine iterations follow)."""
+    return stage.geometry_downsample if crop_size % stage.geometry_downsample == 0 else 1
+
+
 def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
               backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = (),
               context=None, kp_weight=None, reference: dict | None = None, texture=None):
@@ -224,7 +230,7 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     if reference is not None:
         start.update({k: v.detach() for k, v in reference.items()})
     # The geometry phase may run on a coarser copy of the crops (DenseStage.geometry_downsample).
-    f = stage.geometry_downsample if crop_size % stage.geometry_downsample == 0 else 1
+    f = geometry_factor(stage, crop_size)
     gscene = scene.downsampled(f)
     gskin = skin_p if f == 1 else F.avg_pool2d(skin_p[:, None], f)[:, 0]
     gstage = stage if f == 1 else replace(stage, margin=max(1, round(stage.margin / f)))

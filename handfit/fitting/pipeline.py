@@ -41,7 +41,7 @@ from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
 
 __all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish",
-           "finish_track", "observe_track", "track_texture", "finish_with_texture", "assemble", "frame_intrinsics",
+           "finish_track", "observe_track", "track_texture", "assemble", "frame_intrinsics",
            "Resources", "FitResult", "HandResult"]
 
 SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
@@ -163,7 +163,7 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
     ``texture``: (T,T,3) uint8, one texture every hand renders, fixed (a video track's,
     :func:`track_texture`); then only the geometry and each hand's light are fitted, and
     ``fit.textures`` is that array for every hand."""
-    from .dense import fit_dense
+    from .dense import fit_dense, geometry_factor
 
     model, batch, params = fit.model, fit.batch, fit.params
     device, dtype = batch.K.device, batch.K.dtype
@@ -172,7 +172,7 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         fit.stages["keypoint"] = {"keypoints_3d": kp3d.double().cpu().numpy(),
                                   "keypoints_2d": project(kp3d, batch.K).double().cpu().numpy()}
     d = opts.dense
-    steps = (d.iters + (d.fine_iters if d.geometry_downsample > 1 else 0)
+    steps = (d.iters + (d.fine_iters if geometry_factor(d, opts.crop_size) > 1 else 0)
              + (d.texture_iters if texture is None else 0))  # the phases' caps
     given = None if texture is None else (torch.as_tensor(texture, device=device).to(dtype) / 255)[None].expand(
         len(fit.items), -1, -1, -1)
@@ -233,12 +233,16 @@ def assemble(fit: SideFit, texture_size: int = 256) -> list:
     return results
 
 
-def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None) -> list:
+def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
+           texture: np.ndarray | None = None) -> list:
     """Stages 4 and 5: the dense stage (when enabled and every hand has its photo), then
-    :func:`assemble`. Its time is added to each hand's ``seconds``."""
+    :func:`assemble`. Its time is added to each hand's ``seconds``.
+    ``texture``: a video track's texture (T,T,3) uint8 (:func:`track_texture`), which every
+    hand's dense stage renders, fixed, fitting its geometry (the track's shape kept) and
+    light; every result's ``texture`` is then that same array. None: each hand's own."""
     t0 = time.perf_counter()
     if opts.dense.enabled and all(it.rgb is not None for it in fit.items):
-        dense_fit(fit, opts, res, progress)
+        dense_fit(fit, opts, res, progress, texture=texture)
     share = (time.perf_counter() - t0) / len(fit.items)
     fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
     return assemble(fit, opts.texture_size)
@@ -280,27 +284,12 @@ def track_texture(acc: tuple, opts: FitOptions, res: Resources) -> np.ndarray:
     return (tex.cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def finish_with_texture(fit: SideFit, texture: np.ndarray, opts: FitOptions, res: Resources,
-                        progress: ProgressFn | None = None) -> list:
-    """Stages 4c and 5 for B frames of a track (each item with its ``rgb``): every frame's
-    dense stage renders the track's ``texture`` (T,T,3) uint8, fixed, fitting its geometry
-    (the track's shape kept) and light; then :func:`assemble`. Every result's ``texture``
-    is that same array. Without the dense stage: :func:`finish`."""
-    if not (opts.dense.enabled and all(it.rgb is not None for it in fit.items)):
-        return finish(fit, opts, res, progress)
-    t0 = time.perf_counter()
-    dense_fit(fit, opts, res, progress, texture=texture)
-    share = (time.perf_counter() - t0) / len(fit.items)
-    fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
-    return assemble(fit, opts.texture_size)
-
-
 def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
                  ) -> list[HandResult]:
     """Stages 4-5 for the T frames of one track (a :func:`fit_track` result, every item
     with its ``rgb``): the track's texture accumulated over all its frames
     (:func:`observe_track`, :func:`track_texture`), then each frame's dense stage against
-    it (:func:`finish_with_texture`), ``TRACK_CHUNK`` frames at a time.
+    it (:func:`finish` with ``texture``), ``TRACK_CHUNK`` frames at a time.
     -> T HandResult in frame order, each ``texture`` the one track texture (the same array).
     With ``opts.dense.enabled`` False: :func:`finish` (keypoint fits, flat texture).
     Holds every frame; a video that cannot be held calls the three steps itself."""
@@ -320,7 +309,7 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
     fit.seconds = fit.seconds + (time.perf_counter() - t0) / T
     out = []
     for idx in chunks:
-        out += finish_with_texture(fit.select(idx), texture, opts, res, progress)
+        out += finish(fit.select(idx), opts, res, progress, texture=texture)
     return out
 
 
