@@ -16,15 +16,22 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     """
     theta2 = (aa * aa).sum(-1, keepdim=True)  # (...,1)
     small = theta2 < 1e-8
-    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta2_safe = torch.where(small, 1.0, theta2)
     theta = theta2_safe.sqrt()
     a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
     b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2_safe)
-    x, y, z = aa.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(aa.shape[:-1] + (3, 3))
-    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
+    # The cross-product matrix of aa as one product with a constant (3,9) map: a
+    # handful of ops instead of unbinding and stacking nine entries (the model
+    # calls this several times per fitting iteration).
+    K = (aa @ aa.new_tensor(_SKEW)).unflatten(-1, (3, 3))  # (...,3,3)
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device)
     return eye + a[..., None] * K + b[..., None] * (K @ K)
+
+
+# Row i: the entries of [e_i]_x, the cross-product matrix of the i-th unit vector.
+_SKEW = ((0, 0, 0, 0, 0, -1, 0, 1, 0),
+         (0, 0, 1, 0, 0, 0, -1, 0, 0),
+         (0, -1, 0, 1, 0, 0, 0, 0, 0))
 
 
 def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:

@@ -259,6 +259,31 @@ def test_lbs_identity_pose_is_rest():
     torch.testing.assert_close(v2, (verts - joints[:, :1]) @ R.T + joints[:, :1], atol=1e-5, rtol=0)
 
 
+def test_rigid_chain_matches_bone_by_bone_recursion():
+    """rigid_chain works a tree level at a time; the plain recursion X_j = X_parent o
+    (x -> L_j (x - h_j) + h_j), bone by bone, must give the same transforms and
+    gradients, on a tree whose levels are interleaved in index order."""
+    g = torch.Generator().manual_seed(1)
+    parents = [-1, 0, 1, 0, 2, 3, 3, 5, 1]
+    B, J = 2, len(parents)
+    L = torch.linalg.qr(torch.randn(B, J, 3, 3, generator=g, dtype=torch.float64))[0].requires_grad_()
+    h = torch.randn(B, J, 3, generator=g, dtype=torch.float64).requires_grad_()
+    rot, tr = lbs.rigid_chain(L, h, parents)
+    R, T = [], []
+    for j, p in enumerate(parents):
+        t = h[:, j] - (L[:, j] @ h[:, j, :, None])[..., 0]
+        R.append(L[:, j] if p < 0 else R[p] @ L[:, j])
+        T.append(t if p < 0 else (R[p] @ t[..., None])[..., 0] + T[p])
+    torch.testing.assert_close(rot, torch.stack(R, 1))
+    torch.testing.assert_close(tr, torch.stack(T, 1))
+    ga = torch.autograd.grad((rot.sum() + tr.square().sum()), (L, h))
+    gb = torch.autograd.grad((torch.stack(R, 1).sum() + torch.stack(T, 1).square().sum()), (L, h))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError):
+        lbs.rigid_chain(L[:, :3], h[:, :3], [-1, 2, 0])
+
+
 # -- Anny itself ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_matches_anny_forward(anny):

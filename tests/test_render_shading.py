@@ -70,3 +70,25 @@ def test_lambert_values_and_batched_lights(device):
     torch.testing.assert_close(out[:, 0, :, 0], torch.tensor([[0.9, 0.1], [0.1, 0.9]], device=device))
     rgb = lambert(n, (0.0, 0.0, -1.0), ambient=torch.tensor([0.1, 0.2, 0.3], device=device), diffuse=0.5)
     assert rgb.shape == (2, 1, 2, 3)
+
+
+def test_sh_shading_is_the_band_weighted_basis_sum(device, dtype):
+    """sh_shading evaluates the SH sum as a quadratic form; it must equal the
+    definition sum_k band_k Y_k(n) sh[k] for batched and shared light."""
+    from handfit.render import sh_basis
+    from handfit.render.shading import _BAND
+
+    g = torch.Generator().manual_seed(3)
+    n = torch.nn.functional.normalize(torch.randn(2, 5, 7, 3, generator=g, dtype=dtype), dim=-1).to(device)
+    sh = torch.randn(2, 9, 3, generator=g, dtype=dtype).to(device)
+    y = sh_basis(n) * n.new_tensor(_BAND)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=0)
+    torch.testing.assert_close(sh_shading(n, sh), torch.einsum("bhwk,bkc->bhwc", y, sh), **tol)
+    torch.testing.assert_close(sh_shading(n, sh[0]), torch.einsum("bhwk,kc->bhwc", y, sh[0]), **tol)
+
+
+def test_sh_shading_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    n = torch.nn.functional.normalize(torch.randn(2, 4, 3, generator=g, dtype=torch.float64), dim=-1)
+    sh = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(sh_shading, (n.requires_grad_(), sh.requires_grad_()))

@@ -33,17 +33,21 @@ def conjugate_rotations(frames: torch.Tensor, rotmats: torch.Tensor) -> torch.Te
 
 @lru_cache(maxsize=16)
 def _levels(parents: tuple) -> tuple:
-    """Bones grouped by depth: ((bones...), (their parents...)) per level, root level first."""
+    """Bones grouped by depth, root level first: per level (its bones, the position of
+    each one's parent among the previous level's bones); then, for every bone, its
+    position in the levels laid end to end."""
     depth = []
     for j, p in enumerate(parents):
         if p >= j:
             raise ValueError("parents must list every bone after its parent")
         depth.append(0 if p < 0 else depth[p] + 1)
-    out = []
+    levels, order = [], []
     for d in range(max(depth) + 1):
         bones = tuple(j for j in range(len(parents)) if depth[j] == d)
-        out.append((bones, tuple(parents[j] for j in bones)))
-    return tuple(out)
+        prev = levels[-1][0] if levels else ()
+        levels.append((bones, tuple(prev.index(parents[j]) for j in bones) if d else ()))
+        order += bones
+    return tuple(levels), tuple(order.index(j) for j in range(len(parents)))
 
 
 def rigid_chain(local_rots: torch.Tensor, joints: torch.Tensor, parents: Sequence[int]):
@@ -56,25 +60,28 @@ def rigid_chain(local_rots: torch.Tensor, joints: torch.Tensor, parents: Sequenc
 
     Bone j's transform is its parent's composed with the rotation local_rots[:,j]
     about joints[:,j]: X_j = X_p o (x -> L_j (x - h_j) + h_j). Computed one depth
-    level at a time (a batched product per level).
+    level at a time, a batched product per level; whole levels are gathered and
+    concatenated, not single bones, because on small hands per-op overhead, not
+    arithmetic, is the cost (forward and backward alike).
     """
-    J = local_rots.shape[1]
+    levels, back = _levels(tuple(int(p) for p in parents))
+    dev = local_rots.device
     t_local = joints - (local_rots @ joints[..., None])[..., 0]      # (B,J,3)
-    rot = [None] * J
-    trans = [None] * J
-    for bones, pars in _levels(tuple(int(p) for p in parents)):
-        idx = list(bones)
-        L, t = local_rots[:, idx], t_local[:, idx]                     # (B,n,3,3), (B,n,3)
-        if pars[0] < 0:
+    rots, trans = [], []
+    for bones, pars in levels:
+        idx = torch.tensor(bones, device=dev)
+        L, t = local_rots.index_select(1, idx), t_local.index_select(1, idx)   # (B,n,3,3), (B,n,3)
+        if not pars:
             R, T = L, t
         else:
-            Rp = torch.stack([rot[p] for p in pars], 1)                 # (B,n,3,3)
-            tp = torch.stack([trans[p] for p in pars], 1)               # (B,n,3)
+            up = torch.tensor(pars, device=dev)
+            Rp, tp = rots[-1].index_select(1, up), trans[-1].index_select(1, up)
             R = Rp @ L
             T = (Rp @ t[..., None])[..., 0] + tp
-        for k, j in enumerate(bones):
-            rot[j], trans[j] = R[:, k], T[:, k]
-    return torch.stack(rot, 1), torch.stack(trans, 1)
+        rots.append(R)
+        trans.append(T)
+    back = torch.tensor(back, device=dev)
+    return torch.cat(rots, 1).index_select(1, back), torch.cat(trans, 1).index_select(1, back)
 
 
 def transform_points(rot: torch.Tensor, transl: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

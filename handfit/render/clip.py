@@ -32,10 +32,13 @@ def camera_to_clip(points: torch.Tensor, K: torch.Tensor, resolution, near: floa
         K = K[None]
     height, width = int(resolution[0]), int(resolution[1])
     K = K.to(points.dtype)
-    z = points[..., 2]
-    uz = points @ K[:, 0:1, :].transpose(1, 2)  # (B,V,1) = u * z
-    vz = points @ K[:, 1:2, :].transpose(1, 2)
-    x = (2.0 / width) * (uz[..., 0] + 0.5 * z) - z
-    y = (2.0 / height) * (vz[..., 0] + 0.5 * z) - z
-    zc = ((far + near) * z - 2.0 * far * near) / (far - near)
-    return torch.stack([x, y, zc, z], dim=-1)
+    # clip = points @ M + c, with M (B,3,4) made from K: one product over the
+    # vertices instead of a dozen elementwise ops (this runs every fitting iteration).
+    z = torch.zeros_like(K[:, 0])                                   # (B,3)
+    ez = z.clone()
+    ez[:, 2] = 1.0
+    M = torch.stack([(2.0 / width) * K[:, 0] + (1.0 / width - 1.0) * ez,
+                     (2.0 / height) * K[:, 1] + (1.0 / height - 1.0) * ez,
+                     ((far + near) / (far - near)) * ez, ez], dim=-1)  # (B,3,4)
+    c = points.new_tensor([0.0, 0.0, -2.0 * far * near / (far - near), 0.0])
+    return points @ M + c

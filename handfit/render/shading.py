@@ -76,12 +76,50 @@ def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
         albedo. A uniform light with ``sh[0] = a * 2 sqrt(pi)`` gives ``a``
         everywhere; see :func:`sh_lights` to build coefficients from lights.
     """
-    band = normals.new_tensor(_BAND)
-    y = sh_basis(normals) * band
+    # Bands 0-2 are the polynomials of degree <= 2 in (x, y, z), so the shading is a
+    # quadratic form n_h^T M_c n_h of n_h = (x, y, z, 1), with M (·,3,4,4) linear in
+    # the coefficients: per pixel one small product instead of nine basis images
+    # (this runs on every pixel of every fitting iteration).
     sh = sh.to(normals.dtype)
-    if sh.dim() == 2:
-        return torch.einsum("...k,kc->...c", y, sh)
-    return torch.einsum("b...k,bkc->b...c", y, sh)
+    M = (sh.transpose(-1, -2) @ sh.new_tensor(_QUADRATIC)).unflatten(-1, (4, 4))  # (·,3,4,4)
+    lead = normals.shape[:-1]
+    nb = 1 if sh.dim() == 2 else sh.shape[0]
+    n = normals.reshape(nb, -1, 3)                                              # (B,P,3)
+    n_h = torch.cat([n, torch.ones_like(n[..., :1])], -1)                        # (B,P,4)
+    Mcat = M.reshape(nb, 3, 4, 4).permute(0, 2, 1, 3).reshape(nb, 4, 12)        # [b, i, c*4+j]
+    y = (n_h @ Mcat).view(nb, -1, 3, 4)                                          # (B,P,3,4)
+    return (y * n_h[:, :, None, :]).sum(-1).reshape(*lead, 3)
+
+
+def _quadratic_map() -> tuple:
+    """(9,16): the SH coefficient of each basis function (band factor included) ->
+    its share of the symmetric 4x4 matrix M of :func:`sh_shading`, row-major."""
+    out = [[0.0] * 16 for _ in range(9)]
+
+    def put(k, i, j, v):  # k's basis function contains v * n_h[i] * n_h[j]
+        if i == j:
+            out[k][i * 4 + j] += v
+        else:
+            out[k][i * 4 + j] += v / 2
+            out[k][j * 4 + i] += v / 2
+
+    x, y, z, one = 0, 1, 2, 3
+    b = _BAND
+    put(0, one, one, b[0] * _C0)
+    put(1, y, one, b[1] * _C1)
+    put(2, z, one, b[2] * _C1)
+    put(3, x, one, b[3] * _C1)
+    put(4, x, y, b[4] * _C2)
+    put(5, y, z, b[5] * _C2)
+    put(6, z, z, b[6] * 3 * _C20)
+    put(6, one, one, -b[6] * _C20)
+    put(7, x, z, b[7] * _C2)
+    put(8, x, x, b[8] * _C22)
+    put(8, y, y, -b[8] * _C22)
+    return tuple(tuple(r) for r in out)
+
+
+_QUADRATIC = _quadratic_map()
 
 
 def sh_lights(ambient=0.6, directions=(FRONTAL,), intensities=(0.4,), batch_size: int = 1,
