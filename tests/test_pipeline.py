@@ -47,6 +47,26 @@ def test_a_mislabelled_hand_gets_its_side_from_the_fit():
     assert sure.side_source == "detector" and sure.side_losses is None      # a sure label is not checked
 
 
+def test_side_check_fits_both_sides_in_one_mirrored_batch():
+    """The left model is the right one mirrored, so the side check fits the left
+    candidates as mirrored right hands in one batch; the losses must be those of
+    two separate fits, and a mirrored detection must mirror back."""
+    from handfit.fitting.side import _side_losses, mirror_item
+
+    items = [_truth_item("left", 12)[0], _truth_item("right", 8)[0]]
+    pairs = [(it.K, it.detection) for it in items]
+    opts = FitOptions.from_values({"views": 0, "device": "cpu", "keypoint.iters": 30})
+    res = Resources()
+    one = _side_losses({"left": pairs, "right": pairs}, opts, res, "cpu", 30)
+    two = _side_losses({"left": pairs, "right": pairs}, opts, res, "cpu", 30, batched=False)
+    for side in ("left", "right"):
+        torch.testing.assert_close(one[side], two[side], rtol=1e-3, atol=1e-5)
+    assert float(one["left"][0]) < float(one["right"][0]) and float(one["right"][1]) < float(one["left"][1])
+    K, d = mirror_item(*mirror_item(*pairs[0]))
+    assert np.allclose(K, pairs[0][0]) and np.allclose(d.keypoints, pairs[0][1].keypoints)
+    assert np.allclose(d.world, pairs[0][1].world) and np.allclose(d.box_xyxy, pairs[0][1].box_xyxy)
+
+
 def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only():
     items = [_truth_item("left", 7)[0], _truth_item("right", 8)[0], _truth_item("left", 9)[0]]
     opts = FitOptions.from_values({"views": 0, "side_check_below": 0, "keypoint.iters": 40, "dense.enabled": False,
