@@ -307,10 +307,33 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
     t0 = time.perf_counter()
     texture = track_texture(acc, opts, res)
     fit.seconds = fit.seconds + (time.perf_counter() - t0) / T
-    out = []
+    parts = []
     for idx in chunks:
-        out += finish(fit.select(idx), opts, res, progress, texture=texture)
-    return out
+        part = fit.select(idx)
+        t0 = time.perf_counter()
+        dense_fit(part, opts, res, progress, texture=texture)
+        part.seconds = part.seconds + (time.perf_counter() - t0) / len(idx)
+        parts.append(part)
+    settle(fit, parts, opts)
+    return [hand for part in parts for hand in assemble(part, opts.texture_size)]
+
+
+def settle(fit: SideFit, parts: list, opts: FitOptions) -> None:
+    """Stage 4c for a track: its frames' dense results (``parts``: the SideFits of
+    consecutive chunks of ``fit``'s frames, in order) refined together so that their
+    joints' accelerations are consistent across frames (:func:`.temporal.settle_track`);
+    each part's ``params`` replaced, its ``seconds`` charged its share."""
+    from .temporal import settle_track
+
+    t0 = time.perf_counter()
+    params = {k: torch.cat([p.params[k] for p in parts]) for k in fit.params}
+    settle_track(fit.model, params, fit.batch.K, fit.batch.scale, opts.keypoint)
+    start, share = 0, (time.perf_counter() - t0) / len(fit.items)
+    for part in parts:
+        n = len(part.items)
+        part.params = {k: v[start:start + n] for k, v in params.items()}
+        part.seconds = part.seconds + share
+        start += n
 
 
 # -- entry points ---------------------------------------------------------------------------------
