@@ -12,7 +12,9 @@ For each variant in OUT/predictions.json, accel_mm (mm/frame², as metrics.accel
 * ``glob only``: the truth's articulation carried by the fit's own orientation and scale
   (the truth aligned onto the fit): the error that the global rotation and scale alone make;
 * ``smooth λ``: the fit's root-relative keypoints smoothed along each run, per joint, by the
-  least-squares smoother argmin |x - p|² + λ |D2 x|² (D2: second differences), and its PA-MPJPE.
+  least-squares smoother argmin |x - p|² + λ |D2 x|² (D2: second differences), and its PA-MPJPE;
+* ``z-smooth λ``: the same on the depth (camera z) of the root-relative keypoints only;
+* ``true z``: the fit's root-relative keypoints with the truth's root-relative depth.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
     runs: dict = {}
     for h in hands:
         runs.setdefault((h["run"], h["hand"]), []).append(h)
-    cols = ["raw", "rot", "rot+scale", "pa", "glob only"] + [f"smooth {lam:g}" for lam in args.lams]
+    cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z"] + [f"smooth {lam:g}" for lam in args.lams]
+            + [f"z-smooth {lam:g}" for lam in args.lams])
     print("| variant | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for v in variants:
@@ -86,8 +89,11 @@ def main(argv=None) -> int:
             pr, gr = p - p[:, :1], gt - gt[:, :1]
             forms = {"raw": pr, "rot": rotation_align(pr, gr, False), "rot+scale": rotation_align(pr, gr, True),
                      "pa": M.similarity_align(p, gt), "glob only": M.similarity_align(gr, pr)}
+            forms["true z"] = np.concatenate([pr[..., :2], gr[..., 2:]], -1)
             for lam in args.lams:
                 forms[f"smooth {lam:g}"] = np.einsum("st,tnc->snc", smoother(len(pr), lam), pr)
+                z = np.einsum("st,tn->sn", smoother(len(pr), lam), pr[..., 2])
+                forms[f"z-smooth {lam:g}"] = np.concatenate([pr[..., :2], z[..., None]], -1)
             for c, x in forms.items():
                 a = M.accel_errors(x, gt)
                 a[~valid] = np.nan   # accel errors at a gap mix frames that are not neighbours

@@ -101,12 +101,12 @@ def main(argv=None) -> int:
         saved = []   # per run, in order: finish_track settles each run once
         settle = pipeline.settle
 
-        def recording_settle(fit, parts, o):
+        def recording_settle(fit, parts, *rest):
             import torch
 
             saved.append((fit.side, {k: torch.cat([p.params[k] for p in parts]) for k in fit.params},
                                    fit.batch.K, fit.batch.scale))
-            return settle(fit, parts, o)
+            return settle(fit, parts, *rest)
 
         pipeline.settle = recording_settle
         print(f"runs: {len(runs)}, frames: {sum(len(r[3]) for r in runs)}")

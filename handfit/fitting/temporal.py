@@ -8,6 +8,10 @@
 3. all frames refined together: one shape shared by the track, the keypoint
    terms per frame and, when ``smooth_weight`` > 0, a penalty on the second
    differences (accelerations) of orientation, pose and translation.
+
+:func:`settle_track` refines a track's frames after their dense stage (which fits each
+frame alone): each frame's keypoints held where that stage put them while a robust penalty
+(:func:`joint_accel_terms`) smooths the accelerations of the joints' depth relative to the wrist.
 """
 
 from __future__ import annotations
@@ -27,11 +31,16 @@ SIGMA_TRANSL = 0.005  # ... metres of acceleration; both against the 2D term's s
 SMOOTH_SCALE = 5e-5   # against the 2D term; chosen on the dev clip (docs/benchmarks.md)
 REFINE_ITERS = 150
 JOINT_SCALE = 6e-3    # the joint-acceleration term against the 2D term (joint_accel_terms)
-REFINE_JOINT = 0.0    # its weight in fit_sequence's joint refinement (0: off)
+REFINE_JOINT = 0.0    # its weight in fit_sequence's joint refinement (0: off; not measured yet)
 SIGMA_DEPTH = 0.005   # metres/frame² of a joint's root-relative depth acceleration that cost rho(1)
 SIGMA_PLANE = 0.01    # the same across the image plane
-PLANE_RATIO = 0.0     # the image-plane part's weight against the depth part's
-SETTLE_ITERS = 0      # iterations of settle_track after a track's dense stage (0: none)
+PLANE_RATIO = 0.0     # the image-plane part's weight against the depth part's: 0, since across the
+#                       image plane the photo pins the joints and smoothing removes true motion (0.3: 10.85)
+# settle_track after a track's dense stage: on all 18 dev3d_seq runs 150 iterations take the
+# sequence default's accel_mm from 10.70 to 10.02 and PA-MPJPE from 8.57 to 8.54 mm; more
+# iterations, a heavier JOINT_SCALE (0.02) or a lighter hold do not go lower (docs/benchmarks.md,
+# "Joint accelerations (issue 20)", bench/seq_temporal.py)
+SETTLE_ITERS = 150    # iterations of settle_track (0: none)
 SETTLE_3D = 1.0       # settle_track's hold on each root-relative joint (squared change in palm lengths)
 SETTLE_2D = 1.0       # settle_track's hold on each keypoint's 2D position
 
@@ -112,7 +121,8 @@ def fit_sequence(model, batch, stage: KeypointStage, initialise: Callable, warm_
         t = kterms(full)
         t["smooth"] = smooth_terms(full, smooth_weight)
         if REFINE_JOINT > 0:
-            t["joint_accel"] = joint_accel_terms(model(**full).keypoints, smooth_weight * REFINE_JOINT)
+            t["joint_accel"] = joint_accel_terms(model(full["global_orient"], full["pose"], full["shape"], full["transl"]).keypoints,
+                                                 smooth_weight * REFINE_JOINT)
         return t
 
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "transl": stage.lr_transl,
