@@ -14,7 +14,11 @@ For each variant in OUT/predictions.json, accel_mm (mm/frame², as metrics.accel
 * ``smooth λ``: the fit's root-relative keypoints smoothed along each run, per joint, by the
   least-squares smoother argmin |x - p|² + λ |D2 x|² (D2: second differences), and its PA-MPJPE;
 * ``z-smooth λ``: the same on the depth (camera z) of the root-relative keypoints only;
-* ``true z``: the fit's root-relative keypoints with the truth's root-relative depth.
+* ``true z``: the fit's root-relative keypoints with the truth's root-relative depth;
+* ``true dist``: each frame scaled about the camera centre to the truth's wrist depth.
+
+Then, per variant, the raw error split into its image-plane (x, y) and depth (z) parts, and the
+truth's own root-relative acceleration split the same way.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def rotation_align(pred, gt, scale: bool) -> np.ndarray:
     return s[:, None, None] * (pred @ R)
 
 
+def acceleration(x: np.ndarray) -> np.ndarray:
+    """Second differences along the first axis: (T,...) -> (T-2,...)."""
+    return x[2:] - 2 * x[1:-1] + x[:-2]
+
+
 def smoother(T: int, lam: float) -> np.ndarray:
     """(T,T) matrix of argmin |x - p|² + lam |D2 x|²."""
     if T < 3:
@@ -65,8 +74,9 @@ def main(argv=None) -> int:
     runs: dict = {}
     for h in hands:
         runs.setdefault((h["run"], h["hand"]), []).append(h)
-    cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z"] + [f"smooth {lam:g}" for lam in args.lams]
+    cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z", "true dist"] + [f"smooth {lam:g}" for lam in args.lams]
             + [f"z-smooth {lam:g}" for lam in args.lams])
+    split = {}
     print("| variant | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for v in variants:
@@ -90,6 +100,7 @@ def main(argv=None) -> int:
             forms = {"raw": pr, "rot": rotation_align(pr, gr, False), "rot+scale": rotation_align(pr, gr, True),
                      "pa": M.similarity_align(p, gt), "glob only": M.similarity_align(gr, pr)}
             forms["true z"] = np.concatenate([pr[..., :2], gr[..., 2:]], -1)
+            forms["true dist"] = pr * (gt[:, 0, 2] / p[:, 0, 2])[:, None, None]
             for lam in args.lams:
                 forms[f"smooth {lam:g}"] = np.einsum("st,tnc->snc", smoother(len(pr), lam), pr)
                 z = np.einsum("st,tn->sn", smoother(len(pr), lam), pr[..., 2])
@@ -101,8 +112,21 @@ def main(argv=None) -> int:
                 a[1:][gap[:-1]] = np.nan
                 acc[c].extend(a[np.isfinite(a)])
                 pa[c].extend(M.pa_mpjpe(x, gt))
+            e = acceleration(pr) - acceleration(gr)                        # (T-2,N,3)
+            keep = np.isfinite(M.accel_errors(pr, gr))[1:-1] & ~gap[1:-1] & ~gap[:-2] & ~gap[2:]
+            for name, x in (("xy", np.linalg.norm(e[..., :2], axis=-1)), ("z", np.abs(e[..., 2])),
+                            ("truth xy", np.linalg.norm(acceleration(gr)[..., :2], axis=-1)),
+                            ("truth z", np.abs(acceleration(gr)[..., 2]))):
+                split.setdefault(v, {}).setdefault(name, []).extend(x.mean(-1)[keep])
         print(f"| {v} | " + " | ".join(f"{np.mean(acc[c]):.2f} ({np.mean(pa[c]):.2f})" for c in cols) + " |")
     print("cells: accel_mm (PA-MPJPE mm)")
+    print()
+    print("| variant | error xy | error z | truth xy | truth z |")
+    print("|---|---|---|---|---|")
+    for v, d in split.items():
+        print(f"| {v} | " + " | ".join(f"{np.mean(d[k]):.2f}" for k in ("xy", "z", "truth xy", "truth z")) + " |")
+    print("mm/frame²: mean over joints of the acceleration error's (or the truth's acceleration's) norm "
+          "across the image plane and its size in depth")
     return 0
 
 
