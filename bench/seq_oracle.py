@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     runs: dict = {}
     for h in hands:
         runs.setdefault((h["run"], h["hand"]), []).append(h)
-    cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z", "true dist"] + [f"smooth {lam:g}" for lam in args.lams]
-            + [f"z-smooth {lam:g}" for lam in args.lams])
+    cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z", "true dist"]
+            + [f"smooth {lam:g}" for lam in args.lams] + [f"z-smooth {lam:g}" for lam in args.lams])
     split = {}
     print("| variant | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))

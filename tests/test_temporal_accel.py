@@ -95,3 +95,42 @@ def test_settle_track_lowers_jitter_and_keeps_fast_motion():
     moving = float(np.linalg.norm(rr[2:] - 2 * rr[1:-1] + rr[:-2], axis=-1).mean())
     assert _accel_mm(model, clean, truth) < 0.25 * moving
     print(before, after, _accel_mm(model, clean, truth), moving)
+
+
+def test_pipeline_settle_refines_the_chunks_together_and_records_it():
+    """pipeline.settle: the chunks' params come back as one settled track, split in order;
+    each frame records the settle terms; smooth_weight 0 leaves the track as it was."""
+    from handfit.fitting.pipeline import HandBatch, SideFit, settle
+    from handfit.models import load_model
+    from handfit.options import FitOptions
+
+    model = load_model("anny", side="right", dtype=torch.float64)
+    truth = _track(model, T=9)
+    g = torch.Generator().manual_seed(2)
+    shaky = {k: v.clone() for k, v in truth.items()}
+    shaky["global_orient"][:, :2] += 0.08 * torch.randn(9, 2, generator=g, dtype=torch.float64)
+    K = torch.tensor([[500.0, 0, 128], [0, 500.0, 128], [0, 0, 1]], dtype=torch.float64).repeat(9, 1, 1)
+    batch = HandBatch(K, torch.zeros(9, 21, 2, dtype=torch.float64), torch.zeros(9, 21, 3, dtype=torch.float64),
+                      torch.full((9,), 150.0, dtype=torch.float64))
+    fit = SideFit("right", model, [None] * 9, batch, shaky, ["warm"] * 9, track=True)
+    fit.seconds = np.zeros(9)
+
+    def parts():
+        return [fit.select(range(0, 4)), fit.select(range(4, 9))]
+
+    opts = FitOptions.from_values({"device": "cpu"})
+    kept = parts()
+    settle(fit, kept, opts, smooth_weight=0.0)
+    assert all(torch.equal(p.params["pose"], shaky["pose"][i:i + len(p.items)]) for p, i in zip(kept, (0, 4)))
+    assert all("settle" not in p.losses for p in kept)
+    settled = parts()
+    settle(fit, settled, opts)
+    whole = {k: torch.cat([p.params[k] for p in settled]) for k in shaky}
+    assert _accel_mm(model, whole, truth) < _accel_mm(model, shaky, truth)
+    for p in settled:
+        assert p.metrics["settle_iters"] == temporal.SETTLE_ITERS and "joint_accel" in p.losses["settle"]
+        assert p.losses["settle"]["hold_2d"].shape == (len(p.items),)
+    # one call over the whole track: the chunks do not change the result
+    alone = {k: v.clone() for k, v in shaky.items()}
+    temporal.settle_track(model, alone, K, batch.scale, opts.keypoint)
+    assert torch.allclose(alone["pose"], whole["pose"])

@@ -121,8 +121,8 @@ def fit_sequence(model, batch, stage: KeypointStage, initialise: Callable, warm_
         t = kterms(full)
         t["smooth"] = smooth_terms(full, smooth_weight)
         if REFINE_JOINT > 0:
-            t["joint_accel"] = joint_accel_terms(model(full["global_orient"], full["pose"], full["shape"], full["transl"]).keypoints,
-                                                 smooth_weight * REFINE_JOINT)
+            kp = model(full["global_orient"], full["pose"], full["shape"], full["transl"]).keypoints
+            t["joint_accel"] = joint_accel_terms(kp, smooth_weight * REFINE_JOINT)
         return t
 
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "transl": stage.lr_transl,
