@@ -31,7 +31,9 @@ SIGMA_TRANSL = 0.005  # ... metres of acceleration; both against the 2D term's s
 SMOOTH_SCALE = 5e-5   # against the 2D term; chosen on the dev clip (docs/benchmarks.md)
 REFINE_ITERS = 150
 JOINT_SCALE = 6e-3    # the joint-acceleration term against the 2D term (joint_accel_terms)
-REFINE_JOINT = 0.0    # its weight in fit_sequence's joint refinement (0: off; not measured yet)
+# its weight in fit_sequence's joint refinement: off, since at 1 the sequence keypoint fit
+# went from 8.82 mm / 10.65 mm/frame² to 9.07 / 10.23 on dev3d_seq (PA-MPJPE worse)
+REFINE_JOINT = 0.0
 SIGMA_DEPTH = 0.005   # metres/frame² of a joint's root-relative depth acceleration that cost rho(1)
 SIGMA_PLANE = 0.01    # the same across the image plane
 PLANE_RATIO = 0.0     # the image-plane part's weight against the depth part's: 0, since across the
