@@ -41,7 +41,7 @@ from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
 
 __all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish",
-           "finish_track", "observe_track", "track_texture", "assemble", "frame_intrinsics",
+           "finish_track", "settle", "observe_track", "track_texture", "assemble", "frame_intrinsics",
            "Resources", "FitResult", "HandResult"]
 
 SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
@@ -284,12 +284,13 @@ def track_texture(acc: tuple, opts: FitOptions, res: Resources) -> np.ndarray:
     return (tex.cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
-                 ) -> list[HandResult]:
+def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
+                 smooth_weight: float = 1.0) -> list[HandResult]:
     """Stages 4-5 for the T frames of one track (a :func:`fit_track` result, every item
     with its ``rgb``): the track's texture accumulated over all its frames
     (:func:`observe_track`, :func:`track_texture`), then each frame's dense stage against
-    it (:func:`finish` with ``texture``), ``TRACK_CHUNK`` frames at a time.
+    it (the dense stage with ``texture``), ``TRACK_CHUNK`` frames at a time, then all
+    frames settled together (:func:`settle`; ``smooth_weight`` 0: not).
     -> T HandResult in frame order, each ``texture`` the one track texture (the same array).
     With ``opts.dense.enabled`` False: :func:`finish` (keypoint fits, flat texture).
     Holds every frame; a video that cannot be held calls the three steps itself."""
@@ -307,10 +308,37 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
     t0 = time.perf_counter()
     texture = track_texture(acc, opts, res)
     fit.seconds = fit.seconds + (time.perf_counter() - t0) / T
-    out = []
+    parts = []
     for idx in chunks:
-        out += finish(fit.select(idx), opts, res, progress, texture=texture)
-    return out
+        part = fit.select(idx)
+        t0 = time.perf_counter()
+        dense_fit(part, opts, res, progress, texture=texture)
+        part.seconds = part.seconds + (time.perf_counter() - t0) / len(idx)
+        parts.append(part)
+    settle(fit, parts, opts, smooth_weight)
+    return [hand for part in parts for hand in assemble(part, opts.texture_size)]
+
+
+def settle(fit: SideFit, parts: list, opts: FitOptions, smooth_weight: float = 1.0) -> None:
+    """Stage 4c for a track: its frames' dense results (``parts``: the SideFits of
+    consecutive chunks of ``fit``'s frames, in order) refined together so that their
+    joints' accelerations are consistent across frames (:func:`.temporal.settle_track`);
+    each part's ``params`` replaced, its ``seconds`` charged its share. The dense stage
+    fits each frame alone, so what it changes is not consistent from frame to frame."""
+    from .temporal import settle_track
+
+    t0 = time.perf_counter()
+    params = {k: torch.cat([p.params[k] for p in parts]) for k in fit.params}
+    report = settle_track(fit.model, params, fit.batch.K, fit.batch.scale, opts.keypoint, weight=smooth_weight)
+    start, share = 0, (time.perf_counter() - t0) / len(fit.items)
+    for part in parts:
+        n = len(part.items)
+        part.params = {k: v[start:start + n] for k, v in params.items()}
+        if report["iters"]:
+            part.losses["settle"] = {k: v[start:start + n] for k, v in report["terms"].items()}
+            part.metrics["settle_iters"] = report["iters"]
+        part.seconds = part.seconds + share
+        start += n
 
 
 # -- entry points ---------------------------------------------------------------------------------
