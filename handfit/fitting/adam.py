@@ -24,7 +24,8 @@ class StageReport:
 
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
              tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
-             on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0) -> StageReport:
+             on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0,
+             eps: float | dict = 1e-8) -> StageReport:
     """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
     named in ``lrs`` (name -> learning rate). Others stay fixed.
 
@@ -41,9 +42,19 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     theirs by ``max_iters``. Adam's steps are about a learning rate long
     whatever the gradient, so at a constant rate it ends wherever its last
     step put it near the minimum; a falling rate lets it settle.
+
+    ``eps``: Adam's epsilon, one for every tensor or a dict name -> epsilon (names
+    left out keep 1e-8). A step is ``lr * m / (sqrt(v) + eps)``: where a
+    coordinate's gradients are well above ``eps`` it is Adam's step, about
+    ``lr`` long whatever their size; where they are well below, the step
+    shrinks with them (momentum SGD with rate ``lr / eps``). In flat directions
+    of the loss the tiny default turns noise-sized gradients into full-size
+    steps; an ``eps`` near their size keeps such coordinates where they are.
     """
     leaves = {k: params[k].detach().clone().requires_grad_(True) for k in lrs}
-    opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr} for k, lr in lrs.items()])
+    eps_of = eps if isinstance(eps, dict) else {k: eps for k in lrs}
+    opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr, "eps": eps_of.get(k, 1e-8)}
+                            for k, lr in lrs.items()])
     best = None
     stall = None       # (B,) iterations in a row without improvement, per hand
     frozen = None      # (B,) bool
