@@ -116,13 +116,18 @@ class DenseStage:
     # The geometry phase's learning rates fall linearly to this fraction of theirs by its
     # last iteration, so it settles instead of ending on whatever its last step was.
     lr_end: float = opt(0.1, min=0)
-    # Adam's epsilon for the pose (finger angles) in the geometry phase. Adam steps about a
-    # learning rate whatever the gradient's size, so in the directions the photo hardly pins
-    # (a finger's bend in depth) noise-sized gradients made full-size steps and the fit
-    # ended wherever they walked it; with eps near those gradients' size, their steps
-    # shrink with them (docs/benchmarks.md, "Stability: Adam's eps").
+    # Adam's epsilon in the geometry phase, per tensor: the pose (finger angles, radians),
+    # the global orientation, the shape coefficients and the translation (metres). Adam
+    # steps about a learning rate whatever the gradient's size, so in the directions the
+    # photo hardly pins (a finger's bend in depth, the hand's size) noise-sized gradients
+    # made full-size steps and the fit ended wherever they had walked it. Where a gradient
+    # is well below eps the step shrinks with it (momentum SGD at lr/eps); well above, it
+    # is Adam's. Each sits near its tensor's flat directions' gradient size, as
+    # bench/adam_scales.py prints them (docs/benchmarks.md, "Stability: Adam's eps").
     adam_eps: float = opt(1e-8, min=0, min_open=True)
     adam_eps_orient: float = opt(1e-8, min=0, min_open=True)
+    adam_eps_shape: float = opt(1e-8, min=0, min_open=True)
+    adam_eps_transl: float = opt(1e-8, min=0, min_open=True)
     crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
     margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
     # The geometry phase renders its crops at 1/geometry_downsample of crop_size (the texture

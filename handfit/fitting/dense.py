@@ -245,7 +245,8 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
                            kp_weight)
     fine_iters = stage.fine_iters if f > 1 else 0
-    eps = {"pose": stage.adam_eps, "global_orient": stage.adam_eps_orient}
+    eps = {"pose": stage.adam_eps, "global_orient": stage.adam_eps_orient, "shape": stage.adam_eps_shape,
+           "transl": stage.adam_eps_transl}
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
                       on_step=on_step, lr_end=stage.lr_end if not fine_iters else 1.0, eps=eps)
     if fine_iters:  # coarse to fine: the rest at the full size
