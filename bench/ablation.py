@@ -161,8 +161,18 @@ def main(argv=None):
                      for a, b in zip(ev.hands, shaken.hands)
                      if a.preds.get("dense", {}).get("kp3d") is not None
                      and b.preds.get("dense", {}).get("kp3d") is not None]
+            # The same with each fit's wrist moved to the origin: how much of the movement is
+            # the whole hand's (its depth above all), how much its articulation and size.
+            rel = [float(np.linalg.norm((a.preds["dense"]["kp3d"] - a.preds["dense"]["kp3d"][:1])
+                                        - (b.preds["dense"]["kp3d"] - b.preds["dense"]["kp3d"][:1]), axis=-1).max()
+                         * 1000)
+                   for a, b in zip(ev.hands, shaken.hands)
+                   if a.preds.get("dense", {}).get("kp3d") is not None
+                   and b.preds.get("dense", {}).get("kp3d") is not None]
             row["perturb"] = {"sigma": args.perturb, "median_mm": round(float(np.median(moves)), 3),
-                              "max_mm": round(max(moves), 3), "n": len(moves)}
+                              "max_mm": round(max(moves), 3), "n": len(moves),
+                              "wrist_relative_median_mm": round(float(np.median(rel)), 3),
+                              "wrist_relative_max_mm": round(max(rel), 3)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.json:
@@ -176,7 +186,9 @@ def main(argv=None):
     for r in rows:
         cells = [f"{r[v]['pa_mpjpe_mm']:.2f} | {r[v]['kp2d_px']:.2f} | {r[v]['s_per_hand']:.2f}" for v in variants[1:]]
         if "perturb" in r:
-            cells.append(f"perturbed: median {r['perturb']['median_mm']:.2f} mm, max {r['perturb']['max_mm']:.2f} mm")
+            q = r["perturb"]
+            cells.append(f"perturbed: median {q['median_mm']:.2f} mm, max {q['max_mm']:.2f} mm "
+                         f"(wrist-relative {q['wrist_relative_median_mm']:.2f} / {q['wrist_relative_max_mm']:.2f})")
         print(f"| `{r['setting']}` | " + " | ".join(cells) + " |")
 
 

@@ -116,6 +116,24 @@ class DenseStage:
     # The geometry phase's learning rates fall linearly to this fraction of theirs by its
     # last iteration, so it settles instead of ending on whatever its last step was.
     lr_end: float = opt(0.1, min=0)
+    # Adam's epsilon in the geometry phase, per tensor: the pose (finger angles, radians),
+    # the global orientation, the shape coefficients and the translation (metres). Adam
+    # steps about a learning rate whatever the gradient's size, so in the directions the
+    # photo hardly pins (a finger's bend in depth, the hand's size) noise-sized gradients
+    # made full-size steps and the fit ended wherever they had walked it. Where a gradient
+    # is well below eps the step shrinks with it (momentum SGD at lr/eps); well above, it
+    # is Adam's. Each sits near its tensor's flat directions' gradient size, as
+    # bench/adam_scales.py prints them (docs/benchmarks.md, "Stability: Adam's eps"):
+    # on 26 dev3d hands these halve the keypoints' movement from a perturbed start
+    # (median 2.38 -> 1.29 mm), the dense fit still better than the keypoint fit.
+    adam_eps: float = opt(0.3, min=0, min_open=True)
+    adam_eps_orient: float = opt(1e-8, min=0, min_open=True)
+    adam_eps_shape: float = opt(0.01, min=0, min_open=True)
+    adam_eps_transl: float = opt(10.0, min=0, min_open=True)
+    # The fine iterations continue the coarse ones' Adam (moments and step count)
+    # rather than starting a fresh one, whose first steps are about a learning rate
+    # long on every coordinate: as large as the perturbations the stage should absorb.
+    fine_keeps_adam: bool = opt(True, kind="bool")
     crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
     margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
     # The geometry phase renders its crops at 1/geometry_downsample of crop_size (the texture

@@ -182,3 +182,66 @@ def test_lr_end_one_is_the_constant_rate():
     run_adam(p, {"x": 0.1}, quadratic, max_iters=30, tol=0, min_iters=100)  # the default
     assert torch.equal(run_adam_params(params, 30, 1.0), p["x"])
     assert not torch.equal(run_adam_params(params, 30, 1.0), run_adam_params(params, 30, 0.5))
+
+
+# --- Adam's eps ---------------------------------------------------------------
+
+def flat_with_noise(seed: int):
+    """x (B,2): coordinate 0 pulled to 1 (well determined), coordinate 1 flat but for a
+    noise term whose gradient is ~1e-4 and new on every call -> terms_fn."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def terms(p):
+        noise = 1e-4 * torch.randn(p["x"].shape[0], generator=gen, dtype=D)
+        return {"fit": (p["x"][:, 0] - 1.0).square(), "noise": noise * p["x"][:, 1]}
+
+    return terms
+
+
+def run_noisy(eps, iters=200):
+    p = {"x": torch.zeros(16, 2, dtype=D)}
+    run_adam(p, {"x": 0.01}, flat_with_noise(0), max_iters=iters, tol=0, min_iters=iters, eps=eps)
+    return p["x"]
+
+
+def test_eps_near_the_noise_keeps_a_flat_coordinate_still():
+    """With the default eps the flat coordinate random-walks about lr·sqrt(iters) on
+    gradients of 1e-4; with eps 1e-2 its steps shrink a hundredfold, and the
+    well-determined coordinate still reaches its minimum."""
+    walked, kept = run_noisy(1e-8), run_noisy(1e-2)
+    assert walked[:, 1].square().mean().sqrt() > 0.05
+    assert kept[:, 1].abs().max() < 0.005
+    torch.testing.assert_close(kept[:, 0], torch.ones(16, dtype=D), atol=3e-2, rtol=0)  # lr-sized jitter, as the default
+    # per tensor: an eps given for another name leaves x at the default
+    assert torch.equal(run_noisy({"y": 1e-2}), walked)
+    assert torch.equal(run_noisy({"x": 1e-2}), kept)
+
+
+def test_eps_barely_changes_a_well_conditioned_fit():
+    """Gradients of 0.1..100: eps 1e-2 ends at the same minimum as the default."""
+    out = {}
+    for eps in (1e-8, 1e-2):
+        params, xmin = problem()
+        run_adam(params, {"x": 0.1}, quadratic, max_iters=5000, tol=1e-9, patience=200, eps=eps)
+        out[eps] = params["x"]
+        torch.testing.assert_close(params["x"], xmin, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[1e-8], out[1e-2], atol=1e-4, rtol=0)
+
+
+def test_adam_state_carries_over_between_runs():
+    """Two runs of N and M iterations, the second given the first's adam_state, equal
+    one run of N + M; a fresh second run does not."""
+    target = torch.tensor([[1.0, -2.0, 0.5]])
+
+    def terms(p):
+        return {"fit": ((p["x"] - target) ** 2).sum(-1)}
+
+    one = {"x": torch.zeros(1, 3)}
+    run_adam(one, {"x": 0.1}, terms, max_iters=12, tol=0, min_iters=100)
+    a = {"x": torch.zeros(1, 3)}
+    rep = run_adam(a, {"x": 0.1}, terms, max_iters=5, tol=0, min_iters=100)
+    b = dict(a)
+    run_adam(a, {"x": 0.1}, terms, max_iters=7, tol=0, min_iters=100, adam_state=rep.adam_state)
+    run_adam(b, {"x": 0.1}, terms, max_iters=7, tol=0, min_iters=100)
+    torch.testing.assert_close(a["x"], one["x"])
+    assert not torch.allclose(b["x"], one["x"])

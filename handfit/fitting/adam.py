@@ -20,6 +20,7 @@ class StageReport:
     terms: dict            # name -> (B,) final weighted term values
     total: torch.Tensor    # (B,) final total loss
     metrics: dict = field(default_factory=dict)  # stage-specific measurements, name -> (B,) or scalar
+    adam_state: dict = field(default_factory=dict)  # name -> Adam's moments and step count at the end
 
 
 def _fusable(leaves: dict) -> bool:
@@ -28,7 +29,8 @@ def _fusable(leaves: dict) -> bool:
 
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
              tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
-             on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0) -> StageReport:
+             on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0,
+             eps: float | dict = 1e-8, adam_state: dict | None = None) -> StageReport:
     """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
     named in ``lrs`` (name -> learning rate). Others stay fixed.
 
@@ -45,11 +47,28 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     theirs by ``max_iters``. Adam's steps are about a learning rate long
     whatever the gradient, so at a constant rate it ends wherever its last
     step put it near the minimum; a falling rate lets it settle.
+
+    ``eps``: Adam's epsilon, one for every tensor or a dict name -> epsilon (names
+    left out keep 1e-8). A step is ``lr * m / (sqrt(v) + eps)``: where a
+    coordinate's gradients are well above ``eps`` it is Adam's step, about
+    ``lr`` long whatever their size; where they are well below, the step
+    shrinks with them (momentum SGD with rate ``lr / eps``). In flat directions
+    of the loss the tiny default turns noise-sized gradients into full-size
+    steps; an ``eps`` near their size keeps such coordinates where they are.
+
+    ``adam_state``: a previous run's ``StageReport.adam_state`` (same tensor names
+    and shapes) to continue from: its moments and step count, instead of a fresh
+    Adam, whose first steps are about a learning rate long on every coordinate.
     """
     leaves = {k: params[k].detach().clone().requires_grad_(True) for k in lrs}
+    eps_of = eps if isinstance(eps, dict) else {k: eps for k in lrs}
     # fused: one kernel per tensor. The default path runs a dozen small ops per tensor
     # per step, which on the CPU cost as much as a third of a keypoint iteration.
-    opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr} for k, lr in lrs.items()], fused=_fusable(leaves))
+    opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr, "eps": eps_of.get(k, 1e-8)}
+                            for k, lr in lrs.items()], fused=_fusable(leaves))
+    for k, st in (adam_state or {}).items():
+        if k in leaves:
+            opt.state[leaves[k]] = {n: v.clone() if torch.is_tensor(v) else v for n, v in st.items()}
     best = None
     stall = None       # (B,) iterations in a row without improvement, per hand
     frozen = None      # (B,) bool
@@ -97,5 +116,7 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
         terms = terms_fn(out)
         total = sum(terms.values())
     params.update(out)
+    state = {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in opt.state[leaves[k]].items()}
+             for k in lrs if leaves[k] in opt.state}
     return StageReport(iters=it, converged=converged, terms={k: v.detach() for k, v in terms.items()},
-                       total=total.detach())
+                       total=total.detach(), adam_state=state)

@@ -245,8 +245,10 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
                            kp_weight)
     fine_iters = stage.fine_iters if f > 1 else 0
+    eps = {"pose": stage.adam_eps, "global_orient": stage.adam_eps_orient, "shape": stage.adam_eps_shape,
+           "transl": stage.adam_eps_transl}
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
-                      on_step=on_step, lr_end=stage.lr_end if not fine_iters else 1.0)
+                      on_step=on_step, lr_end=stage.lr_end if not fine_iters else 1.0, eps=eps)
     if fine_iters:  # coarse to fine: the rest at the full size
         if isinstance(appearance, PriorAppearance):  # re-made on the full-size crops
             appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
@@ -255,7 +257,8 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         coarse_iters = report.iters
         fine_report = run_adam(state, lrs, fine, max_iters=fine_iters, tol=stage.tol, patience=stage.patience,
                                on_step=None if on_step is None else (lambda it, t: on_step(coarse_iters + it, t)),
-                               lr_end=stage.lr_end)
+                               lr_end=stage.lr_end, eps=eps,
+                               adam_state=report.adam_state if stage.fine_keeps_adam else None)
         fine_report.iters += coarse_iters
         report = fine_report
     for k in ("global_orient", "pose", "shape", "transl"):
