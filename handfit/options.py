@@ -134,6 +134,10 @@ class DenseStage:
     # rather than starting a fresh one, whose first steps are about a learning rate
     # long on every coordinate: as large as the perturbations the stage should absorb.
     fine_keeps_adam: bool = opt(True, kind="bool")
+    # One falling learning rate over the coarse and the fine iterations together (from
+    # 1 to lr_end), instead of a constant rate in the coarse part and a fall from 1 in
+    # the fine part: the fit settles instead of restarting its steps at full size.
+    one_schedule: bool = opt(False, kind="bool")
     crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
     margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
     # The geometry phase renders its crops at 1/geometry_downsample of crop_size (the texture

@@ -30,7 +30,7 @@ def _fusable(leaves: dict) -> bool:
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
              tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
              on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0,
-             eps: float | dict = 1e-8, adam_state: dict | None = None) -> StageReport:
+             eps: float | dict = 1e-8, adam_state: dict | None = None, lr_start: float = 1.0) -> StageReport:
     """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
     named in ``lrs`` (name -> learning rate). Others stay fixed.
 
@@ -44,7 +44,8 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     every hand has stalled.
 
     ``lr_end`` < 1: the learning rates fall linearly to that fraction of
-    theirs by ``max_iters``. Adam's steps are about a learning rate long
+    theirs by ``max_iters`` (from ``lr_start`` times theirs at the first
+    iteration, so that two runs can share one schedule). Adam's steps are about a learning rate long
     whatever the gradient, so at a constant rate it ends wherever its last
     step put it near the minimum; a falling rate lets it settle.
 
@@ -76,8 +77,8 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     it = 0
     converged = False
     for it in range(1, max_iters + 1):
-        if lr_end != 1.0:
-            f = 1.0 - (1.0 - lr_end) * (it - 1) / max(max_iters - 1, 1)
+        if lr_end != 1.0 or lr_start != 1.0:
+            f = lr_start + (lr_end - lr_start) * (it - 1) / max(max_iters - 1, 1)
             for group, lr in zip(opt.param_groups, lrs.values()):
                 group["lr"] = lr * f
         cur = {**params, **leaves}

@@ -247,8 +247,12 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     fine_iters = stage.fine_iters if f > 1 else 0
     eps = {"pose": stage.adam_eps, "global_orient": stage.adam_eps_orient, "shape": stage.adam_eps_shape,
            "transl": stage.adam_eps_transl}
+    # The learning rate's fall: over the fine part only, or (one_schedule) over both parts.
+    total = stage.iters + fine_iters
+    at = (lambda i: 1.0 - (1.0 - stage.lr_end) * (i - 1) / max(total - 1, 1)) if stage.one_schedule else None
+    coarse_end = at(stage.iters) if at else (stage.lr_end if not fine_iters else 1.0)
     report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
-                      on_step=on_step, lr_end=stage.lr_end if not fine_iters else 1.0, eps=eps)
+                      on_step=on_step, lr_end=coarse_end, eps=eps)
     if fine_iters:  # coarse to fine: the rest at the full size
         if isinstance(appearance, PriorAppearance):  # re-made on the full-size crops
             appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
@@ -257,7 +261,7 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
         coarse_iters = report.iters
         fine_report = run_adam(state, lrs, fine, max_iters=fine_iters, tol=stage.tol, patience=stage.patience,
                                on_step=None if on_step is None else (lambda it, t: on_step(coarse_iters + it, t)),
-                               lr_end=stage.lr_end, eps=eps,
+                               lr_end=stage.lr_end, lr_start=at(stage.iters + 1) if at else 1.0, eps=eps,
                                adam_state=report.adam_state if stage.fine_keeps_adam else None)
         fine_report.iters += coarse_iters
         report = fine_report
