@@ -136,16 +136,19 @@ class DenseStage:
     fine_keeps_adam: bool = opt(True, kind="bool")
     # One falling learning rate over the coarse and the fine iterations together (from
     # 1 to lr_end), instead of a constant rate in the coarse part and a fall from 1 in
-    # the fine part: the fit settles instead of restarting its steps at full size.
-    one_schedule: bool = opt(False, kind="bool")
+    # the fine part: the fit settles instead of restarting its steps at full size. With
+    # fine_keeps_adam, on 26 dev3d hands the keypoints' movement from a perturbed start
+    # fell from 1.29 to 0.97 mm (median; docs/benchmarks.md, "Settling").
+    one_schedule: bool = opt(True, kind="bool")
     crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
     margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
     # The geometry phase renders its crops at 1/geometry_downsample of crop_size (the texture
     # phase at the full size): fewer pixels per iteration, the same silhouette to a pixel or two.
     geometry_downsample: int = opt(2, min=1)
     # Coarse to fine: after the geometry phase's iters at 1/geometry_downsample, this many
-    # more at the full crop size, where a pixel's worth of misalignment still shows.
-    fine_iters: int = opt(10, min=0)
+    # more at the full crop size, where a pixel's worth of misalignment still shows (5: with
+    # one_schedule and fine_keeps_adam, 10 gave 0.03 mm PA-MPJPE more on 26 dev3d hands).
+    fine_iters: int = opt(5, min=0)
     mask_confidence: float = opt(0.6, min=0)  # silhouette only where the photo mask is this sure: |2p-1| >= it
     # Texels a side of the albedo optimised with the geometry: a sharper one,
     # unwrapped from a misaligned mesh, bakes the misalignment in.
