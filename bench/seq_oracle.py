@@ -35,6 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from handfit.eval import metrics as M  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seq_runs import read_predictions  # noqa: E402
+
 
 def rotation_align(pred, gt, scale: bool) -> np.ndarray:
     """(T,N,3) root-relative pred turned (and scaled) about the origin onto root-relative gt."""
@@ -68,12 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--lams", nargs="*", type=float, default=[0.1, 0.3, 1, 3])
     args = ap.parse_args(argv)
-    hands = json.loads((args.out / "predictions.json").read_text())["hands"]
-    variants = [v for v in ("mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense")
-                if any(v in h for h in hands)]
-    runs: dict = {}
-    for h in hands:
-        runs.setdefault((h["run"], h["hand"]), []).append(h)
+    variants, runs = read_predictions(args.out)
     cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z", "true dist"]
             + [f"smooth {lam:g}" for lam in args.lams] + [f"z-smooth {lam:g}" for lam in args.lams])
     split = {}

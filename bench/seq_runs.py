@@ -24,16 +24,23 @@ sys.path.insert(0, str(REPO))
 from handfit.eval import metrics as M  # noqa: E402
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", type=Path, help="the -o folder of handfit eval --sequence")
-    args = ap.parse_args(argv)
-    hands = json.loads((args.out / "predictions.json").read_text())["hands"]
+def read_predictions(out: Path) -> tuple:
+    """The predictions.json of a ``handfit eval --sequence`` folder: (the variants it
+    holds, in the usual order; {(run, hand): [its frames' records]})."""
+    hands = json.loads((out / "predictions.json").read_text())["hands"]
     variants = [v for v in ("mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense")
                 if any(v in h for h in hands)]
     runs: dict = {}
     for h in hands:
         runs.setdefault((h["run"], h["hand"]), []).append(h)
+    return variants, runs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="the -o folder of handfit eval --sequence")
+    args = ap.parse_args(argv)
+    variants, runs = read_predictions(args.out)
     pooled = {v: {"pa": [], "acc": []} for v in variants + ["still"]}
     print("| run | frames | " + " | ".join(f"{v} PA / accel" for v in variants) + " | still accel |")
     print("|---|---|" + "---|" * (len(variants) + 1))
@@ -52,7 +59,7 @@ def main(argv=None) -> int:
         still = M.accel_errors(np.repeat(gt[:1], len(gt), 0), gt)   # one articulation held: error = |accel_gt|
         pooled["still"]["acc"].extend(still[np.isfinite(still)])
         print(f"| {run} | {len(hs)} | " + " | ".join(cells) + f" | {_mean(still):.2f} |")
-    print(f"| all | {len(hands)} | " + " | ".join(f"{_mean(pooled[v]['pa']):.2f} / {_mean(pooled[v]['acc']):.2f}"
+    print(f"| all | {sum(len(r) for r in runs.values())} | " + " | ".join(f"{_mean(pooled[v]['pa']):.2f} / {_mean(pooled[v]['acc']):.2f}"
                                                for v in variants) + f" | {_mean(pooled['still']['acc']):.2f} |")
     return 0
 
