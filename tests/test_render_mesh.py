@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from handfit.render import default_sh, render_mesh
@@ -112,3 +113,44 @@ def test_only_the_render_package_calls_the_primitives():
                     and node.value.id == "R":
                 found.append((path.name, f"R.{node.attr}"))
     assert not found, found
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("albedo", ["texture", "colors", "white"])
+def test_shading_covered_pixels_only_matches_every_pixel(batch, albedo):
+    """Our backend shades only the covered pixels (MeshBuffers.covered); the same buffers
+    shaded at every pixel and composited with the coverage give the same images, and the
+    same gradients up to the order of their sums."""
+    from handfit.render import rasterize_mesh, shade
+
+    verts, f, K, uv, uvf = scene("cpu", torch.float64, batch=batch)
+    gen = torch.Generator().manual_seed(0)
+    outs = []
+    for covered in (True, False):
+        v = verts.clone().requires_grad_(True)
+        tex = torch.rand(batch, 8, 8, 3, generator=gen.manual_seed(1), dtype=torch.float64).requires_grad_(True)
+        cols = torch.rand(verts.shape[1], 3, generator=gen.manual_seed(2), dtype=torch.float64)
+        sh = default_sh(batch, dtype=torch.float64).requires_grad_(True)
+        bg = torch.rand(batch, *RES, 3, generator=gen.manual_seed(3), dtype=torch.float64).requires_grad_(True)
+        buf = rasterize_mesh(v, f, K, RES, uv=uv, uv_faces=uvf, vertex_colors=cols if albedo == "colors" else None,
+                             backend="cpu")
+        assert buf.covered is not None and buf.covered.normals.shape[0] == batch
+        if not covered:
+            buf.covered = None
+        out = shade(buf, texture=tex if albedo == "texture" else None, sh=sh, background=bg)
+        w = torch.rand(out["rgb"].shape, generator=gen.manual_seed(4), dtype=torch.float64)
+        (out["rgb"] * w).sum().backward()
+        hard = buf.cover.bool().expand(-1, -1, -1, 3)
+        outs.append([out["rgb"].detach(), out["coverage"].detach(), out["albedo"].detach()[hard],
+                     out["shading"].detach()[hard], v.grad, sh.grad, bg.grad]
+                    + ([tex.grad] if albedo == "texture" else []))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    for a, b in zip(outs[0][2:], outs[1][2:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # Off the mesh the covered-pixel layers are zero, and layers=False leaves them out.
+    off = ~buf.cover.bool()[..., 0]
+    buf2 = rasterize_mesh(verts, f, K, RES, uv=uv, uv_faces=uvf, backend="cpu")
+    full = shade(buf2, texture=torch.rand(1, 8, 8, 3, dtype=torch.float64), sh=default_sh(1, dtype=torch.float64))
+    assert full["albedo"][off].abs().max() == 0 and full["shading"][off].abs().max() == 0
+    slim = shade(buf2, sh=default_sh(1, dtype=torch.float64), layers=False)
+    assert slim["albedo"] is None and slim["shading"] is None

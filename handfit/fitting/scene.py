@@ -113,10 +113,9 @@ class CropScene:
     def shade(self, g: R.MeshBuffers, tex, sh, antialias=True) -> dict:
         """Colour the buffers ``g`` with texture (B,T,T,3) and SH light (B,9,3)
         over the background. -> dict of cover (B,S,S) (hard), coverage (B,S,S)
-        (antialiased if asked), shading (B,S,S,3) and rgb (B,S,S,3)."""
-        out = R.shade(g, texture=tex, sh=sh, background=self.background, antialias=antialias)
-        return {"cover": g.cover[..., 0], "coverage": out["coverage"][..., 0], "shading": out["shading"],
-                "rgb": out["rgb"]}
+        (antialiased if asked) and rgb (B,S,S,3)."""
+        out = R.shade(g, texture=tex, sh=sh, background=self.background, antialias=antialias, layers=False)
+        return {"cover": g.cover[..., 0], "coverage": out["coverage"][..., 0], "rgb": out["rgb"]}
 
     def render(self, vertices, tex, sh, antialias=True):
         """vertices (B,V,3) camera frame -> dict of (B,S,S,·) images (see :meth:`shade`)."""

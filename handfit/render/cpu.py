@@ -114,8 +114,12 @@ def edge_planes(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     # gradients' rounding changed from run to run. index_select's backward
     # (index_add_) adds in index order: the same sums, bit for bit, as the
     # single-threaded index_put_, on any number of threads.
-    nb, nf = pos.shape[0], tri.shape[0]
-    c = pos.index_select(1, tri.reshape(-1).long()).view(nb, nf, 3, 4)[..., [0, 1, 3]]  # (B,F,3,3)
+    # Rows of the flattened (B*V,3) table of (X, Y, W): along dim 0 of a 2-D tensor
+    # index_select's backward is the fast kernel, in the same order.
+    nb, nv, nf = pos.shape[0], pos.shape[1], tri.shape[0]
+    xyw = pos.index_select(2, torch.tensor([0, 1, 3], device=pos.device)).reshape(nb * nv, 3)
+    rows = (tri.reshape(-1).long().to(pos.device)[None] + (torch.arange(nb, device=pos.device) * nv)[:, None])
+    c = xyw.index_select(0, rows.reshape(-1)).view(nb, nf, 3, 3)  # (B,F,3,3)
     return torch.cross(c.roll(-1, dims=2), c.roll(-2, dims=2), dim=-1)
 
 
@@ -166,8 +170,15 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor,
         face = tid[pix].round().long() - 1
         batch = torch.div(pix, height * width, rounding_mode="floor")
         uv = flat.index_select(0, pix)[:, :2]
+    vals = _interpolate_at(attr, tri, face, batch, uv)
+    return scatter_covered(vals, pix, rast.shape[:3])
+
+
+def _interpolate_at(attr, tri, face, batch, uv) -> torch.Tensor:
+    """attr (B,T,C) or (T,C) at N pixels of triangles ``face`` (N,) in images ``batch``
+    (N,) with barycentrics ``uv`` (N,2). -> (N,C)"""
     nc = attr.shape[-1]
-    vi = tri.to(rast.device).long()[face]  # (N,3)
+    vi = tri.to(face.device).long()[face]  # (N,3)
     if attr.dim() == 2:
         table = attr
     elif attr.shape[0] == 1:
@@ -178,10 +189,22 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor,
     a = table.index_select(0, vi.reshape(-1)).view(-1, 3, nc)
     # u*a0 + v*a1 + (1-u-v)*a2 as one batched product.
     w = torch.cat([uv, 1.0 - uv.sum(-1, keepdim=True)], dim=1).to(a.dtype)  # (N,3)
-    vals = (w[:, :, None] * a).sum(1)
+    return (w[:, :, None] * a).sum(1)
+
+
+def interpolate_covered(attr: torch.Tensor, tri: torch.Tensor, visibility: Visibility) -> torch.Tensor:
+    """:func:`interpolate` at the covered pixels only, in ``visibility.pix``'s order
+    (raster order): attr (B,T,C) or (T,C) -> (N,C). :func:`scatter_covered` makes the image."""
+    return _interpolate_at(attr, tri, visibility.face, visibility.batch, visibility.bary)
+
+
+def scatter_covered(vals: torch.Tensor, pix: torch.Tensor, shape) -> torch.Tensor:
+    """Values (N,C) of the covered pixels ``pix`` (N,) (flat into B*H*W) -> (B,H,W,C)
+    images, zero elsewhere."""
+    nb, height, width = shape
     # In place on a fresh tensor: no second full-image copy.
-    out = vals.new_zeros(nb * height * width, nc).index_copy_(0, pix, vals)
-    return out.view(nb, height, width, nc)
+    out = vals.new_zeros(nb * height * width, vals.shape[-1]).index_copy_(0, pix, vals)
+    return out.view(nb, height, width, vals.shape[-1])
 
 
 def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",

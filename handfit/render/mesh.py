@@ -43,6 +43,51 @@ class MeshBuffers:
     colors: torch.Tensor | None   # (B,H,W,3) interpolated vertex colours, if given
     visibility: object = None     # the backend's visibility state for ``rast`` (see rasterize)
     topology: object = None       # antialiasing topology of ``faces`` (see make_topology)
+    covered: "CoveredPixels | None" = None  # the covered pixels' values (our CPU backend), for shade()
+
+
+@dataclass
+class CoveredPixels:
+    """The covered pixels of :class:`MeshBuffers`, so that :func:`shade` colours only
+    those (our CPU backend knows them; a hand fills about a fifth of its crop).
+
+    Image b's covered pixels, in raster order, are rows ``0..count_b-1`` of its
+    block of M rows, M the largest count; the other rows are zero padding."""
+
+    pix: torch.Tensor                  # (N,) flat indices into B*H*W, in raster order
+    slot: torch.Tensor | None          # (N,) their rows in the (B*M) layout; None when B == 1 (then M == N)
+    nb: int                            # B
+    m: int                             # M
+    normals: torch.Tensor = None       # (B,M,3) unit camera-frame normals
+    uv: torch.Tensor | None = None     # (B,M,2) texture coordinates
+    colors: torch.Tensor | None = None  # (B,M,3) interpolated vertex colours
+
+    @classmethod
+    def of(cls, pix, batch, nb: int, normals, uv=None, colors=None) -> "CoveredPixels":
+        """From the (N,·) values of pixels ``pix`` (N,) of images ``batch`` (N,), of ``nb`` images."""
+        n = pix.shape[0]
+        slot, m = None, n
+        if nb > 1:
+            counts = torch.bincount(batch, minlength=nb)
+            starts = torch.cumsum(counts, 0) - counts
+            m = int(counts.max()) if n else 0
+            slot = batch * m + torch.arange(n, device=batch.device) - starts[batch]
+        out = cls(pix, slot, nb, m)
+        out.normals, out.uv, out.colors = out.pad(normals), out.pad(uv), out.pad(colors)
+        return out
+
+    def pad(self, x):
+        """(N,C) -> (B,M,C); None stays None."""
+        if x is None or self.slot is None:
+            return None if x is None else x[None]
+        return x.new_zeros(self.nb * self.m, x.shape[-1]).index_copy(0, self.slot, x).view(self.nb, self.m, -1)
+
+    def place(self, x, base):
+        """(B,M,C) values written over ``base`` (B,H,W,C) at the covered pixels, out of place."""
+        flat = x.reshape(-1, x.shape[-1])
+        if self.slot is not None:
+            flat = flat.index_select(0, self.slot)
+        return base.reshape(-1, base.shape[-1]).index_copy(0, self.pix, flat).view(base.shape)
 
 
 def _corner_uvs(uv: torch.Tensor, uv_faces, nfaces: int):
@@ -95,19 +140,40 @@ def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
     if vertex_colors is not None:
         colors = vertex_colors if vertex_colors.dim() == 3 else vertex_colors[None]
         attrs.append(colors.to(vertices.dtype).expand(vertices.shape[0], -1, -1))
-    img = interpolate(torch.cat(attrs, dim=-1), rast, faces, backend=backend, visibility=vis)
-    normals = F.normalize(img[..., 0:3], dim=-1, eps=1e-12)
+    attr = torch.cat(attrs, dim=-1)
+    uv_attr = _corner_uvs(uv, uv_faces, faces.shape[0]) if uv is not None else None
+    covered = None
+    if backend == "cpu":
+        # Our backend knows which pixels are covered: interpolate there, keep those
+        # values for shade(), and make the images from them.
+        from . import cpu
+
+        vals = cpu.interpolate_covered(attr, faces, vis)                              # (N,C)
+        vals = torch.cat([F.normalize(vals[:, 0:3], dim=-1, eps=1e-12), vals[:, 3:]], -1)
+        img = cpu.scatter_covered(vals, vis.pix, rast.shape[:3])
+        normals = img[..., 0:3]
+        uv_vals = None
+        if uv_attr is not None:
+            uv_vals = cpu.interpolate_covered(uv_attr[0].to(vertices.dtype), uv_attr[1].to(faces.device), vis)
+        covered = CoveredPixels.of(vis.pix, vis.batch, rast.shape[0], vals[:, 0:3], uv_vals,
+                                   vals[:, -3:] if vertex_colors is not None else None)
+    else:
+        img = interpolate(attr, rast, faces, backend=backend, visibility=vis)
+        normals = F.normalize(img[..., 0:3], dim=-1, eps=1e-12)
     pts = img[..., 3:6] if points else None
     col = img[..., -3:] if vertex_colors is not None else None
 
     uv_img = None
-    if uv is not None:
-        attr, tri_uv = _corner_uvs(uv, uv_faces, faces.shape[0])
-        uv_img = interpolate(attr.to(vertices.dtype), rast, tri_uv.to(device=vertices.device, dtype=torch.int32),
-                             backend=backend, visibility=vis)
+    if uv_attr is not None:
+        if covered is not None:
+            uv_img = cpu.scatter_covered(uv_vals, vis.pix, rast.shape[:3])
+        else:
+            uv_img = interpolate(uv_attr[0].to(vertices.dtype), rast,
+                                 uv_attr[1].to(device=vertices.device, dtype=torch.int32),
+                                 backend=backend, visibility=vis)
     cover = (rast[..., 3:] > 0).to(vertices.dtype)
     return MeshBuffers(rast=rast, clip=clip, faces=faces, backend=backend, cover=cover, normals=normals,
-                       points=pts, uv=uv_img, colors=col, visibility=vis, topology=topology)
+                       points=pts, uv=uv_img, colors=col, visibility=vis, topology=topology, covered=covered)
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor, boundary_mode: str = "clamp",
@@ -139,7 +205,7 @@ def bake_uv(values: torch.Tensor, faces: torch.Tensor, uv: torch.Tensor, uv_face
 
 def shade(buf: MeshBuffers, texture: torch.Tensor = None, sh: torch.Tensor = None,
           background: torch.Tensor = None, antialias: bool = True, clamp: bool = False,
-          boundary_mode: str = "clamp") -> dict:
+          boundary_mode: str = "clamp", layers: bool = True) -> dict:
     """Colour :class:`MeshBuffers` on the backend they were rasterized with.
 
     Args:
@@ -151,28 +217,36 @@ def shade(buf: MeshBuffers, texture: torch.Tensor = None, sh: torch.Tensor = Non
         background: (B,H,W,3) or broadcastable image behind the mesh; zeros if None.
         antialias: blend silhouette edges (differentiable w.r.t. the vertices).
         clamp: clip the shaded colour to [0,1] before compositing, as a camera would.
+        layers: also return the albedo and shading images (False: None for both,
+            which spares a fitting loop two images per call).
 
     Returns:
         dict with rgb (B,H,W,3) composited; coverage (B,H,W,1) (fractional
         along silhouettes when antialiased); albedo (B,H,W,3); shading
         (B,H,W,3) or None.
     """
-    if texture is not None:
-        if buf.uv is None:
-            raise ValueError("shade: a texture needs buffers rasterized with uv")
-        albedo = sample_texture(texture, buf.uv, boundary_mode=boundary_mode, backend=buf.backend)
-    elif buf.colors is not None:
-        albedo = buf.colors
+    if texture is not None and buf.uv is None:
+        raise ValueError("shade: a texture needs buffers rasterized with uv")
+    if buf.covered is not None:
+        rgb, albedo, shading = _shade_covered(buf, texture, sh, background, clamp, boundary_mode, layers)
+        cover = buf.cover
     else:
-        albedo = buf.cover.expand(*buf.cover.shape[:-1], 3)
-    shading = sh_shading(buf.normals, sh) if sh is not None else None
-    rgb = albedo * shading if shading is not None else albedo
-    if clamp:
-        rgb = rgb.clamp(0, 1)
-    cover = buf.cover
-    rgb = rgb * cover
-    if background is not None:
-        rgb = rgb + background * (1.0 - cover)
+        if texture is not None:
+            albedo = sample_texture(texture, buf.uv, boundary_mode=boundary_mode, backend=buf.backend)
+        elif buf.colors is not None:
+            albedo = buf.colors
+        else:
+            albedo = buf.cover.expand(*buf.cover.shape[:-1], 3)
+        shading = sh_shading(buf.normals, sh) if sh is not None else None
+        rgb = albedo * shading if shading is not None else albedo
+        if clamp:
+            rgb = rgb.clamp(0, 1)
+        cover = buf.cover
+        rgb = rgb * cover
+        if background is not None:
+            rgb = rgb + background * (1.0 - cover)
+        if not layers:
+            albedo = shading = None
     if antialias:
         if buf.topology is None:
             buf.topology = make_topology(buf.faces, buf.backend)
@@ -180,6 +254,30 @@ def shade(buf: MeshBuffers, texture: torch.Tensor = None, sh: torch.Tensor = Non
                           topology=buf.topology, visibility=buf.visibility)
         rgb, cover = both[..., :3], both[..., 3:]
     return {"rgb": rgb, "coverage": cover, "albedo": albedo, "shading": shading}
+
+
+def _shade_covered(buf: MeshBuffers, texture, sh, background, clamp: bool, boundary_mode: str, layers: bool):
+    """:func:`shade`'s colours computed at the covered pixels only (``buf.covered``),
+    then placed over the background: the same values as shading every pixel and
+    compositing with the coverage. -> rgb, albedo, shading (B,H,W,3); albedo and
+    shading are zero off the mesh, shading None without ``sh``, both None without ``layers``."""
+    px = buf.covered
+    if texture is not None:
+        alb = sample_texture(texture, px.uv[:, None], boundary_mode=boundary_mode, backend=buf.backend)[:, 0]
+    elif px.colors is not None:
+        alb = px.colors
+    else:
+        alb = torch.ones_like(px.normals)
+    shd = sh_shading(px.normals, sh) if sh is not None else None
+    rgb = alb * shd if shd is not None else alb
+    if clamp:
+        rgb = rgb.clamp(0, 1)
+    shape = (*buf.cover.shape[:-1], 3)
+    base = rgb.new_zeros(shape) if background is None else background.to(rgb.dtype).expand(shape)
+    if not layers:
+        return px.place(rgb, base), None, None
+    return (px.place(rgb, base), px.place(alb, rgb.new_zeros(shape)),
+            None if shd is None else px.place(shd, rgb.new_zeros(shape)))
 
 
 def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, resolution,

@@ -41,15 +41,20 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         (B,V,3) unit outward normals (zero for vertices used by no face).
     """
     f = faces.to(vertices.device).long()
-    # index_select, not vertices[:, f[:, k]]: its backward adds in a fixed order
-    # on any number of threads (see render.cpu.edge_planes).
-    v0 = vertices.index_select(1, f[:, 0])
-    v1 = vertices.index_select(1, f[:, 1])
-    v2 = vertices.index_select(1, f[:, 2])
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area: area weighting
-    n = torch.zeros_like(vertices)
-    for k in range(3):
-        n = n.index_add(1, f[:, k], fn)
+    nb, nv = vertices.shape[:2]
+    # Rows of the flattened (B*V,3) table: index_select and index_add along dim 0 of a
+    # 2-D tensor are the fast kernels (along dim 1 they loop slice by slice). Not
+    # vertices[:, f[:, k]]: advanced indexing's backward is an accumulating
+    # index_put_, whose order of adds changes with the thread count (see
+    # render.cpu.edge_planes); index_select's backward adds in index order.
+    flat = vertices.reshape(nb * nv, 3)
+    rows = [(f[:, k][None] + (torch.arange(nb, device=f.device) * nv)[:, None]).reshape(-1) for k in range(3)]
+    v0, v1, v2 = (flat.index_select(0, r).view(nb, -1, 3) for r in rows)
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1).reshape(-1, 3)  # length = 2 * area: area weighting
+    n = torch.zeros_like(flat)
+    for r in rows:
+        n = n.index_add(0, r, fn)
+    n = n.view(nb, nv, 3)
     return F.normalize(n, dim=-1, eps=1e-12)
 
 
