@@ -5,7 +5,9 @@ one interpolate of normals (and positions, UVs, vertex colours) -- and
 returns :class:`MeshBuffers`, which remember the backend chosen for them.
 :func:`shade` colours those buffers (texture, SH light, composite over a
 background, antialias) as often as needed; an optimisation over texture and
-light with a fixed mesh rasterizes once. :func:`render_mesh` is both in one
+light with a fixed mesh rasterizes once. On our CPU backend the buffers also
+keep the covered pixels' values (:class:`CoveredPixels`), and :func:`shade` colours
+only those: a hand fills about a fifth of its crop. :func:`render_mesh` is both in one
 call. Every mesh render in handfit (the dense fit, synthetic scenes, the
 overlay, the texture prior's training) goes through these functions, so a
 change of shading or UV conventions is one edit here: besides the three,
