@@ -8,6 +8,9 @@ For each variant in OUT/predictions.json, accel_mm (mm/frame², as metrics.accel
 * ``rot``: each frame's keypoints turned (about the root) by the rotation that best aligns
   them to the truth's (Procrustes, rotation only): what is left once the global orientation is right;
 * ``rot+scale``: the same with the best scale too;
+* ``rot in-plane`` / ``rot tilt``: that rotation split into its twist about the camera axis
+  (a turn in the image plane) and the rest (the swing: a tilt towards or away from the camera),
+  each applied alone: which part of the orientation error makes the acceleration error;
 * ``pa``: the Procrustes-aligned keypoints (rotation, scale, translation);
 * ``glob only``: the truth's articulation carried by the fit's own orientation and scale
   (the truth aligned onto the fit): the error that the global rotation and scale alone make;
@@ -51,6 +54,24 @@ def rotation_align(pred, gt, scale: bool) -> np.ndarray:
     return s[:, None, None] * (pred @ R)
 
 
+def rotation_parts(pred, gt) -> tuple:
+    """(T,N,3) root-relative pred turned onto gt by only the twist about the camera's z axis
+    of the aligning rotation (in-plane), and by only its swing (tilt). -> (in_plane, tilt)"""
+    from scipy.spatial.transform import Rotation
+
+    H = pred.transpose(0, 2, 1) @ gt
+    U, S, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(U @ Vt))
+    D = np.ones((len(pred), 3))
+    D[:, 2] = d
+    Q = Rotation.from_matrix(((U * D[:, None, :]) @ Vt).transpose(0, 2, 1))  # gt ≈ Q pred (columns)
+    x, y, z, w = Q.as_quat().T
+    twist = Rotation.from_quat(np.stack([0 * x, 0 * y, z, w], 1) / np.hypot(z, w)[:, None])
+    swing = Q * twist.inv()
+    turn = lambda r: np.einsum("tij,tnj->tni", r.as_matrix(), pred)  # noqa: E731
+    return turn(twist), turn(swing)
+
+
 def acceleration(x: np.ndarray) -> np.ndarray:
     """Second differences along the first axis: (T,...) -> (T-2,...)."""
     return x[2:] - 2 * x[1:-1] + x[:-2]
@@ -72,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lams", nargs="*", type=float, default=[0.1, 0.3, 1, 3])
     args = ap.parse_args(argv)
     variants, runs = read_predictions(args.out)
-    cols = (["raw", "rot", "rot+scale", "pa", "glob only", "true z", "true dist"]
+    cols = (["raw", "rot", "rot in-plane", "rot tilt", "rot+scale", "pa", "glob only", "true z", "true dist"]
             + [f"smooth {lam:g}" for lam in args.lams] + [f"z-smooth {lam:g}" for lam in args.lams])
     split = {}
     print("| variant | " + " | ".join(cols) + " |")
@@ -97,6 +118,7 @@ def main(argv=None) -> int:
             pr, gr = p - p[:, :1], gt - gt[:, :1]
             forms = {"raw": pr, "rot": rotation_align(pr, gr, False), "rot+scale": rotation_align(pr, gr, True),
                      "pa": M.similarity_align(p, gt), "glob only": M.similarity_align(gr, pr)}
+            forms["rot in-plane"], forms["rot tilt"] = rotation_parts(pr, gr)
             forms["true z"] = np.concatenate([pr[..., :2], gr[..., 2:]], -1)
             forms["true dist"] = pr * (gt[:, 0, 2] / p[:, 0, 2])[:, None, None]
             for lam in args.lams:
