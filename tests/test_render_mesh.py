@@ -154,3 +154,20 @@ def test_shading_covered_pixels_only_matches_every_pixel(batch, albedo):
     assert full["albedo"][off].abs().max() == 0 and full["shading"][off].abs().max() == 0
     slim = shade(buf2, sh=default_sh(1, dtype=torch.float64), layers=False)
     assert slim["albedo"] is None and slim["shading"] is None
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_shading_a_mesh_that_covers_no_pixel(batch):
+    """A mesh entirely outside the image (a fit that drifted off its crop) shades to the
+    background, with finite zero gradients, on the covered-pixel path too."""
+    from handfit.render import rasterize_mesh, shade
+
+    verts, f, K, uv, uvf = scene("cpu", batch=batch)
+    v = (verts + torch.tensor([5.0, 0.0, 0.0])).requires_grad_(True)
+    buf = rasterize_mesh(v, f, K, RES, uv=uv, uv_faces=uvf, backend="cpu")
+    assert buf.covered.normals.shape == (batch, 0, 3)
+    bg = torch.full((batch, *RES, 3), 0.3)
+    out = shade(buf, texture=torch.rand(1, 8, 8, 3), sh=default_sh(batch), background=bg)
+    assert torch.equal(out["rgb"], bg)
+    out["rgb"].sum().backward()
+    assert torch.isfinite(v.grad).all() and v.grad.abs().sum() == 0

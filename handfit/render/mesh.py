@@ -82,7 +82,8 @@ class CoveredPixels:
         """(N,C) -> (B,M,C); None stays None."""
         if x is None or self.slot is None:
             return None if x is None else x[None]
-        return x.new_zeros(self.nb * self.m, x.shape[-1]).index_copy(0, self.slot, x).view(self.nb, self.m, -1)
+        c = x.shape[-1]
+        return x.new_zeros(self.nb * self.m, c).index_copy(0, self.slot, x).view(self.nb, self.m, c)
 
     def place(self, x, base):
         """(B,M,C) values written over ``base`` (B,H,W,C) at the covered pixels, out of place."""
