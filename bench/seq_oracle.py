@@ -42,15 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seq_runs import read_predictions  # noqa: E402
 
 
-def rotation_align(pred, gt, scale: bool) -> np.ndarray:
-    """(T,N,3) root-relative pred turned (and scaled) about the origin onto root-relative gt."""
+def _kabsch(pred, gt) -> tuple:
+    """(T,N,3) x2 -> R (T,3,3) with pred @ R closest to gt, and the singular values times
+    the reflection fix (T,3), for the best scale."""
     H = pred.transpose(0, 2, 1) @ gt
     U, S, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(U @ Vt))
     D = np.ones((len(pred), 3))
-    D[:, 2] = d
-    R = (U * D[:, None, :]) @ Vt
-    s = (S * D).sum(1) / (pred ** 2).sum((1, 2)) if scale else np.ones(len(pred))
+    D[:, 2] = np.sign(np.linalg.det(U @ Vt))
+    return (U * D[:, None, :]) @ Vt, S * D
+
+
+def rotation_align(pred, gt, scale: bool) -> np.ndarray:
+    """(T,N,3) root-relative pred turned (and scaled) about the origin onto root-relative gt."""
+    R, SD = _kabsch(pred, gt)
+    s = SD.sum(1) / (pred ** 2).sum((1, 2)) if scale else np.ones(len(pred))
     return s[:, None, None] * (pred @ R)
 
 
@@ -59,12 +64,7 @@ def rotation_parts(pred, gt) -> tuple:
     of the aligning rotation (in-plane), and by only its swing (tilt). -> (in_plane, tilt)"""
     from scipy.spatial.transform import Rotation
 
-    H = pred.transpose(0, 2, 1) @ gt
-    U, S, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(U @ Vt))
-    D = np.ones((len(pred), 3))
-    D[:, 2] = d
-    Q = Rotation.from_matrix(((U * D[:, None, :]) @ Vt).transpose(0, 2, 1))  # gt ≈ Q pred (columns)
+    Q = Rotation.from_matrix(_kabsch(pred, gt)[0].transpose(0, 2, 1))  # gt ≈ Q pred (columns)
     x, y, z, w = Q.as_quat().T
     twist = Rotation.from_quat(np.stack([0 * x, 0 * y, z, w], 1) / np.hypot(z, w)[:, None])
     swing = Q * twist.inv()
