@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .shading import batch_rows
+
 def _numpy_pos(pos: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pos.detach().to("cpu", torch.float64).numpy())
 
@@ -114,12 +116,11 @@ def edge_planes(pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     # gradients' rounding changed from run to run. index_select's backward
     # (index_add_) adds in index order: the same sums, bit for bit, as the
     # single-threaded index_put_, on any number of threads.
-    # Rows of the flattened (B*V,3) table of (X, Y, W): along dim 0 of a 2-D tensor
-    # index_select's backward is the fast kernel, in the same order.
+    # Rows of the flattened (B*V,3) table of (X, Y, W) (batch_rows): the fast kernel,
+    # in the same order.
     nb, nv, nf = pos.shape[0], pos.shape[1], tri.shape[0]
     xyw = pos.index_select(2, torch.tensor([0, 1, 3], device=pos.device)).reshape(nb * nv, 3)
-    rows = (tri.reshape(-1).long().to(pos.device)[None] + (torch.arange(nb, device=pos.device) * nv)[:, None])
-    c = xyw.index_select(0, rows.reshape(-1)).view(nb, nf, 3, 3)  # (B,F,3,3)
+    c = xyw.index_select(0, batch_rows(tri.reshape(-1).to(pos.device), nb, nv)).view(nb, nf, 3, 3)  # (B,F,3,3)
     return torch.cross(c.roll(-1, dims=2), c.roll(-2, dims=2), dim=-1)
 
 

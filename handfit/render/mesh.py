@@ -145,7 +145,7 @@ def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
         attrs.append(colors.to(vertices.dtype).expand(vertices.shape[0], -1, -1))
     attr = torch.cat(attrs, dim=-1)
     uv_attr = _corner_uvs(uv, uv_faces, faces.shape[0]) if uv is not None else None
-    covered = None
+    covered, uv_img = None, None
     if backend == "cpu":
         # Our backend knows which pixels are covered: interpolate there, keep those
         # values for shade(), and make the images from them.
@@ -158,22 +158,18 @@ def rasterize_mesh(vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
         uv_vals = None
         if uv_attr is not None:
             uv_vals = cpu.interpolate_covered(uv_attr[0].to(vertices.dtype), uv_attr[1].to(faces.device), vis)
+            uv_img = cpu.scatter_covered(uv_vals, vis.pix, rast.shape[:3])
         covered = CoveredPixels.of(vis.pix, vis.batch, rast.shape[0], vals[:, 0:3], uv_vals,
                                    vals[:, -3:] if vertex_colors is not None else None)
     else:
         img = interpolate(attr, rast, faces, backend=backend, visibility=vis)
         normals = F.normalize(img[..., 0:3], dim=-1, eps=1e-12)
-    pts = img[..., 3:6] if points else None
-    col = img[..., -3:] if vertex_colors is not None else None
-
-    uv_img = None
-    if uv_attr is not None:
-        if covered is not None:
-            uv_img = cpu.scatter_covered(uv_vals, vis.pix, rast.shape[:3])
-        else:
+        if uv_attr is not None:
             uv_img = interpolate(uv_attr[0].to(vertices.dtype), rast,
                                  uv_attr[1].to(device=vertices.device, dtype=torch.int32),
                                  backend=backend, visibility=vis)
+    pts = img[..., 3:6] if points else None
+    col = img[..., -3:] if vertex_colors is not None else None
     cover = (rast[..., 3:] > 0).to(vertices.dtype)
     return MeshBuffers(rast=rast, clip=clip, faces=faces, backend=backend, cover=cover, normals=normals,
                        points=pts, uv=uv_img, colors=col, visibility=vis, topology=topology, covered=covered)

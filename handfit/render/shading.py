@@ -29,6 +29,15 @@ _BAND = (1.0, 2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 0.25, 0.25, 0.25, 0.25, 0.25)
 FRONTAL = (0.0, 0.0, -1.0)
 
 
+def batch_rows(index: torch.Tensor, nb: int, nv: int) -> torch.Tensor:
+    """Rows of a (B*V,·) table flattened from (B,V,·) for ``index`` (K,) into each of the
+    B tables -> (B*K,) int64, image-major. Along dim 0 of a 2-D tensor index_select and
+    index_add are the fast kernels (along dim 1 they loop slice by slice), and both add
+    in index order on any number of threads."""
+    index = index.long()
+    return (index[None] + (torch.arange(nb, device=index.device) * nv)[:, None]).reshape(-1)
+
+
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals.
 
@@ -42,13 +51,11 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """
     f = faces.to(vertices.device).long()
     nb, nv = vertices.shape[:2]
-    # Rows of the flattened (B*V,3) table: index_select and index_add along dim 0 of a
-    # 2-D tensor are the fast kernels (along dim 1 they loop slice by slice). Not
-    # vertices[:, f[:, k]]: advanced indexing's backward is an accumulating
-    # index_put_, whose order of adds changes with the thread count (see
-    # render.cpu.edge_planes); index_select's backward adds in index order.
+    # Rows of the flattened (B*V,3) table (batch_rows): index_select and index_add along
+    # dim 0 of a 2-D tensor are the fast kernels, and index_select's backward adds in
+    # index order (not vertices[:, f[:, k]]; see render.cpu.edge_planes).
     flat = vertices.reshape(nb * nv, 3)
-    rows = [(f[:, k][None] + (torch.arange(nb, device=f.device) * nv)[:, None]).reshape(-1) for k in range(3)]
+    rows = [batch_rows(f[:, k], nb, nv) for k in range(3)]
     v0, v1, v2 = (flat.index_select(0, r).view(nb, -1, 3) for r in rows)
     fn = torch.cross(v1 - v0, v2 - v0, dim=-1).reshape(-1, 3)  # length = 2 * area: area weighting
     n = torch.zeros_like(flat)
