@@ -126,7 +126,10 @@ def main(argv=None):
                 if not hands:
                     rows[mode].append(None)
                     continue
-                rows[mode].append(metrics(hands[0], s))
+                # with the fit's own per-hand measures (the dense stage's silhouette IoU and
+                # photometric error before and after), for bench/evidence_gate.py's question
+                rows[mode].append({**metrics(hands[0], s),
+                                   "fit": {k: float(v) for k, v in hands[0].metrics.items() if np.ndim(v) == 0}})
         seconds[mode] = time.perf_counter() - t0
     both = [i for i in range(len(scenes)) if rows["keypoint"][i] is not None and rows["dense"][i] is not None]
     print(f"\n{len(scenes)} scenes (seeds {args.seed0}..{args.seed0 + len(scenes) - 1}), "
