@@ -105,7 +105,10 @@ class DenseStage:
     """The dense stage: the rendered hand against the photo (see handfit/fitting/dense.py and docs/fitting.md)."""
 
     enabled: bool = opt(True, kind="bool")  # run it (False: keypoint fit only)
-    iters: int = opt(40, min=1)           # geometry phase (stops earlier on convergence)
+    # Geometry phase (stops earlier on convergence). 32 + 4 fine since issue 19's fifth
+    # round (40 + 5 before): on all 103 dev3d hands 8.63 mm against 8.60, for an eighth of
+    # the dense stage's time (docs/benchmarks.md, "Fifth round").
+    iters: int = opt(32, min=1)
     texture_iters: int = opt(10, min=0)   # texture phase, geometry fixed
     lr_orient: float = opt(0.005, min=0)
     lr_pose: float = opt(0.01, min=0)
@@ -150,7 +153,7 @@ class DenseStage:
     # Coarse to fine: after the geometry phase's iters at 1/geometry_downsample, this many
     # more at the full crop size, where a pixel's worth of misalignment still shows (5: with
     # one_schedule and fine_keeps_adam, 10 cut PA-MPJPE by only 0.03 mm more on 26 dev3d hands).
-    fine_iters: int = opt(5, min=0)
+    fine_iters: int = opt(4, min=0)
     mask_confidence: float = opt(0.6, min=0)  # silhouette only where the photo mask is this sure: |2p-1| >= it
     # Texels a side of the albedo optimised with the geometry: a sharper one,
     # unwrapped from a misaligned mesh, bakes the misalignment in.
@@ -168,6 +171,10 @@ class DenseStage:
     background: str = opt("photo", choices=("photo", "inpainted"))
     # The photo's hand mask (see fitting/photo_mask.py).
     photo_mask: str = opt("consensus", choices=("consensus", "grabcut", "colour"))
+    # GrabCut's rounds (its colour mixtures re-fitted, the cut redone). Seeded by the keypoint
+    # fit's mesh, the mask hardly changes after the second: on examples/hand.jpg 30 of 13960
+    # hand pixels differ from 4 rounds', at 52 ms a hand instead of 83.
+    grabcut_iters: int = opt(2, min=1)
     # Box sides around each detected keypoint the dense stage may move freely in.
     # 0: the hinge holds every keypoint to its (multi-view fused) detection; on
     # dev3d a free ball of 0.03 let the image terms pull the 2D off (docs/benchmarks.md).

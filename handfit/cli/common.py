@@ -44,7 +44,7 @@ FIT_FLAGS = {
     "--kp-iters": ("keypoint.iters", "Maximum iterations of the keypoint stage (it stops earlier on convergence)."),
     "--dense-iters": ("dense.iters", "Maximum iterations of the dense stage's geometry phase on half-size crops: "
                                      "pose, shape, light and a coarse albedo against the photo (it stops earlier "
-                                     "on convergence); 10 more at full size follow (docs/fitting.md)."),
+                                     "on convergence); a few more at full size follow (docs/fitting.md)."),
     "--texture-iters": ("dense.texture_iters", "Iterations of the dense stage's texture phase: the full UV "
                                                "texture and light fitted to the photo on the final mesh."),
     "--texture-prior": ("texture_prior", "Texels the photo does not show, in the texture phase: 'default' (the "

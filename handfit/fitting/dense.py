@@ -158,7 +158,8 @@ def photo_scene(model, params: dict, K_full, kp2d_full, photos, stage: DenseStag
                                   context)
     with torch.no_grad():
         first = scene.rasterize(out0.vertices, points=True)
-        skin_p = photo_hand_mask(scene, first.cover[..., 0] > 0.5, kp2d_full, stage.photo_mask)  # (B,S,S)
+        skin_p = photo_hand_mask(scene, first.cover[..., 0] > 0.5, kp2d_full, stage.photo_mask,
+                                 stage.grabcut_iters)  # (B,S,S)
     return scene, out0, first, skin_p
 
 

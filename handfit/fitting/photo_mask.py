@@ -177,12 +177,14 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
-def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "consensus") -> torch.Tensor:
+def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "consensus",
+                    grabcut_iters: int = 4) -> torch.Tensor:
     """Soft hand mask (B,S,S) of the photo crops, seeded by the mesh's render_mask (B,S,S).
 
     "colour": one Gaussian per class; "grabcut": colour mixtures and a graph cut,
     with the detected skeleton (kp2d_full (B,21,2)) as sure hand; "consensus":
     GrabCut's mask where the two agree and 0.5 (not used) where they do not.
+    ``grabcut_iters``: GrabCut's rounds of re-fitting its colour mixtures.
     Each fails differently (the colour model on skin-coloured backgrounds,
     GrabCut on low-contrast edges), so their agreement is the reliable part.
     """
@@ -194,7 +196,7 @@ def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "conse
             return colour
     det = kp2d_full.detach().cpu().numpy()
     skel = torch.stack([torch.as_tensor(to_crop(det[b], c)) for b, c in enumerate(scene.crops)])
-    gc = hand_probability_grabcut(scene.target, render_mask, scene.valid, skel)
+    gc = hand_probability_grabcut(scene.target, render_mask, scene.valid, skel, iters=grabcut_iters)
     if kind == "grabcut":
         return gc
     agree = (gc > 0.5) == (colour > 0.5)
