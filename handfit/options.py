@@ -106,8 +106,8 @@ class DenseStage:
 
     enabled: bool = opt(True, kind="bool")  # run it (False: keypoint fit only)
     # Geometry phase (stops earlier on convergence). 32 + 4 fine since issue 19's fifth
-    # round (40 + 5 before): on all 103 dev3d hands 8.63 mm against 8.60, for an eighth of
-    # the dense stage's time (docs/benchmarks.md, "Fifth round").
+    # round (40 + 5 before): on all 103 dev3d hands 8.63 mm against 8.60, for about a tenth of
+    # the default fit's time (docs/benchmarks.md, "Fifth round").
     iters: int = opt(32, min=1)
     texture_iters: int = opt(10, min=0)   # texture phase, geometry fixed
     lr_orient: float = opt(0.005, min=0)
