@@ -78,5 +78,6 @@ def main(argv=None):
             print(f"{dev}: {c}: HandResult.seconds over the default's, fit by fit: median {statistics.median(r):.3f}; "
                   f"over keypoint only: median {statistics.median(k):.2f}")
 
+
 if __name__ == "__main__":
     main()

@@ -178,15 +178,16 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def photo_hand_mask(scene: CropScene, render_mask, kp2d_full, kind: str = "consensus",
-                    grabcut_iters: int = 4) -> torch.Tensor:
+                    grabcut_iters: int = 2) -> torch.Tensor:
     """Soft hand mask (B,S,S) of the photo crops, seeded by the mesh's render_mask (B,S,S).
 
     "colour": one Gaussian per class; "grabcut": colour mixtures and a graph cut,
     with the detected skeleton (kp2d_full (B,21,2)) as sure hand; "consensus":
     GrabCut's mask where the two agree and 0.5 (not used) where they do not.
-    ``grabcut_iters``: GrabCut's rounds of re-fitting its colour mixtures.
     Each fails differently (the colour model on skin-coloured backgrounds,
     GrabCut on low-contrast edges), so their agreement is the reliable part.
+    ``grabcut_iters``: GrabCut's rounds of re-fitting its colour mixtures
+    (:attr:`handfit.options.DenseStage.grabcut_iters`).
     """
     if kind not in ("colour", "grabcut", "consensus"):
         raise ValueError(f"photo_mask must be colour, grabcut or consensus, not {kind!r}")
