@@ -1,7 +1,7 @@
 """The track fit's temporal terms at several settings, on a sequence dataset's runs, from cached evidence.
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/seq_temporal.py --cache /tmp/seqcache.pkl \
-        --try "" "JOINT_WEIGHT=0" [--dense] [--runs run02]
+        --try "" "JOINT_WEIGHT=0" [--dense] [--runs run02] [--options "dense.weights.depth=0"]
 
 The first call detects every frame of every run (default ``../shared/data/dev3d_seq``) once,
 matches the detections to the labels and refines them from ``opts.views`` views as
@@ -81,8 +81,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-cache", type=Path, default=None,
                     help="with --dense: where the first setting's dense results (before settle_track) are "
                          "pickled; when it exists, every setting only settles those (no keypoint stage)")
+    ap.add_argument("--options", default="-",
+                    help='FitOptions paths for every setting, ";"-separated as bench/ablation.py takes them, '
+                         'e.g. "dense.weights.depth=0;dense.weights.anchor=0" ("-": the defaults)')
     args = ap.parse_args(argv)
-    opts = FitOptions.from_values({"dense.enabled": bool(args.dense)})
+    sys.path.insert(0, str(REPO / "bench"))
+    from ablation import parse_setting
+
+    opts = FitOptions.from_values({"dense.enabled": bool(args.dense), **parse_setting(args.options)})
     with Resources() as res:
         if args.cache.exists():
             runs = pickle.loads(args.cache.read_bytes())
