@@ -85,6 +85,35 @@ def _cache_stages(pipeline):
     pipeline.decide_sides, pipeline.keypoint_fit = decide_cached, keypoint_cached
 
 
+def _cache_views():
+    """Reuse each hand's multi-view landmarks (MediaPipe is deterministic) across settings."""
+    from handfit.detect import multiview as mv
+
+    views_cache, original = {}, mv.view_detections
+
+    def cached(landmarks_fn, rgb, det, views, *a, **kw):
+        key = (hashlib.sha1(rgb.tobytes()).hexdigest(), det.keypoints.round(6).tobytes(), det.side, views, a,
+               tuple(sorted(kw.items())))
+        if key not in views_cache:
+            views_cache[key] = original(landmarks_fn, rgb, det, views, *a, **kw)
+        return views_cache[key]
+
+    mv.view_detections = cached
+
+
+class CachedDetector:
+    """The thorough detector of ``res``, each photo detected once across settings."""
+
+    def __init__(self, res):
+        self.res, self.found = res, {}
+
+    def detect(self, rgb):
+        key = hashlib.sha1(rgb.tobytes()).hexdigest()
+        if key not in self.found:
+            self.found[key] = self.res.detector("thorough").detect(rgb)
+        return self.found[key]
+
+
 def _perturb_starts(dense, noise):
     """While noise["sigma"] is set, shake the dense stage's starting pose (seeded by the hand's keypoints)."""
     original = dense.fit_dense
@@ -112,7 +141,6 @@ def main(argv=None):
                     help="also measure the dense stage's stability (radians of pose noise)")
     args = ap.parse_args(argv)
 
-    from handfit.detect import multiview as mv
     from handfit.fitting import dense, pipeline
     from handfit.eval import evaluate, open_dataset, select
     from handfit.fitting.resources import Resources
@@ -120,27 +148,11 @@ def main(argv=None):
 
     records = select(open_dataset(args.data), every=args.every, limit=args.limit)
     res = Resources()
-    views_cache, original = {}, mv.view_detections
-
-    def cached(landmarks_fn, rgb, det, views, *a, **kw):
-        key = (hashlib.sha1(rgb.tobytes()).hexdigest(), det.keypoints.round(6).tobytes(), det.side, views, a,
-               tuple(sorted(kw.items())))
-        if key not in views_cache:
-            views_cache[key] = original(landmarks_fn, rgb, det, views, *a, **kw)
-        return views_cache[key]
-
-    mv.view_detections = cached
+    _cache_views()
     _cache_stages(pipeline)
     noise = {"sigma": None}
     _perturb_starts(dense, noise)
-    detections = {}
-
-    class CachedDetector:
-        def detect(self, rgb):
-            k = hashlib.sha1(rgb.tobytes()).hexdigest()
-            if k not in detections:
-                detections[k] = res.detector("thorough").detect(rgb)
-            return detections[k]
+    detector = CachedDetector(res)
 
     variants = tuple(["mediapipe"] + args.variants.split(","))
     rows = []
@@ -148,14 +160,14 @@ def main(argv=None):
         values = parse_setting(s)
         opts = FitOptions.from_values({"device": "cpu", **values})
         t = time.perf_counter()
-        ev = evaluate(records, opts, variants, detector=CachedDetector(), resources=res, warmup=False)
+        ev = evaluate(records, opts, variants, detector=detector, resources=res, warmup=False)
         row = {"setting": s, "seconds": round(time.perf_counter() - t, 1)}
         for v in variants[1:]:
             m = ev.summary[v]
             row[v] = {k: m[k] for k in ("pa_mpjpe_mm", "kp2d_px", "s_per_hand", "n")}
         if args.perturb and "dense" in variants:
             noise["sigma"] = args.perturb
-            shaken = evaluate(records, opts, variants, detector=CachedDetector(), resources=res, warmup=False)
+            shaken = evaluate(records, opts, variants, detector=detector, resources=res, warmup=False)
             noise["sigma"] = None
             moves = [float(np.linalg.norm(a.preds["dense"]["kp3d"] - b.preds["dense"]["kp3d"], axis=-1).max() * 1000)
                      for a, b in zip(ev.hands, shaken.hands)

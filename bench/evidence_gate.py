@@ -21,7 +21,6 @@ runs (the defaults, and the free stage's ``--set`` values):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from ablation import DEV3D, _cache_stages, parse_setting  # noqa: E402
+from ablation import DEV3D, CachedDetector, _cache_stages, _cache_views, parse_setting  # noqa: E402
 
 FREE = ("dense.weights.kp_trust=0;dense.weights.anchor=0;dense.weights.depth=0;dense.adam_eps=1e-8;"
         "dense.adam_eps_shape=1e-8;dense.adam_eps_transl=1e-8;dense.iters=100;dense.fine_iters=20")
@@ -45,8 +44,8 @@ def per_hand(records, opts, detector, res):
     seen = {}
 
     def on_fit(rec, result):
-        for h in result.hands:  # eval stores h.keypoints_3d itself as the dense prediction
-            seen[id(h.keypoints_3d)] = (h.keypoints_3d, h.metrics)
+        for h in result.hands:  # eval stores h.keypoints_3d itself as the dense prediction;
+            seen[id(h.keypoints_3d)] = (h.keypoints_3d, h.metrics)  # kept, so its id stays its own
 
     ev = evaluate(records, opts, ("mediapipe", "keypoint", "dense"), detector=detector, resources=res,
                   warmup=False, on_fit=on_fit)
@@ -114,20 +113,13 @@ def main(argv=None):
 
     records = select(open_dataset(args.data), every=args.every)
     res = Resources()
-    _cache_stages(pipeline)  # the keypoint fits are shared by both settings
-    found = {}
-
-    class CachedDetector:
-        def detect(self, rgb):
-            key = hashlib.sha1(rgb.tobytes()).hexdigest()
-            if key not in found:
-                found[key] = res.detector("thorough").detect(rgb)
-            return found[key]
-
+    _cache_views()  # detections, views and keypoint fits are shared by both settings
+    _cache_stages(pipeline)
+    detector = CachedDetector(res)
     runs = {}
     for name, setting in (("default", "-"), ("free", args.free)):
         opts = FitOptions.from_values({"device": "cpu", **parse_setting(setting)})
-        runs[name] = per_hand(records, opts, CachedDetector(), res)
+        runs[name] = per_hand(records, opts, detector, res)
     res.close()
     base, free = np.array([r[:4] for r in runs["default"]]), np.array([r[:4] for r in runs["free"]])
     if len(base) != len(free):
@@ -138,6 +130,7 @@ def main(argv=None):
     print(f"| default | {base[:, 1].mean():.3f} | {base[:, 3].mean():.3f} |")
     print(f"| free | {free[:, 1].mean():.3f} | {free[:, 3].mean():.3f} |")
     quartiles(np.array([r[4][args.gate] for r in runs["default"]]), base, free, args.gate)
+
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .shading import batch_rows
 
+
 def _numpy_pos(pos: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pos.detach().to("cpu", torch.float64).numpy())
 
