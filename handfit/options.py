@@ -48,6 +48,7 @@ class KeypointWeights:
 
     kp2d: float = opt(1.0, min=0)         # robust 2D reprojection, residuals in units of the box side
     kp3d: float = opt(0.01, min=0)        # scale-free shape of MediaPipe's world landmarks
+    depth: float = opt(0.01, min=0)       # MediaPipe's relative depths (keypoints_z), in palm lengths
     pose_limit: float = opt(1.0, min=0)   # squared hinge outside the anatomical limits
     pose_l2: float = opt(1e-3, min=0)     # weak pull to the rest pose
     shape: float = opt(1e-3, min=0)       # shape coefficients ~ N(0,1)

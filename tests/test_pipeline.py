@@ -32,6 +32,47 @@ def test_to_batch_shapes_and_select():
     assert torch.equal(one.kp2d[0], b.kp2d[1])
     box = items[0].detection.box_xyxy
     assert float(b.scale[0]) == pytest.approx(max(box[2] - box[0], box[3] - box[1]))
+    assert b.depth_ref.shape == (2, 21, 3) and torch.equal(one.depth_ref[0], b.depth_ref[1])
+
+
+def _with_true_depth(item, kp3):
+    """The item with MediaPipe's convention of relative depth: (z_j - z_root) in x pixels at the root's depth."""
+    from dataclasses import replace
+
+    z = (kp3[:, 2] - kp3[0, 2]) * item.K[0, 0] / kp3[0, 2]
+    return replace(item, detection=replace(item.detection, keypoints_z=z))
+
+
+def test_depth_refs_round_trip_to_the_true_keypoints_at_unit_root_depth():
+    from handfit.fitting import losses as L
+    from handfit.fitting.hands import depth_refs
+
+    item, sc = _truth_item("right", 3)
+    kp3 = sc.keypoints.astype(np.float64)
+    item = _with_true_depth(item, kp3)
+    ref = depth_refs(item.K[None], [item.detection])                               # (1,21,3)
+    np.testing.assert_allclose(ref[0], kp3 / kp3[0, 2], atol=1e-5)   # the scene is float32
+    assert float(L.relative_depth_loss(torch.tensor(kp3[None]), torch.tensor(ref))[0]) < 1e-10
+    assert depth_refs(item.K[None], [type("D", (), {"keypoints_z": None})()]) is None
+
+
+def test_the_depth_term_is_zero_at_the_truth_and_grows_when_the_hand_tilts():
+    from handfit.fitting.keypoint import keypoint_terms
+    from handfit.models import load_model
+
+    item, sc = _truth_item("right", 4)
+    item = _with_true_depth(item, sc.keypoints.astype(np.float64))
+    b = P.to_batch([item], "cpu", torch.float64)
+    model = load_model("anny", side="right", dtype=torch.float64)
+    w = FitOptions().keypoint.weights
+    w.depth = 0.01
+    truth = {k: torch.tensor(np.asarray(v, np.float64))[None] for k, v in sc.params.items()}
+    terms = keypoint_terms(model, b.K, b.kp2d, b.world, b.scale, w, depth_ref=b.depth_ref)
+    assert float(terms(truth)["depth"][0]) < 1e-8
+    moved = dict(truth, global_orient=truth["global_orient"] + torch.tensor([[0.3, 0.0, 0.0]], dtype=torch.float64))
+    assert float(terms(moved)["depth"][0]) > 1e-4
+    w.depth = 0.0
+    assert "depth" not in keypoint_terms(model, b.K, b.kp2d, b.world, b.scale, w, depth_ref=b.depth_ref)(truth)
 
 
 def test_a_mislabelled_hand_gets_its_side_from_the_fit():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "SPREAD_SIGMA"]
+__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "depth_refs", "SPREAD_SIGMA", "DEPTH_SCALE"]
 
 
 @dataclass
@@ -31,11 +31,15 @@ class HandBatch:
     # (B,21) per-keypoint weights of the 2D terms from the multi-view spread
     # (handfit.detect.multiview.spread_weight), or None: every keypoint alike
     kp_weight: torch.Tensor | None = None
+    # (B,21,3) MediaPipe's image landmarks with their relative depth, lifted to a root depth
+    # of 1 (:func:`depth_refs`), or None: the reference of the keypoint stage's depth term
+    depth_ref: torch.Tensor | None = None
 
     def select(self, idx) -> "HandBatch":
         i = torch.as_tensor(list(idx), dtype=torch.long, device=self.K.device)
         return HandBatch(self.K[i], self.kp2d[i], self.world[i], self.scale[i],
-                         None if self.kp_weight is None else self.kp_weight[i])
+                         None if self.kp_weight is None else self.kp_weight[i],
+                         None if self.depth_ref is None else self.depth_ref[i])
 
 
 #: Relative spread (hand sizes) at which a keypoint's 2D weight halves
@@ -56,14 +60,39 @@ def kp_weights(dets: list, sigma: float | None = None) -> np.ndarray | None:
                      for d in dets])
 
 
+#: MediaPipe's relative depth (``keypoints_z``) in units of its x pixels: 1 as its documentation
+#: states ("roughly the same scale as x")
+DEPTH_SCALE = 1.0
+
+
+def depth_refs(Ks: np.ndarray, dets: list, scale: float | None = None) -> np.ndarray | None:
+    """(B,21,3) each detection's image landmarks as rays scaled to the depth MediaPipe gives
+    them relative to the wrist, the wrist at depth 1: ``(1 + s z_j / f) K^-1 (u_j, v_j, 1)``.
+    Its root-relative depth ratios are what :func:`handfit.fitting.losses.relative_depth_loss`
+    compares. Ks: (B,3,3). None when a detection has no ``keypoints_z``."""
+    if any(getattr(d, "keypoints_z", None) is None for d in dets):
+        return None
+    s = DEPTH_SCALE if scale is None else scale
+    out = []
+    for K, d in zip(Ks, dets):
+        z = np.asarray(d.keypoints_z, np.float64)
+        depth = 1.0 + s * (z - z[0]) / K[0, 0]                                # (21,) root at 1
+        uv1 = np.concatenate([np.asarray(d.keypoints, np.float64), np.ones((21, 1))], -1)
+        out.append((uv1 @ np.linalg.inv(K).T) * depth[:, None])
+    return np.stack(out)
+
+
 def to_batch(items: list, device, dtype=torch.float32) -> HandBatch:
     """items: B :class:`HandItem` (or (K, Detection) pairs) -> :class:`HandBatch`."""
     pairs = [(it.K, it.detection) if isinstance(it, HandItem) else it for it in items]
     box = np.stack([d.box_xyxy for _, d in pairs])
     w = kp_weights([d for _, d in pairs])
+    Ks = np.stack([k for k, _ in pairs])
+    ref = depth_refs(Ks, [d for _, d in pairs])
     return HandBatch(
-        K=torch.tensor(np.stack([k for k, _ in pairs]), device=device, dtype=dtype),
+        K=torch.tensor(Ks, device=device, dtype=dtype),
         kp2d=torch.tensor(np.stack([d.keypoints for _, d in pairs]), device=device, dtype=dtype),
         world=torch.tensor(np.stack([d.world for _, d in pairs]), device=device, dtype=dtype),
         scale=torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype),
-        kp_weight=None if w is None else torch.tensor(w, device=device, dtype=dtype))
+        kp_weight=None if w is None else torch.tensor(w, device=device, dtype=dtype),
+        depth_ref=None if ref is None else torch.tensor(ref, device=device, dtype=dtype))

@@ -13,12 +13,14 @@ from .adam import StageReport, run_adam
 
 def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tensor | None,
                    scale: torch.Tensor, w: KeypointWeights, kp2d_weight: float | None = None,
-                   kp_weight: torch.Tensor | None = None):
+                   kp_weight: torch.Tensor | None = None, depth_ref: torch.Tensor | None = None):
     """Build ``terms(params)`` for the keypoint stage.
 
     K: (B,3,3); kp2d: (B,21,2) detected pixels; world: (B,21,3) or None;
     scale: (B,) box side in pixels; kp_weight: (B,21) per-keypoint weights of
-    the 2D term (the multi-view confidence, :attr:`HandBatch.kp_weight`) or None.
+    the 2D term (the multi-view confidence, :attr:`HandBatch.kp_weight`) or None;
+    depth_ref: (B,21,3) MediaPipe's relative depths as keypoints (:attr:`HandBatch.depth_ref`)
+    or None.
     """
     w2d = w.kp2d if kp2d_weight is None else kp2d_weight
 
@@ -33,20 +35,25 @@ def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tens
         }
         if world is not None and w.kp3d > 0:
             t["kp3d"] = w.kp3d * L.keypoint_3d_loss(out.keypoints, world)
+        if depth_ref is not None and w.depth > 0:
+            t["depth"] = w.depth * L.relative_depth_loss(out.keypoints, depth_ref)
         return t
 
     return terms
 
 
 def fit_keypoints(model, params: dict, K, kp2d, world, scale, stage: KeypointStage | None = None,
-                  on_step=None, kp_weight: torch.Tensor | None = None) -> StageReport:
+                  on_step=None, kp_weight: torch.Tensor | None = None,
+                  depth_ref: torch.Tensor | None = None) -> StageReport:
     """Keypoint stage: Adam over global_orient, pose, shape and transl of B hands.
 
     ``params`` (dict of (B,·) tensors) is updated in place and the report returned.
-    ``kp_weight``: (B,21) per-keypoint weights of the 2D term, or None.
+    ``kp_weight``: (B,21) per-keypoint weights of the 2D term, or None; ``depth_ref``:
+    (B,21,3) the depth term's reference (:attr:`HandBatch.depth_ref`), or None.
     """
     stage = stage or KeypointStage()
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl}
-    return run_adam(params, lrs, keypoint_terms(model, K, kp2d, world, scale, stage.weights, kp_weight=kp_weight),
+    return run_adam(params, lrs, keypoint_terms(model, K, kp2d, world, scale, stage.weights, kp_weight=kp_weight,
+                                                   depth_ref=depth_ref),
                     max_iters=stage.iters, tol=stage.tol, patience=stage.patience, on_step=on_step)

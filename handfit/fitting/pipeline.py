@@ -146,7 +146,7 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
         init_err = (project(model(**params).keypoints, batch.K) - batch.kp2d).norm(dim=-1).mean(-1)
     report = fit_keypoints(model, params, batch.K, batch.kp2d, batch.world, batch.scale, opts.keypoint,
                            on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
-                           if progress else None, kp_weight=batch.kp_weight)
+                           if progress else None, kp_weight=batch.kp_weight, depth_ref=batch.depth_ref)
     B = len(items)
     fit = SideFit(side, model, list(items), batch, params, [method] * B,
                   losses={"keypoint": dict(report.terms)},

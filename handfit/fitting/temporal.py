@@ -97,17 +97,23 @@ def fit_sequence(model, batch, stage: KeypointStage, initialise: Callable, warm_
     """
     T = batch.K.shape[0]
     K, kp2d, world, scale = batch.K, batch.kp2d, batch.world, batch.scale
+    ref = batch.depth_ref
+
+    def pick(t):
+        return None if ref is None else ref[t:t + 1]
+
     warm_lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "transl": stage.lr_transl}
 
     # Sequential pass: the first frame from the initialiser, each later one warm-started.
     per_frame, iters = [], []
     params, method = initialise(batch.select([0]))
-    rep = fit_keypoints(model, params, K[:1], kp2d[:1], world[:1], scale[:1], stage)
+    rep = fit_keypoints(model, params, K[:1], kp2d[:1], world[:1], scale[:1], stage, depth_ref=pick(0))
     per_frame.append({k: v.detach() for k, v in params.items()})
     iters.append(rep.iters)
     for t in range(1, T):
         params = {k: v.detach().clone() for k, v in per_frame[-1].items()}
-        terms = keypoint_terms(model, K[t:t + 1], kp2d[t:t + 1], world[t:t + 1], scale[t:t + 1], stage.weights)
+        terms = keypoint_terms(model, K[t:t + 1], kp2d[t:t + 1], world[t:t + 1], scale[t:t + 1], stage.weights,
+                               depth_ref=pick(t))
         rep = run_adam(params, warm_lrs, terms, max_iters=warm_iters, tol=stage.tol, patience=stage.patience)
         per_frame.append({k: v.detach() for k, v in params.items()})
         iters.append(rep.iters)
@@ -116,7 +122,7 @@ def fit_sequence(model, batch, stage: KeypointStage, initialise: Callable, warm_
     # Joint refinement: one shape for the track, smoothness across its frames.
     joint = {"global_orient": seq["global_orient"].clone(), "pose": seq["pose"].clone(),
              "transl": seq["transl"].clone(), "shape1": seq["shape"][:1].clone()}
-    kterms = keypoint_terms(model, K, kp2d, world, scale, stage.weights)
+    kterms = keypoint_terms(model, K, kp2d, world, scale, stage.weights, depth_ref=ref)
 
     def terms(p):
         full = {**p, "shape": p["shape1"].expand(T, -1)}
