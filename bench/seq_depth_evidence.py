@@ -12,7 +12,8 @@ depth term (``keypoint.weights.depth=0``) and with the defaults. Printed:
 2. The truth's own noise: the wrist and the four knuckles (keypoints 0, 5, 9, 13, 17) move
    almost as one rigid body, so a rigid template is fitted to them in every frame of a run and
    the part that is not rigid is reported (mean distance, mm) with its acceleration relative to
-   the wrist (mm/frame², as ``accel_mm`` measures it), for the truth and for the default fit.
+   the wrist (mm/frame², as ``accel_mm`` measures it, over the matched frames taken as
+   consecutive), for the truth and for the fit with the defaults.
    What the truth has there is label noise that no prediction can follow: a floor under
    ``accel_mm``.
 """
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, required=True)
     args = ap.parse_args(argv)
     fits = {"no depth term": FitOptions.from_values({"dense.enabled": False, "keypoint.weights.depth": 0.0}),
-            "defaults": FitOptions.from_values({"dense.enabled": False})}
+            "defaults": FitOptions.from_values({"dense.enabled": False})}   # both: the track's keypoint stage
     with Resources() as res:
         if args.cache.exists():
             runs = pickle.loads(args.cache.read_bytes())
@@ -74,11 +75,14 @@ def main(argv=None) -> int:
                 return 1
             runs = build_cache(args.data, res, fits["defaults"])
             args.cache.write_bytes(pickle.dumps(runs))
-        preds = {name: [np.stack([h.keypoints_3d for h in pipeline.assemble(pipeline.fit_track(items, o, res), 1)])
-                        for *_, items in runs] for name, o in fits.items()}
+        preds, fitted = {}, {}
+        for name, o in fits.items():
+            fitted[name] = [pipeline.fit_track(items, o, res) for *_, items in runs]
+            preds[name] = [np.stack([h.keypoints_3d for h in pipeline.assemble(f, 1)]) for f in fitted[name]]
     truth, mp, fit_z = [], [], {k: [] for k in fits}
-    for i, (_, gt, matched, items) in enumerate(runs):
+    for i, (_, gt, matched, _) in enumerate(runs):
         g = gt[matched]
+        items = fitted["no depth term"][i].items   # the landmarks fitted (a frame may have had its side's again)
         truth.append(g[:, 1:, 2] - g[:, :1, 2])
         p0 = preds["no depth term"][i]
         z = np.stack([np.asarray(it.detection.keypoints_z, float) for it in items])
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
           f"{np.corrcoef((m - t).ravel(), e0.ravel())[0, 1]:.2f}\n")
     print("| palm (keypoints 0, 5, 9, 13, 17) of | not rigid, mean mm | its accel mm/frame² |")
     print("|---|---|---|")
-    for label, get in (("the truth", lambda i: runs[i][1][runs[i][2]]), ("the default fit", lambda i: preds["defaults"][i])):
+    for label, get in (("the truth", lambda i: runs[i][1][runs[i][2]]),
+                       ("the fit (defaults, keypoint stage)", lambda i: preds["defaults"][i])):
         dist, acc = [], []
         for i in range(len(runs)):
             d, a = non_rigid(get(i)[:, PALM] * 1000.0)

@@ -32,7 +32,8 @@ def test_to_batch_shapes_and_select():
     assert torch.equal(one.kp2d[0], b.kp2d[1])
     box = items[0].detection.box_xyxy
     assert float(b.scale[0]) == pytest.approx(max(box[2] - box[0], box[3] - box[1]))
-    assert b.depth_ref.shape == (2, 21, 3) and torch.equal(one.depth_ref[0], b.depth_ref[1])
+    # the fixtures' zero depths say nothing: no depth reference
+    assert b.depth_ref is None
 
 
 def _with_true_depth(item, kp3):
@@ -54,6 +55,30 @@ def test_depth_refs_round_trip_to_the_true_keypoints_at_unit_root_depth():
     np.testing.assert_allclose(ref[0], kp3 / kp3[0, 2], atol=1e-5)   # the scene is float32
     assert float(L.relative_depth_loss(torch.tensor(kp3[None]), torch.tensor(ref))[0]) < 1e-10
     assert depth_refs(item.K[None], [type("D", (), {"keypoints_z": None})()]) is None
+
+
+def test_a_hand_without_depths_gets_no_depth_term_beside_one_with_them():
+    """A detector that fills keypoints_z with zeros must not pull its hand flat, nor switch the
+    term off for the other hands of the batch."""
+    from handfit.fitting.keypoint import keypoint_terms
+    from handfit.models import load_model
+
+    flat, sc_flat = _truth_item("right", 5)
+    deep, sc_deep = _truth_item("right", 6)
+    deep = _with_true_depth(deep, sc_deep.keypoints.astype(np.float64))
+    b = P.to_batch([flat, deep], "cpu", torch.float64)
+    assert torch.isnan(b.depth_ref[0]).all() and torch.isfinite(b.depth_ref[1]).all()
+    assert torch.isfinite(b.select([1]).depth_ref).all()
+    model = load_model("anny", side="right", dtype=torch.float64)
+    w = FitOptions().keypoint.weights
+    params = {k: torch.stack([torch.as_tensor(np.asarray(s.params[k]), dtype=torch.float64)
+                              for s in (sc_flat, sc_deep)]) for k in sc_flat.params}
+    params["global_orient"] = params["global_orient"] + 0.3          # both tilted away from the truth
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    depth = keypoint_terms(model, b.K, b.kp2d, b.world, b.scale, w, depth_ref=b.depth_ref)(params)["depth"]
+    assert float(depth[0]) == 0.0 and float(depth[1]) > 1e-4
+    depth.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in params.values())
 
 
 def test_the_depth_term_is_zero_at_the_truth_and_grows_when_the_hand_tilts():

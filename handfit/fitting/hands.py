@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "depth_refs", "SPREAD_SIGMA", "DEPTH_SCALE"]
+__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "depth_refs", "usable_depth", "SPREAD_SIGMA", "DEPTH_SCALE"]
 
 
 @dataclass
@@ -16,7 +16,7 @@ class HandItem:
     """One detected hand to fit."""
 
     K: np.ndarray                   # (3,3) intrinsics of its photo
-    detection: object               # handfit.detect.Detection: side, score, box_xyxy, keypoints, world
+    detection: object               # handfit.detect.Detection: side, score, box_xyxy, keypoints, keypoints_z, world
     rgb: np.ndarray | None = None   # (H,W,3) uint8 photo; the side views and the dense stage need it
 
 
@@ -32,7 +32,8 @@ class HandBatch:
     # (handfit.detect.multiview.spread_weight), or None: every keypoint alike
     kp_weight: torch.Tensor | None = None
     # (B,21,3) MediaPipe's image landmarks with their relative depth, lifted to a root depth
-    # of 1 (:func:`depth_refs`), or None: the reference of the keypoint stage's depth term
+    # of 1 (:func:`depth_refs`; NaN rows: a hand without them), or None: the reference of the
+    # keypoint stage's depth term
     depth_ref: torch.Tensor | None = None
 
     def select(self, idx) -> "HandBatch":
@@ -65,21 +66,34 @@ def kp_weights(dets: list, sigma: float | None = None) -> np.ndarray | None:
 DEPTH_SCALE = 1.0
 
 
+def usable_depth(det) -> bool:
+    """Whether a detection carries MediaPipe's relative depths: ``keypoints_z`` present, finite
+    and not all alike (a detector without depths fills in zeros, which would say "flat")."""
+    z = getattr(det, "keypoints_z", None)
+    if z is None:
+        return False
+    z = np.asarray(z, np.float64)
+    return z.shape == (21,) and bool(np.isfinite(z).all()) and float(np.ptp(z)) > 1e-6
+
+
 def depth_refs(Ks: np.ndarray, dets: list, scale: float | None = None) -> np.ndarray | None:
     """(B,21,3) each detection's image landmarks as rays scaled to the depth MediaPipe gives
-    them relative to the wrist, the wrist at depth 1: ``(1 + s z_j / f) K^-1 (u_j, v_j, 1)``.
+    them relative to the wrist, the wrist at depth 1: ``(1 + s (z_j - z_wrist) / f) K^-1 (u_j, v_j, 1)``.
     Its root-relative depth ratios are what :func:`handfit.fitting.losses.relative_depth_loss`
-    compares. Ks: (B,3,3). None when a detection has no ``keypoints_z``."""
-    if any(getattr(d, "keypoints_z", None) is None for d in dets):
+    compares. Ks: (B,3,3). A detection without usable depths (:func:`usable_depth`) gets NaN
+    rows, which the keypoint stage leaves out; None when no detection has them."""
+    ok = [usable_depth(d) for d in dets]
+    if not any(ok):
         return None
     s = DEPTH_SCALE if scale is None else scale
-    out = []
-    for K, d in zip(Ks, dets):
-        z = np.asarray(d.keypoints_z, np.float64)
-        depth = 1.0 + s * (z - z[0]) / K[0, 0]                                # (21,) root at 1
-        uv1 = np.concatenate([np.asarray(d.keypoints, np.float64), np.ones((21, 1))], -1)
-        out.append((uv1 @ np.linalg.inv(K).T) * depth[:, None])
-    return np.stack(out)
+    out = np.full((len(dets), 21, 3), np.nan)
+    for i, (K, d) in enumerate(zip(Ks, dets)):
+        if ok[i]:
+            z = np.asarray(d.keypoints_z, np.float64)
+            depth = 1.0 + s * (z - z[0]) / K[0, 0]                                # (21,) root at 1
+            uv1 = np.concatenate([np.asarray(d.keypoints, np.float64), np.ones((21, 1))], -1)
+            out[i] = (uv1 @ np.linalg.inv(K).T) * depth[:, None]
+    return out
 
 
 def to_batch(items: list, device, dtype=torch.float32) -> HandBatch:

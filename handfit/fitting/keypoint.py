@@ -19,10 +19,11 @@ def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tens
     K: (B,3,3); kp2d: (B,21,2) detected pixels; world: (B,21,3) or None;
     scale: (B,) box side in pixels; kp_weight: (B,21) per-keypoint weights of
     the 2D term (the multi-view confidence, :attr:`HandBatch.kp_weight`) or None;
-    depth_ref: (B,21,3) MediaPipe's relative depths as keypoints (:attr:`HandBatch.depth_ref`)
-    or None.
+    depth_ref: (B,21,3) MediaPipe's relative depths as keypoints (:attr:`HandBatch.depth_ref`;
+    a NaN row: that hand has no depth term) or None.
     """
     w2d = w.kp2d if kp2d_weight is None else kp2d_weight
+    has_depth = None if depth_ref is None else torch.isfinite(depth_ref).flatten(1).all(-1)   # (B,)
 
     def terms(p):
         out = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
@@ -36,7 +37,9 @@ def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tens
         if world is not None and w.kp3d > 0:
             t["kp3d"] = w.kp3d * L.keypoint_3d_loss(out.keypoints, world)
         if depth_ref is not None and w.depth > 0:
-            t["depth"] = w.depth * L.relative_depth_loss(out.keypoints, depth_ref)
+            # a hand without depths is its own reference: no term, and no NaN in the gradient
+            ref = torch.where(has_depth[:, None, None], depth_ref, out.keypoints.detach())
+            t["depth"] = w.depth * L.relative_depth_loss(out.keypoints, ref) * has_depth
         return t
 
     return terms
