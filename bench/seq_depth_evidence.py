@@ -21,11 +21,11 @@ depth term (``keypoint.weights.depth=0``) and with the defaults. Printed:
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,20 +35,20 @@ PALM = [0, 5, 9, 13, 17]
 
 
 def rigid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (N,3) moved rigidly onto b (N,3) in the least-squares sense."""
-    ca, cb = a.mean(0), b.mean(0)
-    u, _, vt = np.linalg.svd((a - ca).T @ (b - cb))
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return (a - ca) @ r.T + cb
+    """a (T,N,3) moved rigidly onto b (T,N,3), frame by frame, in the least-squares sense."""
+    from handfit.geometry import kabsch
+
+    a, b = torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b))
+    ca, cb = a.mean(-2, keepdim=True), b.mean(-2, keepdim=True)
+    return ((a - ca) @ kabsch(a, b).transpose(-1, -2) + cb).numpy()
 
 
 def non_rigid(x: np.ndarray) -> tuple:
     """x: (T,5,3) mm, one run's palm points. -> (mean non-rigid distance mm, [accel of each middle frame])"""
     tmpl = x.mean(0)
     for _ in range(3):   # the template: the mean of the frames aligned to it
-        tmpl = np.mean([rigid(f, tmpl) for f in x], 0)
-    res = x - np.stack([rigid(tmpl, f) for f in x])
+        tmpl = rigid(x, np.broadcast_to(tmpl, x.shape)).mean(0)
+    res = x - rigid(np.broadcast_to(tmpl, x.shape), x)
     rel = res - res[:, :1]
     acc = rel[2:] - 2 * rel[1:-1] + rel[:-2]
     return float(np.linalg.norm(res, axis=-1).mean()), list(np.linalg.norm(acc, axis=-1)[:, 1:].mean(-1))
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from handfit.fitting import pipeline
     from handfit.fitting.resources import Resources
     from handfit.options import FitOptions
-    from seq_temporal import DEFAULT_DATA, build_cache
+    from seq_temporal import DEFAULT_DATA, load_runs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -67,14 +67,9 @@ def main(argv=None) -> int:
     fits = {"no depth term": FitOptions.from_values({"dense.enabled": False, "keypoint.weights.depth": 0.0}),
             "defaults": FitOptions.from_values({"dense.enabled": False})}   # both: the track's keypoint stage
     with Resources() as res:
-        if args.cache.exists():
-            runs = pickle.loads(args.cache.read_bytes())
-        else:
-            if not args.data.is_dir():
-                print(f"no data at {args.data}", file=sys.stderr)
-                return 1
-            runs = build_cache(args.data, res, fits["defaults"])
-            args.cache.write_bytes(pickle.dumps(runs))
+        runs = load_runs(args.cache, args.data, res, fits["defaults"])
+        if runs is None:
+            return 1
         preds, fitted = {}, {}
         for name, o in fits.items():
             fitted[name] = [pipeline.fit_track(items, o, res) for *_, items in runs]

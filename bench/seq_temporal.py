@@ -53,6 +53,19 @@ def build_cache(data: Path, res, opts) -> list:
     return out
 
 
+def load_runs(cache: Path, data: Path, res, opts) -> list | None:
+    """The runs' evidence from ``cache``, or built from ``data`` (:func:`build_cache`) and
+    written there; None (with a message) when neither exists."""
+    if cache.exists():
+        return pickle.loads(cache.read_bytes())
+    if not data.is_dir():
+        print(f"no data at {data}", file=sys.stderr)
+        return None
+    runs = build_cache(data, res, opts)
+    cache.write_bytes(pickle.dumps(runs))
+    return runs
+
+
 def score(runs: list, preds: list) -> tuple:
     """Pooled (PA-MPJPE mm, accel mm/frame²) of preds[i] ((n_i,21,3) metres of run i's matched frames)."""
     from handfit.eval import metrics as M
@@ -90,14 +103,9 @@ def main(argv=None) -> int:
 
     opts = FitOptions.from_values({"dense.enabled": bool(args.dense), **parse_setting(args.options)})
     with Resources() as res:
-        if args.cache.exists():
-            runs = pickle.loads(args.cache.read_bytes())
-        else:
-            if not args.data.is_dir():
-                print(f"no data at {args.data}", file=sys.stderr)
-                return 1
-            runs = build_cache(args.data, res, opts)
-            args.cache.write_bytes(pickle.dumps(runs))
+        runs = load_runs(args.cache, args.data, res, opts)
+        if runs is None:
+            return 1
         runs = [r for r in runs if args.runs is None or any(r[0].split("/")[-1].startswith(n) for n in args.runs)]
         defaults = {k: getattr(temporal, k) for k in dir(temporal) if k.isupper()}
         dense_cache = None

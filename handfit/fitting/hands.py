@@ -76,21 +76,21 @@ def usable_depth(det) -> bool:
     return z.shape == (21,) and bool(np.isfinite(z).all()) and float(np.ptp(z)) > 1e-6
 
 
-def depth_refs(Ks: np.ndarray, dets: list, scale: float | None = None) -> np.ndarray | None:
+def depth_refs(Ks: np.ndarray, dets: list) -> np.ndarray | None:
     """(B,21,3) each detection's image landmarks as rays scaled to the depth MediaPipe gives
-    them relative to the wrist, the wrist at depth 1: ``(1 + s (z_j - z_wrist) / f) K^-1 (u_j, v_j, 1)``.
+    them relative to the wrist, the wrist at depth 1: ``(1 + s (z_j - z_wrist) / f) K^-1 (u_j, v_j, 1)``
+    with s = :data:`DEPTH_SCALE`.
     Its root-relative depth ratios are what :func:`handfit.fitting.losses.relative_depth_loss`
     compares. Ks: (B,3,3). A detection without usable depths (:func:`usable_depth`) gets NaN
     rows, which the keypoint stage leaves out; None when no detection has them."""
     ok = [usable_depth(d) for d in dets]
     if not any(ok):
         return None
-    s = DEPTH_SCALE if scale is None else scale
     out = np.full((len(dets), 21, 3), np.nan)
     for i, (K, d) in enumerate(zip(Ks, dets)):
         if ok[i]:
             z = np.asarray(d.keypoints_z, np.float64)
-            depth = 1.0 + s * (z - z[0]) / K[0, 0]                                # (21,) root at 1
+            depth = 1.0 + DEPTH_SCALE * (z - z[0]) / K[0, 0]                      # (21,) root at 1
             uv1 = np.concatenate([np.asarray(d.keypoints, np.float64), np.ones((21, 1))], -1)
             out[i] = (uv1 @ np.linalg.inv(K).T) * depth[:, None]
     return out
