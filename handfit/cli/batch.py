@@ -30,7 +30,8 @@ Exit codes: 0 any hand fitted; 3 inputs read but no hand found;
 
 @click.command(help=BATCH_HELP)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@common_options
+@common_options(out_help="Output folder; each input gets OUT/<its path relative to its input folder, "
+                         "without extension>/.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Photos optimised together (all their hands form one batch per side).")
 @click.option("--glob", "pattern", default=None, metavar="PATTERN",
@@ -79,8 +80,3 @@ def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smoo
                    else "handfit: this shard holds no input", err=True)
         sys.exit(4 if report.summary.name == "summary.jsonl" else 0)
     sys.exit(report.exit_code)
-
-
-for _p in batch.params:  # the shared -o says "OUT/<image stem>/"; batch keeps the inputs' relative paths
-    if _p.name == "outdir":
-        _p.help = "Output folder; each input gets OUT/<its path relative to its input folder, without extension>/."
