@@ -132,16 +132,23 @@ def fit_options(params: dict):
     return FitOptions.from_values(values, weights=weights)
 
 
-def common_options(f):
+def common_options(*, out_default: str = "handfit_out",
+                   out_help: str = "Output folder; each photo gets OUT/<image stem>/."):
+    """Decorator adding -o/--out (``outdir``: default folder and help as given, since each
+    command lays out OUT its own way), -q/--quiet and every fit option (:func:`fit_option_flags`)."""
     opts = [
-        click.option("-o", "--out", "outdir", default="handfit_out", show_default=True, type=click.Path(file_okay=False),
-                     help="Output folder; each photo gets OUT/<image stem>/."),
+        click.option("-o", "--out", "outdir", default=out_default, show_default=True,
+                     type=click.Path(file_okay=False), help=out_help),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]
-    f = fit_option_flags(f)
-    for o in reversed(opts):
-        f = o(f)
-    return f
+
+    def decorate(f):
+        f = fit_option_flags(f)
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return decorate
 
 
 def parse_boxes(values):

@@ -11,7 +11,7 @@ from .common import Progress, common_options, fail, fit_options, parse_boxes
 
 @click.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@common_options
+@common_options()
 @click.option("--json", "as_json", is_flag=True, help="Also print result.json to stdout.")
 @click.option("--box", "boxes", multiple=True, metavar="X0,Y0,X1,Y1[,SIDE]", callback=lambda c, p, v: parse_boxes(v),
               help="A hand box in pixels (optionally with its side, left or right); the landmark model "
