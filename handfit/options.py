@@ -65,7 +65,40 @@ class KeypointStage:
     lr_transl: float = opt(0.002, min=0)
     tol: float = opt(1e-4, min=0)
     patience: int = opt(20, min=1)
+    # MediaPipe's relative depth (keypoints_z) in units of its x pixels: 1, as its documentation
+    # states ("roughly the same scale as x"); the depth term's reference (fitting/hands.py:depth_refs)
+    depth_scale: float = opt(1.0, min=0, min_open=True)
     weights: KeypointWeights = field(default_factory=KeypointWeights)
+
+
+@dataclass
+class TrackStage:
+    """A video track's keypoint stage and settling (handfit/fitting/temporal.py, docs/fitting.md).
+
+    The first frame gets the full keypoint stage; each later one ``warm_iters`` iterations from
+    the frame before; then all frames ``refine_iters`` together with one shape and, with
+    ``smooth`` > 0, a penalty on accelerations. After the dense stage, ``settle_iters`` refine
+    the frames together again against the accelerations of their joints' relative depth."""
+
+    warm_iters: int = opt(60, min=1)        # keypoint iterations of a warm-started frame
+    refine_iters: int = opt(150, min=1)     # the joint refinement of all frames
+    # Weight of the temporal terms (the refinement's smoothness and the settling); 0: none
+    smooth: float = opt(1.0, min=0)
+    smooth_scale: float = opt(5e-5, min=0)  # the smoothness term against the 2D term
+    sigma_pose: float = opt(0.3, min=0, min_open=True)      # radians of acceleration per frame costing as much as ...
+    sigma_transl: float = opt(0.005, min=0, min_open=True)  # ... metres of acceleration
+    joint_scale: float = opt(6e-3, min=0)   # the joint-acceleration term against the 2D term
+    refine_joint: float = opt(0.0, min=0)   # that term's weight in the joint refinement (0: settling only)
+    # metres/frame² of a joint's root-relative acceleration that cost rho(1): in depth, across the image
+    sigma_depth: float = opt(0.005, min=0, min_open=True)
+    sigma_plane: float = opt(0.01, min=0, min_open=True)
+    # The image-plane part's weight against the depth part's: across the image plane the photo
+    # pins the joints, and smoothing there removes true motion.
+    plane_ratio: float = opt(0.0, min=0)
+    settle_iters: int = opt(150, min=0)     # iterations of the settling after the dense stage (0: none)
+    settle_3d: float = opt(1.0, min=0)      # its hold on each root-relative joint (squared change, palm lengths)
+    settle_2d: float = opt(1.0, min=0)      # its hold on each keypoint's 2D position
+    chunk: int = opt(16, min=1)             # frames per dense batch of a track (bounds memory, not results)
 
 
 @dataclass
@@ -218,8 +251,12 @@ class FitOptions:
     # (mirror, small rotations, a zoomed-out copy; handfit.detect.multiview.VIEW_SET), fused per
     # keypoint, their spread weighting the 2D terms. 0: off. See bench/multiview.py.
     views: int = opt(8, min=0)
+    # Relative spread between the views (hand sizes) at which a keypoint's 2D weight halves
+    # (handfit.detect.multiview.spread_weight); 0: every keypoint weighs alike.
+    spread_sigma: float = opt(0.02, min=0)
     keypoint: KeypointStage = field(default_factory=KeypointStage)
     dense: DenseStage = field(default_factory=DenseStage)
+    track: TrackStage = field(default_factory=TrackStage)
 
     def __post_init__(self):
         if self.mano is not None:
@@ -375,5 +412,5 @@ def weight_override(spec: str) -> tuple[str, float]:
     return f"{WEIGHT_STAGES[stage]}.{term}", value
 
 
-__all__ = ["FitOptions", "KeypointStage", "KeypointWeights", "DenseStage", "DenseWeights", "OptionError",
+__all__ = ["FitOptions", "KeypointStage", "KeypointWeights", "DenseStage", "TrackStage", "DenseWeights", "OptionError",
            "option_field", "weight_override", "weight_names"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handfit.fitting.adam import run_adam
+from handfit.fitting.adam import LinearSchedule, run_adam
 
 D = torch.float64
 
@@ -172,8 +172,18 @@ def test_falling_learning_rate_ends_at_lr_end():
 
 def run_adam_params(params, max_iters, lr_end):
     p = dict(params)
-    run_adam(p, {"x": 0.1}, quadratic, max_iters=max_iters, tol=0, min_iters=100, lr_end=lr_end)
+    run_adam(p, {"x": 0.1}, quadratic, max_iters=max_iters, tol=0, min_iters=100,
+             schedule=LinearSchedule(1.0, lr_end))
     return p["x"]
+
+
+def test_linear_schedule_shares_one_fall_across_two_runs():
+    """The factor goes from start at the first iteration to end at the last; a second run
+    starting where the first left off continues the same line."""
+    s = LinearSchedule(1.0, 0.1)
+    assert s(1, 10) == 1.0 and abs(s(10, 10) - 0.1) < 1e-12 and abs(s(4, 10) - 0.7) < 1e-12
+    assert LinearSchedule().constant and not s.constant
+    assert LinearSchedule(0.5, 0.5)(3, 1) == 0.5
 
 
 def test_lr_end_one_is_the_constant_rate():

@@ -164,7 +164,7 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
     monkeypatch.setattr(media, "read_frames", lambda *a, **kw: iter(frames))
     seen_K = []
 
-    def fake_fit_track(items, opts, res, warm_iters=60, smooth_weight=1.0):
+    def fake_fit_track(items, opts, res):
         seen_K.append(np.stack([it.K for it in items]))
         return pipeline.SideFit("right", None, items, None, {}, ["ik"] * len(items))
 

@@ -75,7 +75,7 @@ def test_a_hand_without_depths_gets_no_depth_term_beside_one_with_them():
                               for s in (sc_flat, sc_deep)]) for k in sc_flat.params}
     params["global_orient"] = params["global_orient"] + 0.3          # both tilted away from the truth
     params = {k: v.requires_grad_() for k, v in params.items()}
-    depth = keypoint_terms(model, b.K, b.kp2d, b.world, b.scale, w, depth_ref=b.depth_ref)(params)["depth"]
+    depth = keypoint_terms(model, b, w)(params)["depth"]
     assert float(depth[0]) == 0.0 and float(depth[1]) > 1e-4
     depth.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in params.values())
@@ -92,12 +92,12 @@ def test_the_depth_term_is_zero_at_the_truth_and_grows_when_the_hand_tilts():
     w = FitOptions().keypoint.weights
     w.depth = 0.01
     truth = {k: torch.tensor(np.asarray(v, np.float64))[None] for k, v in sc.params.items()}
-    terms = keypoint_terms(model, b.K, b.kp2d, b.world, b.scale, w, depth_ref=b.depth_ref)
+    terms = keypoint_terms(model, b, w)
     assert float(terms(truth)["depth"][0]) < 1e-8
     moved = dict(truth, global_orient=truth["global_orient"] + torch.tensor([[0.3, 0.0, 0.0]], dtype=torch.float64))
     assert float(terms(moved)["depth"][0]) > 1e-4
     w.depth = 0.0
-    assert "depth" not in keypoint_terms(model, b.K, b.kp2d, b.world, b.scale, w, depth_ref=b.depth_ref)(truth)
+    assert "depth" not in keypoint_terms(model, b, w)(truth)
 
 
 def test_a_mislabelled_hand_gets_its_side_from_the_fit():
@@ -164,8 +164,9 @@ def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(m
         return {"left": wrong, "right": mirrored}, {"left": 1.0, "right": 0.5}
 
     monkeypatch.setattr(S, "side_candidates", views)
-    opts = FitOptions.from_values({"views": 0, "keypoint.iters": 10, "side_check_iters": 10, "device": "cpu"})
-    fit = P.fit_track(items, opts, Resources(), warm_iters=5, smooth_weight=0.0)
+    opts = FitOptions.from_values({"views": 0, "keypoint.iters": 10, "side_check_iters": 10, "device": "cpu",
+                                   "track.warm_iters": 5, "track.smooth": 0.0})
+    fit = P.fit_track(items, opts, Resources())
     assert fit.side == "left" and seen == ["right"]        # only the frame called the other side is looked at
     d = fit.items[0].detection
     assert d.side == "left" and d.detector_side == "right" and d.side_source == "fit"

@@ -8,7 +8,8 @@ import torch
 
 from handfit.eval.metrics import accel_errors
 from handfit.fitting import temporal
-from handfit.options import KeypointStage
+from handfit.fitting.hands import HandBatch
+from handfit.options import KeypointStage, TrackStage
 
 
 def test_joint_accel_term_charges_acceleration_of_the_articulation_only():
@@ -17,15 +18,15 @@ def test_joint_accel_term_charges_acceleration_of_the_articulation_only():
     base = torch.randn(1, 21, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.05
     steady = base + 0.01 * t * torch.randn(1, 21, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     steady[..., 2] += 0.4
-    assert torch.allclose(temporal.joint_accel_terms(steady, 1.0), torch.zeros(T, dtype=torch.float64), atol=1e-12)
+    zero = torch.zeros(T, dtype=torch.float64)
+    assert torch.allclose(temporal.joint_accel_terms(steady, 1.0, TrackStage()), zero, atol=1e-12)
     # the whole hand accelerating (travel, not articulation) costs nothing either
-    assert torch.allclose(temporal.joint_accel_terms(steady + 0.02 * t ** 2, 1.0), torch.zeros(T, dtype=torch.float64),
-                          atol=1e-12)
+    assert torch.allclose(temporal.joint_accel_terms(steady + 0.02 * t ** 2, 1.0, TrackStage()), zero, atol=1e-12)
     shaky = steady.clone()
     shaky[3, 8, 2] += 0.01
-    s = temporal.joint_accel_terms(shaky, 1.0)
+    s = temporal.joint_accel_terms(shaky, 1.0, TrackStage())
     assert s[0] == 0 and s[-1] == 0 and s[1] == 0 and s[2] > 0 and s[3] > 0 and s[4] > 0 and s[5] == 0
-    assert torch.all(temporal.joint_accel_terms(shaky, 0.0) == 0)
+    assert torch.all(temporal.joint_accel_terms(shaky, 0.0, TrackStage()) == 0)
 
 
 def test_joint_accel_term_is_robust_to_large_accelerations():
@@ -36,11 +37,12 @@ def test_joint_accel_term_is_robust_to_large_accelerations():
     def cost(a):
         k = kp.clone()
         k[1, 5, 2] += a
-        return float(temporal.joint_accel_terms(k, 1.0)[1])
+        return float(temporal.joint_accel_terms(k, 1.0, track)[1])
 
-    big = 20 * temporal.SIGMA_DEPTH
+    track = TrackStage()
+    big = 20 * track.sigma_depth
     assert cost(2 * big) / cost(big) < 2.2                        # linear: 2×, a square would give 4×
-    small = 0.01 * temporal.SIGMA_DEPTH
+    small = 0.01 * track.sigma_depth
     assert cost(2 * small) / cost(small) == pytest.approx(4.0, rel=1e-3)  # quadratic near 0
 
 
@@ -81,14 +83,15 @@ def test_settle_track_lowers_jitter_and_keeps_fast_motion():
     shaky["pose"] += 0.05 * torch.randn(shaky["pose"].shape, generator=g, dtype=torch.float64)
     before = _accel_mm(model, shaky, truth)
     settled = {k: v.clone() for k, v in shaky.items()}
-    report = temporal.settle_track(model, settled, K, scale, KeypointStage(), iters=150)
+    batch = HandBatch(K, torch.zeros(T, 21, 2, dtype=torch.float64), None, scale)
+    report = temporal.settle_track(model, settled, batch, KeypointStage(), TrackStage(settle_iters=150))
     assert report["iters"] == 150
     after = _accel_mm(model, settled, truth)
     assert after < 0.9 * before
     assert torch.equal(settled["shape"], shaky["shape"])
     # a clean fast track stays fast: its joints' accelerations are hardly changed
     clean = {k: v.clone() for k, v in truth.items()}
-    temporal.settle_track(model, clean, K, scale, KeypointStage(), iters=150)
+    temporal.settle_track(model, clean, batch, KeypointStage(), TrackStage(settle_iters=150))
     with torch.no_grad():
         kp = model(**truth).keypoints.numpy() * 1000
     rr = kp - kp[:, :1]
@@ -99,7 +102,7 @@ def test_settle_track_lowers_jitter_and_keeps_fast_motion():
 
 def test_pipeline_settle_refines_the_chunks_together_and_records_it():
     """pipeline.settle: the chunks' params come back as one settled track, split in order;
-    each frame records the settle terms; smooth_weight 0 leaves the track as it was."""
+    each frame records the settle terms; track.smooth 0 leaves the track as it was."""
     from handfit.fitting.pipeline import HandBatch, SideFit, settle
     from handfit.models import load_model
     from handfit.options import FitOptions
@@ -120,7 +123,7 @@ def test_pipeline_settle_refines_the_chunks_together_and_records_it():
 
     opts = FitOptions.from_values({"device": "cpu"})
     kept = parts()
-    settle(fit, kept, opts, smooth_weight=0.0)
+    settle(fit, kept, FitOptions.from_values({"device": "cpu", "track.smooth": 0.0}))
     assert all(torch.equal(p.params["pose"], shaky["pose"][i:i + len(p.items)]) for p, i in zip(kept, (0, 4)))
     assert all("settle" not in p.losses for p in kept)
     settled = parts()
@@ -128,9 +131,9 @@ def test_pipeline_settle_refines_the_chunks_together_and_records_it():
     whole = {k: torch.cat([p.params[k] for p in settled]) for k in shaky}
     assert _accel_mm(model, whole, truth) < _accel_mm(model, shaky, truth)
     for p in settled:
-        assert p.metrics["settle_iters"] == temporal.SETTLE_ITERS and "joint_accel" in p.losses["settle"]
+        assert p.metrics["settle_iters"] == opts.track.settle_iters and "joint_accel" in p.losses["settle"]
         assert p.losses["settle"]["hold_2d"].shape == (len(p.items),)
     # one call over the whole track: the chunks do not change the result
     alone = {k: v.clone() for k, v in shaky.items()}
-    temporal.settle_track(model, alone, K, batch.scale, opts.keypoint)
+    temporal.settle_track(model, alone, batch, opts.keypoint, opts.track)
     assert torch.allclose(alone["pose"], whole["pose"])

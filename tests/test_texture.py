@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from handfit.options import DenseStage, DenseWeights
+from handfit.fitting.hands import HandBatch
+from handfit.options import DenseStage, DenseWeights, FitOptions
 from handfit.fitting.dense import fit_dense, geometry_terms
 from handfit.fitting.scene import CropScene, ambient_sh
 from handfit.texture.init import initial_texture
@@ -15,6 +16,15 @@ from handfit.models import load_model
 from handfit.texture.unwrap import UVSamples, fill_push_pull, splat
 
 S = 192  # crop side for these tests
+
+
+def _batch(K, kp2d):
+    """One hand's HandBatch: K (1,3,3), its keypoints (1,21,2), a box side of 0.6 S."""
+    return HandBatch(K=K, kp2d=kp2d, world=None, scale=torch.tensor([S * 0.6]))
+
+
+def _opts(stage, texture_size, crop_size):
+    return FitOptions(dense=stage, texture_size=texture_size, crop_size=crop_size, renderer="cpu", device="cpu")
 
 
 def _scene(model, tex, pose_scale=0.3, seed=0, sh=None):
@@ -106,7 +116,7 @@ def test_dense_loss_zero_at_truth_and_grows_with_pose_error(model):
 
     kp2d = project(kp, K_full)
     cover = torch.zeros(1, S, S)
-    terms = geometry_terms(model, scene, K_full, kp2d, torch.tensor([S * 0.6]), cover,
+    terms = geometry_terms(model, scene, _batch(K_full, kp2d), cover,
                            ambient_sh(1, "cpu", torch.float32), stage)
 
     def image_loss(pose_noise):
@@ -151,8 +161,7 @@ def test_image_terms_alone_pull_a_perturbed_pose_back(model):
     stage = DenseStage(iters=80, texture_iters=5, weights=DenseWeights(kp2d=0.0, kp_trust=0.0, anchor=0.0),
                        photo_mask="colour")
     params = {k: v.clone() for k, v in start.items()}
-    report, texture = fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
-                                     backend="cpu", crop_size=128)
+    report, texture = fit_dense(model, params, _batch(scene.K, kp2d), [photo], _opts(stage, T, 128))
     after = error(params)
     assert after < 0.7 * before, (before, after)
     assert report.metrics["photometric_after"][0] < report.metrics["photometric_before"][0]
@@ -169,7 +178,7 @@ def test_depth_term_is_zero_at_the_start_and_grows_when_fingers_bend_in_depth(mo
     kp2d = project(kp3d, scene.K)
     start = {**{k: p[k].clone() for k in ("global_orient", "pose")}, "keypoints": kp3d}
     sh = ambient_sh(1, "cpu", torch.float32)
-    args = (model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh)
+    args = (model, scene, _batch(scene.K, kp2d), torch.zeros(1, S, S), sh)
     terms = geometry_terms(*args, DenseStage(weights=DenseWeights(depth=3.0)), start)
     q = {**{k: v.clone() for k, v in p.items()}, "texture": tex, "sh": sh}
     with torch.no_grad():
@@ -191,14 +200,14 @@ def test_anchor_term_is_zero_at_the_start_and_grows_with_pose_change(model):
         kp2d = project(model(**p).keypoints, scene.K)
     start = {k: p[k].clone() for k in ("global_orient", "pose")}
     sh = ambient_sh(1, "cpu", torch.float32)
-    terms = geometry_terms(model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh,
+    terms = geometry_terms(model, scene, _batch(scene.K, kp2d), torch.zeros(1, S, S), sh,
                            DenseStage(weights=DenseWeights(anchor=2.0, depth=0.0)), start)
     q = {**{k: v.clone() for k, v in p.items()}, "texture": tex, "sh": sh}
     with torch.no_grad():
         assert float(terms(q)["anchor"]) == 0.0
         q["pose"] = q["pose"] + 0.1
         assert abs(float(terms(q)["anchor"]) - 2.0 * 0.01 * model.pose_dim) < 1e-4
-    no_start = geometry_terms(model, scene, scene.K, kp2d, torch.tensor([S * 0.6]), torch.zeros(1, S, S), sh,
+    no_start = geometry_terms(model, scene, _batch(scene.K, kp2d), torch.zeros(1, S, S), sh,
                               DenseStage())
     with torch.no_grad():
         assert "anchor" not in no_start(q)
@@ -240,8 +249,8 @@ def test_dense_stage_with_the_prior_as_geometry_albedo(model):
     stage = DenseStage(iters=12, texture_iters=3, geometry_albedo="prior", prior_detail=4, prior_every=5,
                        photo_mask="colour")
     params = {k: v.clone() for k, v in p.items()}
-    report, texture = fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, T,
-                                     backend="cpu", crop_size=96, texture_prior=net)
+    report, texture = fit_dense(model, params, _batch(scene.K, kp2d), [photo], _opts(stage, T, 96),
+                                texture_prior=net)
     assert texture.shape == (1, T, T, 3)
     assert report.iters >= 1 and torch.isfinite(report.total).all()
 
@@ -280,8 +289,8 @@ def test_coarse_to_fine_runs_both_resolutions(model):
                            tol=0)
         params = {k: v.clone() for k, v in start.items()}
         steps = []
-        report, _ = fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, 16,
-                              backend="cpu", crop_size=96, on_step=lambda it, t: steps.append(it))
+        report, _ = fit_dense(model, params, _batch(scene.K, kp2d), [photo], _opts(stage, 16, 96),
+                              on_step=lambda it, t: steps.append(it))
         out[fine] = (report, params["pose"], steps)
     assert out[0][0].iters == 6 and out[4][0].iters == 10
     assert out[4][2] == list(range(1, 13))  # 6 coarse + 4 fine + 2 texture
@@ -298,8 +307,7 @@ def test_reference_is_the_start_unless_given(model):
 
     def run(reference):
         params = {k: v.clone() for k, v in start.items()}
-        fit_dense(model, params, scene.K, kp2d, torch.tensor([S * 0.6]), [photo], stage, 16, backend="cpu",
-                  crop_size=96, reference=reference)
+        fit_dense(model, params, _batch(scene.K, kp2d), [photo], _opts(stage, 16, 96), reference=reference)
         return params["pose"]
 
     same = {"global_orient": start["global_orient"], "pose": start["pose"], "keypoints": kp_start}

@@ -184,9 +184,10 @@ def test_finish_track_renders_one_texture_for_every_frame(model):
     img, _ = photos(model, verts, K, tex)
     items = _items(kps, K, img)
     opts = FitOptions.from_values({"device": "cpu", "keypoint.iters": 30, "dense.iters": 4, "crop_size": 96,
-                                   "texture_size": T, "side_check_below": 0.0})
+                                   "texture_size": T, "side_check_below": 0.0, "track.warm_iters": 10,
+                                   "track.smooth": 0.0})
     res = Resources()
-    fit = fit_track(items, opts, res, warm_iters=10, smooth_weight=0.0)
+    fit = fit_track(items, opts, res)
     out = finish_track(fit, opts, res)
     assert len(out) == 4
     assert all(h.texture is out[0].texture for h in out) and out[0].texture.shape == (T, T, 3)
@@ -195,7 +196,7 @@ def test_finish_track_renders_one_texture_for_every_frame(model):
         assert "dense" in h.losses and h.metrics["texture_iters"] == 0 and h.metrics["dense_iters"] >= 1
         assert np.isfinite(h.metrics["photometric_after"]) and h.seconds > 0
     # Against frame 0's own photo texture (finish), on what frame 0 cannot see.
-    own = finish(fit_track(items[:1], opts, res, warm_iters=10, smooth_weight=0.0), opts, res)[0].texture
+    own = finish(fit_track(items[:1], opts, res), opts, res)[0].texture
     _, g = photos(model, verts, K, tex)
     colour, weight = frame_observation(img, g, size=T)
     _, total = accumulate(colour, weight)
@@ -203,8 +204,8 @@ def test_finish_track_renders_one_texture_for_every_frame(model):
     err = lambda t: float((torch.from_numpy(t).float()[hidden] / 255 - tex[hidden]).abs().mean())  # noqa: E731
     assert hidden.sum() > 100 and err(out[0].texture) < 0.7 * err(own), (err(out[0].texture), err(own))
     opts.dense.enabled = False
-    plain = finish_track(fit_track(items, opts, res, warm_iters=10, smooth_weight=0.0), opts, res)
-    again = finish(fit_track(items, opts, res, warm_iters=10, smooth_weight=0.0), opts, res)
+    plain = finish_track(fit_track(items, opts, res), opts, res)
+    again = finish(fit_track(items, opts, res), opts, res)
     for a, b in zip(plain, again):
         assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.texture, b.texture)
         assert "dense" not in a.losses

@@ -26,9 +26,6 @@ class VideoOptions:
     every: int = 1              # keep one frame in `every`
     start: int = 0              # first frame index read
     end: int | None = None      # stop before this frame index
-    smooth: bool = True         # temporal smoothness on pose and translation
-    smooth_weight: float = 1.0  # its weight (see docs)
-    warm_iters: int = 60        # keypoint iterations of a warm-started frame
 
 
 @dataclass

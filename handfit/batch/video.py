@@ -24,7 +24,7 @@ a video interrupted part way is redone from its start.
    is unsure, as for photos), then :mod:`handfit.fitting.temporal`: the first
    frame initialised and fitted in full, each later frame warm-started from
    the one before, then all frames refined together with one shape and,
-   unless ``--no-smooth``, a penalty on accelerations.
+   unless ``--no-smooth`` (``FitOptions.track.smooth`` 0), a penalty on accelerations.
 4. Unless ``--no-dense``, each track's texture is accumulated over its frames
    (:func:`handfit.fitting.pipeline.observe_track`, :func:`~handfit.fitting.pipeline.track_texture`:
    visible texels weighted by facing and the photo's hand mask, the learned prior for
@@ -104,7 +104,7 @@ def jitter(points: np.ndarray) -> float:
     return float(np.linalg.norm(a, axis=-1).mean())
 
 
-def fit_video_frames(frames: list, dets: list, opts, vopts, res=None) -> tuple:
+def fit_video_frames(frames: list, dets: list, opts, res=None) -> tuple:
     """Track the detections and fit every track's keypoint stages (no pixels needed).
 
     frames: [(index, seconds, rgb or (H, W))], dets: per frame detections; res: a
@@ -120,8 +120,7 @@ def fit_video_frames(frames: list, dets: list, opts, vopts, res=None) -> tuple:
     for trk in tracks:
         items = [HandItem(frame_intrinsics(_hw(frames[f])[1], _hw(frames[f])[0], opts), d)
                  for f, d in zip(trk.frames, trk.dets)]
-        fit = fit_track(items, opts, res, warm_iters=vopts.warm_iters,
-                        smooth_weight=vopts.smooth_weight if vopts.smooth else 0.0)
+        fit = fit_track(items, opts, res)
         trk.side = fit.side
         trk.dets = [it.detection for it in fit.items]
         fits.append(fit)
@@ -333,7 +332,7 @@ def run_video(path, opts, vopts, res=None, progress=None) -> dict:
             raise ImageError(f"{path}: no frame in the chosen range")
         t_read = time.perf_counter() - t0 - t_detect
         t1 = time.perf_counter()
-        tracks, fits = fit_video_frames(frames, dets, opts, vopts, res)
+        tracks, fits = fit_video_frames(frames, dets, opts, res)
         t_fit = time.perf_counter() - t1
     finally:
         if own:
@@ -424,7 +423,7 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
         write_mp4(tmp / "overlay.mp4", overlays(tmp, textures), fps)
         record["hand_metrics"] = track_metrics(tracks, outputs)
         np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=run["info"].fps, every=vopts.every,
-                            smooth=vopts.smooth, **tracks_arrays(frames, tracks, outputs))
+                            smooth=opts.track.smooth > 0, **tracks_arrays(frames, tracks, outputs))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         (tmp / store.STATUS).write_text(store.dumps(record))
 

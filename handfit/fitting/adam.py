@@ -23,14 +23,33 @@ class StageReport:
     adam_state: dict = field(default_factory=dict)  # name -> Adam's moments and step count at the end
 
 
+@dataclass(frozen=True)
+class LinearSchedule:
+    """The learning rates' factor, falling linearly from ``start`` at the first iteration to
+    ``end`` at a run's ``max_iters``-th (so that two runs can share one fall).
+
+    Adam's steps are about a learning rate long whatever the gradient, so at a constant
+    rate it ends wherever its last step put it near the minimum; a falling rate lets it settle."""
+
+    start: float = 1.0
+    end: float = 1.0
+
+    def __call__(self, it: int, max_iters: int) -> float:
+        return self.start + (self.end - self.start) * (it - 1) / max(max_iters - 1, 1)
+
+    @property
+    def constant(self) -> bool:
+        return self.start == 1.0 and self.end == 1.0
+
+
 def _fusable(leaves: dict) -> bool:
     return all(v.device.type in ("cpu", "cuda") and v.is_floating_point() for v in leaves.values())
 
 
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
              tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
-             on_step: Callable[[int, float], None] | None = None, lr_end: float = 1.0,
-             eps: float | dict = 1e-8, adam_state: dict | None = None, lr_start: float = 1.0) -> StageReport:
+             on_step: Callable[[int, float], None] | None = None, schedule: LinearSchedule | None = None,
+             eps: float | dict = 1e-8, adam_state: dict | None = None) -> StageReport:
     """Minimise ``sum(terms_fn(params).values())`` over the tensors in ``params``
     named in ``lrs`` (name -> learning rate). Others stay fixed.
 
@@ -43,11 +62,8 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     like the loss, hands cannot be frozen one by one and the loop ends once
     every hand has stalled.
 
-    ``lr_end`` < 1: the learning rates fall linearly to that fraction of
-    theirs by ``max_iters`` (from ``lr_start`` times theirs at the first
-    iteration, so that two runs can share one schedule). Adam's steps are about a learning rate long
-    whatever the gradient, so at a constant rate it ends wherever its last
-    step put it near the minimum; a falling rate lets it settle.
+    ``schedule``: the learning rates' factor at each iteration
+    (:class:`LinearSchedule`, called as ``schedule(it, max_iters)``); None: constant.
 
     ``eps``: Adam's epsilon, one for every tensor or a dict name -> epsilon (names
     left out keep 1e-8). A step is ``lr * m / (sqrt(v) + eps)``: where a
@@ -77,8 +93,8 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     it = 0
     converged = False
     for it in range(1, max_iters + 1):
-        if lr_end != 1.0 or lr_start != 1.0:
-            f = lr_start + (lr_end - lr_start) * (it - 1) / max(max_iters - 1, 1)
+        if schedule is not None and not schedule.constant:
+            f = schedule(it, max_iters)
             for group, lr in zip(opt.param_groups, lrs.values()):
                 group["lr"] = lr * f
         cur = {**params, **leaves}

@@ -35,8 +35,11 @@ frames, :func:`observe_texture`): the geometry phase renders that texture,
 fixed, in place of the coarse albedo (the light is still fitted per frame),
 and the texture phase is skipped.
 
-This module is the two-phase driver, :func:`fit_dense`, and the loss terms
-of each phase. Its pieces live elsewhere: the crop scene in
+This module is the driver, :func:`fit_dense`, its two phases
+(:func:`geometry_phase`, :func:`texture_phase`), the geometry phase's
+appearance models (:class:`CoarseAlbedo`, :class:`PriorAlbedo`,
+:class:`GivenTexture`, chosen once by :func:`choose_appearance`) and the loss
+terms of each phase. Its pieces live elsewhere: the crop scene in
 handfit/fitting/scene.py, the photo's hand mask and the image-term regions
 in handfit/fitting/photo_mask.py, the initial textures and the prior's
 albedo in handfit/texture/init.py.
@@ -51,14 +54,90 @@ import torch.nn.functional as F
 
 from .. import render as R
 from ..camera import project
-from ..options import DenseStage
+from ..options import DenseStage, FitOptions
 from ..texture.init import PriorAppearance, coarse, initial_texture, prior_texture, resize_texture
 from ..texture.track import frame_observation
 from ..texture.unwrap import fill_push_pull
 from . import losses as L
-from .adam import run_adam
+from .adam import LinearSchedule, run_adam
+from .hands import HandBatch
 from .photo_mask import confident, image_region, iou, photo_hand_mask
 from .scene import CropScene, ambient_sh
+
+
+# -- the geometry phase's appearance: what colours the mesh while it moves --------------------------
+
+
+class CoarseAlbedo:
+    """A free albedo of ``texture_detail`` texels a side (``p["texture"]``), optimised with
+    the geometry. Sharper, unwrapped from a misaligned mesh, it would bake the misalignment in."""
+
+    learns = True
+
+    def __call__(self, vertices, p) -> torch.Tensor:
+        return p["texture"].clamp(0, 1)
+
+    def on(self, scene, skin_p) -> "CoarseAlbedo":
+        return self
+
+    def albedo(self, state: dict) -> torch.Tensor:
+        """The phase's final albedo (B,d,d,3) in [0,1]."""
+        return state["texture"].detach().clamp(0, 1)
+
+
+class PriorAlbedo:
+    """The learned texture prior's prediction from what the current mesh sees
+    (:class:`handfit.texture.init.PriorAppearance`), re-predicted on a schedule."""
+
+    learns = False
+
+    def __init__(self, net, stage: DenseStage, scene=None, skin_p=None):
+        self.net, self.stage = net, stage
+        self.prior = None if scene is None else PriorAppearance(net, scene, skin_p, stage.prior_detail,
+                                                                stage.prior_every)
+
+    def __call__(self, vertices, p) -> torch.Tensor:
+        return self.prior(vertices, p["sh"])
+
+    def on(self, scene, skin_p) -> "PriorAlbedo":
+        """A new one, its schedule restarted, on the crops ``scene`` with hand mask ``skin_p``."""
+        return PriorAlbedo(self.net, self.stage, scene, skin_p)
+
+    def albedo(self, state: dict) -> torch.Tensor:
+        return self.prior.texture
+
+
+class GivenTexture:
+    """A given texture (B,T,T,3) in [0,1], fixed (a video track's): only geometry and light move."""
+
+    learns = False
+
+    def __init__(self, texture: torch.Tensor):
+        self.texture = texture
+
+    def __call__(self, vertices, p) -> torch.Tensor:
+        return self.texture
+
+    def on(self, scene, skin_p) -> "GivenTexture":
+        return self
+
+    def albedo(self, state: dict) -> torch.Tensor:
+        return self.texture
+
+
+def choose_appearance(stage: DenseStage, texture=None, texture_prior=None, device=None, dtype=None):
+    """The geometry phase's appearance model, chosen once: the given ``texture`` (B,T,T,3),
+    else the prior's albedo (``geometry_albedo`` "prior" with a ``texture_prior``), else the
+    coarse albedo. Each model answers ``on(scene, skin_p)`` (the one the crops at hand use),
+    ``learns`` (whether the state's ``texture`` is optimised) and ``albedo(state)``."""
+    if texture is not None:
+        return GivenTexture(texture.to(device=device, dtype=dtype).clamp(0, 1))
+    if stage.geometry_albedo == "prior" and texture_prior is not None:
+        return PriorAlbedo(texture_prior, stage)
+    return CoarseAlbedo()
+
+
+# -- loss terms ----------------------------------------------------------------------------------------
 
 
 def photometric_error(scene: CropScene, g: R.MeshBuffers, tex, sh) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,21 +150,24 @@ def photometric_error(scene: CropScene, g: R.MeshBuffers, tex, sh) -> tuple[torc
         return (err * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1), m
 
 
-def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh0, stage: DenseStage,
-                   start: dict | None = None, appearance: PriorAppearance | None = None, kp_weight=None):
+def geometry_terms(model, scene: CropScene, batch: HandBatch, skin_p, sh0, stage: DenseStage,
+                   start: dict | None = None, appearance=None):
     """``terms(p) -> dict of (B,)`` for the geometry phase; p holds
-    global_orient, pose, shape, transl, texture (B,d,d,3), the coarse albedo,
-    and sh (B,9,3).
+    global_orient, pose, shape, transl, sh (B,9,3) and, for the coarse albedo,
+    texture (B,d,d,3).
 
+    batch: the B hands' K (B,3,3), detected kp2d (B,21,2), box sides scale (B,)
+    and 2D weights kp_weight (B,21) or None, all in full-photo pixels.
     skin_p (B,S,S): the photo's soft hand mask; sh0 (B,9,3) the initial light;
     start: the keypoint stage's global_orient (B,3) and pose (B,P), which the
     ``anchor`` term holds the fit near, and its keypoints (B,21,3), whose
     relative depths the ``depth`` term holds and, with ``trust_target``
     "keypoint_fit", whose projections the ``kp_trust`` hinge holds (None: none of that).
-    appearance: the prior's albedo (then p's texture is not used), or None.
-    kp_weight: (B,21) weights of the 2D keypoint term (the multi-view spread), or None.
+    appearance: the albedo model (:func:`choose_appearance`; None: :class:`CoarseAlbedo`).
     """
     w = stage.weights
+    appearance = appearance or CoarseAlbedo()
+    K_full, kp2d_full, scale, kp_weight = batch.K, batch.kp2d, batch.scale, batch.kp_weight
     validf = scene.valid.to(scene.target.dtype)
     sure = confident(skin_p, stage)
     trust_2d = kp2d_full
@@ -94,7 +176,7 @@ def geometry_terms(model, scene: CropScene, K_full, kp2d_full, scale, skin_p, sh
 
     def terms(p):
         out_m = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
-        tex = p["texture"].clamp(0, 1) if appearance is None else appearance(out_m.vertices, p["sh"])
+        tex = appearance(out_m.vertices, p)
         r = scene.render(out_m.vertices, tex, p["sh"])
         region = image_region(r["cover"], validf, skin_p, sure, stage)
         uv = project(out_m.keypoints, K_full)
@@ -142,37 +224,43 @@ def texture_terms(scene: CropScene, g: R.MeshBuffers, skin_p, tex_prior, prior_w
     return terms
 
 
-def photo_scene(model, params: dict, K_full, kp2d_full, photos, stage: DenseStage, backend: str = "auto",
-                crop_size: int = 256, context=None):
-    """The dense stage's start for B hands: the crops around the mesh of ``params``
-    (:meth:`CropScene.from_photos`), that mesh, its buffers and the photo's hand mask.
+# -- the scene -----------------------------------------------------------------------------------------
 
-    K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
-    photos: B (H,W,3) uint8 arrays. -> (scene, model output, MeshBuffers with
-    points (B,S,S,·), hand mask (B,S,S) in [0,1])"""
+
+def photo_scene(model, params: dict, batch: HandBatch, photos, opts: FitOptions, context=None):
+    """The dense stage's start for the B hands of ``batch``: the crops around the mesh of
+    ``params`` (:meth:`CropScene.from_photos`, ``opts.crop_size`` and ``opts.dense.crop_scale``),
+    that mesh, its buffers and the photo's hand mask (seeded by the detected ``batch.kp2d``).
+
+    photos: B (H,W,3) uint8 arrays; context: the rasterizer state for the device
+    (:func:`handfit.render.make_context`), None on the CPU.
+    -> (scene, model output, MeshBuffers with points (B,S,S,·), hand mask (B,S,S) in [0,1])"""
+    stage = opts.dense
     dev, dt = params["pose"].device, params["pose"].dtype
     with torch.no_grad():
         out0 = model(**params)
-        kp_fit = project(out0.keypoints, K_full)
-    scene = CropScene.from_photos(model, K_full, photos, kp_fit, crop_size, stage.crop_scale, dev, dt, backend,
-                                  context)
+        kp_fit = project(out0.keypoints, batch.K)
+    scene = CropScene.from_photos(model, batch.K, photos, kp_fit, opts.crop_size, stage.crop_scale, dev, dt,
+                                  opts.renderer, context)
     with torch.no_grad():
         first = scene.rasterize(out0.vertices, points=True)
-        skin_p = photo_hand_mask(scene, first.cover[..., 0] > 0.5, kp2d_full, stage.photo_mask,
+        skin_p = photo_hand_mask(scene, first.cover[..., 0] > 0.5, batch.kp2d, stage.photo_mask,
                                  stage.grabcut_iters)  # (B,S,S)
     return scene, out0, first, skin_p
 
 
 @torch.no_grad()
-def observe_texture(model, params: dict, K_full, kp2d_full, photos, stage: DenseStage, texture_size: int,
-                    backend: str = "auto", crop_size: int = 256, context=None):
+def observe_texture(model, params: dict, batch: HandBatch, photos, opts: FitOptions, context=None):
     """What B photos show of their hands' texture, on the meshes of ``params`` (a
     video track's keypoint fit), for :func:`handfit.texture.track.accumulate`:
     the crops of :func:`photo_scene`, unwrapped under ambient light and weighted by
     facing and the photo's hand mask (:func:`handfit.texture.track.frame_observation`).
-    -> colour (B,T,T,3) in [0,1], weight (B,T,T,1)"""
-    scene, _, g, skin_p = photo_scene(model, params, K_full, kp2d_full, photos, stage, backend, crop_size, context)
-    return frame_observation(scene.target, g, scene.valid, skin_p, texture_size)
+    -> colour (B,T,T,3) in [0,1], weight (B,T,T,1), T = ``opts.texture_size``"""
+    scene, _, g, skin_p = photo_scene(model, params, batch, photos, opts, context)
+    return frame_observation(scene.target, g, scene.valid, skin_p, opts.texture_size)
+
+
+# -- the phases ----------------------------------------------------------------------------------------
 
 
 def geometry_factor(stage: DenseStage, crop_size: int) -> int:
@@ -181,18 +269,103 @@ def geometry_factor(stage: DenseStage, crop_size: int) -> int:
     return stage.geometry_downsample if crop_size % stage.geometry_downsample == 0 else 1
 
 
-def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: DenseStage, texture_size: int,
-              backend: str = "auto", crop_size: int = 256, on_step=None, texture_prior=None, freeze: tuple = (),
-              context=None, kp_weight=None, reference: dict | None = None, texture=None):
-    """Run the dense stage on B hands of one model; ``params`` is updated in place.
+def iteration_caps(stage: DenseStage, crop_size: int, given_texture: bool = False) -> tuple[int, int, int]:
+    """(coarse, fine, texture) iteration caps of the dense stage's phases; their sum is
+    what a progress bar counts to."""
+    fine = stage.fine_iters if geometry_factor(stage, crop_size) > 1 else 0
+    return stage.iters, fine, 0 if given_texture else stage.texture_iters
 
-    K_full (B,3,3), kp2d_full (B,21,2) detected keypoints in the full photo,
-    scale (B,) box side in pixels, photos: list of B (H,W,3) uint8 arrays.
-    ``on_step(it, total)`` is called after every iteration of both phases.
+
+def geometry_schedules(stage: DenseStage, fine_iters: int) -> tuple[LinearSchedule, LinearSchedule]:
+    """The learning-rate factors of the coarse and the fine iterations. With ``one_schedule``
+    one fall from 1 to ``lr_end`` over both; else constant in the coarse part (falling to
+    ``lr_end`` when no fine part follows) and a fall from 1 in the fine part."""
+    if not stage.one_schedule:
+        return LinearSchedule(1.0, stage.lr_end if not fine_iters else 1.0), LinearSchedule(1.0, stage.lr_end)
+    total = stage.iters + fine_iters
+
+    def at(i):
+        return 1.0 - (1.0 - stage.lr_end) * (i - 1) / max(total - 1, 1)
+
+    return LinearSchedule(1.0, at(stage.iters)), LinearSchedule(at(stage.iters + 1), stage.lr_end)
+
+
+def geometry_phase(model, params: dict, scene: CropScene, skin_p, batch: HandBatch, stage: DenseStage,
+                   appearance, start: dict, state: dict, sh0, freeze: tuple = (), on_step=None):
+    """Phase 1: pose, shape, translation, light (and a learning appearance's albedo) against
+    the photo, ``stage.iters`` iterations on crops downsampled by :func:`geometry_factor`,
+    then ``fine_iters`` at full size continuing the same Adam and schedule.
+    ``state``: the optimised tensors (params, ``sh`` and ``texture``), updated in place;
+    sh0 (B,9,3): the light the ``sh`` term holds near; ``freeze``: parameters kept fixed.
+    ``appearance``: from :func:`choose_appearance`. -> (StageReport, the appearance model of the
+    last iterations)"""
+    f = geometry_factor(stage, scene.target.shape[1])
+    gscene = scene.downsampled(f)
+    gskin = skin_p if f == 1 else F.avg_pool2d(skin_p[:, None], f)[:, 0]
+    gstage = stage if f == 1 else replace(stage, margin=max(1, round(stage.margin / f)))
+    lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
+           "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
+    for k in freeze:
+        lrs.pop(k, None)
+    if not appearance.learns:
+        del lrs["texture"]
+    _, fine_iters, _ = iteration_caps(stage, scene.target.shape[1])
+    appearance = appearance.on(gscene, gskin)
+    coarse_sched, fine_sched = geometry_schedules(stage, fine_iters)
+    eps = {"pose": stage.adam_eps, "global_orient": stage.adam_eps_orient, "shape": stage.adam_eps_shape,
+           "transl": stage.adam_eps_transl}
+    terms = geometry_terms(model, gscene, batch, gskin, sh0, gstage, start, appearance)
+    report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
+                      on_step=on_step, schedule=coarse_sched, eps=eps)
+    if fine_iters:  # coarse to fine: the rest at the full size
+        appearance = appearance.on(scene, skin_p)
+        fine = geometry_terms(model, scene, batch, skin_p, sh0, stage, start, appearance)
+        coarse_iters = report.iters
+        fine_report = run_adam(state, lrs, fine, max_iters=fine_iters, tol=stage.tol, patience=stage.patience,
+                               on_step=None if on_step is None else (lambda it, t: on_step(coarse_iters + it, t)),
+                               schedule=fine_sched, eps=eps,
+                               adam_state=report.adam_state if stage.fine_keeps_adam else None)
+        fine_report.iters += coarse_iters
+        report = fine_report
+    for k in ("global_orient", "pose", "shape", "transl"):
+        params[k] = state[k]
+    return report, appearance
+
+
+def texture_phase(model, params: dict, scene: CropScene, skin_p, stage: DenseStage, albedo, sh, texture_size: int,
+                  texture_prior=None, on_step=None):
+    """Phase 2: the full ``texture_size``² texture (and light) on the fixed final mesh of
+    ``params``. It starts from the photo unwrapped onto that mesh and divided by the light
+    ``sh`` (B,9,3); unseen texels take the prior's prediction (``texture_prior``), or the
+    geometry phase's ``albedo`` (B,d,d,3) without one, and the prior term holds them there.
+    -> (texture (B,T,T,3) in [0,1], light (B,9,3), StageReport, the mesh's MeshBuffers)"""
+    with torch.no_grad():
+        v1 = model(**params).vertices
+        g = scene.rasterize(v1, points=True)
+    tex_prior = resize_texture(albedo, texture_size)
+    if texture_prior is not None:  # the learned prior's texture, from this mesh's samples, replaces it
+        tex_prior = prior_texture(texture_prior, scene, g, sh, skin_p, texture_size)
+    tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh, prior=tex_prior, g=g)
+    prior_w = 1 - conf1.clamp(max=1.0)  # (B,T,T,1): 1 where unseen
+    tstate = {"texture": tex1, "sh": sh.clone()}
+    report = run_adam(tstate, {"texture": stage.lr_texture, "sh": stage.lr_light},
+                      texture_terms(scene, g, skin_p, tex_prior, prior_w, sh, stage),
+                      max_iters=stage.texture_iters, tol=stage.tol, patience=stage.patience, on_step=on_step)
+    return tstate["texture"].detach().clamp(0, 1), tstate["sh"], report, g
+
+
+def fit_dense(model, params: dict, batch: HandBatch, photos, opts: FitOptions, *, texture_prior=None, context=None,
+              on_step=None, freeze: tuple = (), reference: dict | None = None, texture=None):
+    """Run the dense stage (``opts.dense``) on the B hands of ``batch``, one model; ``params``
+    is updated in place.
+
+    batch: the hands' K (B,3,3), detected kp2d (B,21,2), box sides (B,) and 2D weights, in
+    full-photo pixels; photos: B (H,W,3) uint8 arrays. ``opts`` also gives the crop and
+    texture sizes and the renderer.
     ``texture_prior``: a learned TexturePrior (handfit/texture/prior.py) whose
     prediction fills the unseen texels in the texture phase; None: the coarse albedo.
     ``context``: the rasterizer state for the device (:func:`handfit.render.make_context`), None on the CPU.
-    ``kp_weight``: (B,21) weights of the 2D keypoint term, or None.
+    ``on_step(it, total)`` is called after every iteration of both phases.
     ``freeze``: parameters the geometry phase keeps fixed (e.g. ("shape",) for a video track's shared shape).
     ``reference``: the keypoint stage's result that the ``anchor`` and ``depth`` terms hold the
     fit near -- global_orient (B,3), pose (B,P), keypoints (B,21,3) -- or None: ``params`` as
@@ -203,113 +376,43 @@ def fit_dense(model, params: dict, K_full, kp2d_full, scale, photos, stage: Dens
     skipped. None: the photo's own texture, as above.
     -> (StageReport of the geometry phase with ``metrics``, texture (B,T,T,3) in [0,1])
     """
-    dev, dt = params["pose"].device, params["pose"].dtype
+    stage = opts.dense
     B = params["pose"].shape[0]
-    scene, out0, first, skin_p = photo_scene(model, params, K_full, kp2d_full, photos, stage, backend, crop_size,
-                                             context)
-    v0 = out0.vertices
+    scene, out0, first, skin_p = photo_scene(model, params, batch, photos, opts, context)
+    dev, dt = params["pose"].device, params["pose"].dtype
     with torch.no_grad():
-        first_cover = first.cover[..., 0] > 0.5
         if stage.background == "inpainted":
-            hole = ((skin_p > 0.5) | first_cover).to(dt)[..., None]
+            hole = ((skin_p > 0.5) | (first.cover[..., 0] > 0.5)).to(dt)[..., None]
             scene.background = fill_push_pull(scene.target * (1 - hole), 1 - hole)
     sh0 = ambient_sh(B, dev, dt)
-    tex_sharp, _, mean_skin = initial_texture(scene, v0, texture_size, skin_p, g=first)
-    flat = mean_skin[:, None, None, :].contiguous()
-    photo_before, mask_before = photometric_error(scene, first, flat, sh0)
+    tex_sharp, _, mean_skin = initial_texture(scene, out0.vertices, opts.texture_size, skin_p, g=first)
+    photo_before, mask_before = photometric_error(scene, first, mean_skin[:, None, None, :].contiguous(), sh0)
     photo_mask = (skin_p > 0.5) & scene.valid
     iou_before = iou(mask_before, photo_mask)
 
-    # Phase 1: geometry, light and the coarse albedo.
-    state = {**params, "texture": coarse(tex_sharp, stage.texture_detail), "sh": sh0.clone()}
-    lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
-           "transl": stage.lr_transl, "texture": stage.lr_texture, "sh": stage.lr_light}
-    for k in freeze:
-        lrs.pop(k, None)
     start = {k: params[k].detach().clone() for k in ("global_orient", "pose")}
     start["keypoints"] = out0.keypoints
     if reference is not None:
         start.update({k: v.detach() for k, v in reference.items()})
-    # The geometry phase may run on a coarser copy of the crops (DenseStage.geometry_downsample).
-    f = geometry_factor(stage, crop_size)
-    gscene = scene.downsampled(f)
-    gskin = skin_p if f == 1 else F.avg_pool2d(skin_p[:, None], f)[:, 0]
-    gstage = stage if f == 1 else replace(stage, margin=max(1, round(stage.margin / f)))
-    appearance = None
-    if texture is not None:  # the given texture, fixed: only the geometry and light move
-        given = texture.to(device=dev, dtype=dt).clamp(0, 1)
-        appearance = lambda vertices, sh: given  # noqa: E731
-        del lrs["texture"]
-    elif stage.geometry_albedo == "prior" and texture_prior is not None:
-        appearance = PriorAppearance(texture_prior, gscene, gskin, stage.prior_detail, stage.prior_every)
-        del lrs["texture"]
-    terms = geometry_terms(model, gscene, K_full, kp2d_full, scale, gskin, sh0, gstage, start, appearance,
-                           kp_weight)
-    fine_iters = stage.fine_iters if f > 1 else 0
-    eps = {"pose": stage.adam_eps, "global_orient": stage.adam_eps_orient, "shape": stage.adam_eps_shape,
-           "transl": stage.adam_eps_transl}
-    # The learning rate's fall: over the fine part only, or (one_schedule) over both parts.
-    total = stage.iters + fine_iters
-    at = (lambda i: 1.0 - (1.0 - stage.lr_end) * (i - 1) / max(total - 1, 1)) if stage.one_schedule else None
-    coarse_end = at(stage.iters) if at else (stage.lr_end if not fine_iters else 1.0)
-    report = run_adam(state, lrs, terms, max_iters=stage.iters, tol=stage.tol, patience=stage.patience,
-                      on_step=on_step, lr_end=coarse_end, eps=eps)
-    if fine_iters:  # coarse to fine: the rest at the full size
-        if isinstance(appearance, PriorAppearance):  # re-made on the full-size crops
-            appearance = PriorAppearance(texture_prior, scene, skin_p, stage.prior_detail, stage.prior_every)
-        fine = geometry_terms(model, scene, K_full, kp2d_full, scale, skin_p, sh0, stage, start, appearance,
-                              kp_weight)
-        coarse_iters = report.iters
-        fine_report = run_adam(state, lrs, fine, max_iters=fine_iters, tol=stage.tol, patience=stage.patience,
-                               on_step=None if on_step is None else (lambda it, t: on_step(coarse_iters + it, t)),
-                               lr_end=stage.lr_end, lr_start=at(stage.iters + 1) if at else 1.0, eps=eps,
-                               adam_state=report.adam_state if stage.fine_keeps_adam else None)
-        fine_report.iters += coarse_iters
-        report = fine_report
-    for k in ("global_orient", "pose", "shape", "transl"):
-        params[k] = state[k]
-    if texture is not None:
-        return _given_texture_report(model, params, scene, report, given, state["sh"].detach(), photo_before,
-                                     iou_before, photo_mask)
-    albedo = state["texture"].detach().clamp(0, 1) if appearance is None else appearance.texture
-
-    # Phase 2: the full texture (and light) on the fixed final mesh.
-    with torch.no_grad():
-        v1 = model(**params).vertices
-        g = scene.rasterize(v1, points=True)
-    sh1 = state["sh"].detach()
-    tex_prior = resize_texture(albedo, texture_size)
-    if texture_prior is not None:  # the learned prior's texture, from this mesh's samples, replaces it
-        tex_prior = prior_texture(texture_prior, scene, g, sh1, skin_p, texture_size)
-    tex1, conf1, _ = initial_texture(scene, v1, texture_size, skin_p, sh=sh1, prior=tex_prior, g=g)
-    prior_w = 1 - conf1.clamp(max=1.0)  # (B,T,T,1): 1 where unseen
-    tstate = {"texture": tex1, "sh": sh1.clone()}
-    done = report.iters
-    tex_report = run_adam(tstate, {"texture": stage.lr_texture, "sh": stage.lr_light},
-                          texture_terms(scene, g, skin_p, tex_prior, prior_w, sh1, stage),
-                          max_iters=stage.texture_iters, tol=stage.tol, patience=stage.patience,
-                          on_step=None if on_step is None else (lambda it, t: on_step(done + it, t)))
-    tex = tstate["texture"].detach().clamp(0, 1)
-    photo_after, mask_after = photometric_error(scene, g, tex, tstate["sh"])
-    report.terms.update({k: v for k, v in tex_report.terms.items() if k.startswith("tex_")})
+    appearance = choose_appearance(stage, texture, texture_prior, dev, dt)
+    state = {**params, "texture": coarse(tex_sharp, stage.texture_detail), "sh": sh0.clone()}
+    report, appearance = geometry_phase(model, params, scene, skin_p, batch, stage, appearance, start, state, sh0,
+                                        freeze, on_step)
+    if isinstance(appearance, GivenTexture):
+        with torch.no_grad():
+            g = scene.rasterize(model(**params).vertices, points=True)
+        tex, sh, texture_iters = appearance.texture, state["sh"].detach(), 0
+    else:
+        done = report.iters
+        tex, sh, tex_report, g = texture_phase(
+            model, params, scene, skin_p, stage, appearance.albedo(state), state["sh"].detach(),
+            opts.texture_size, texture_prior, None if on_step is None else (lambda it, t: on_step(done + it, t)))
+        report.terms.update({k: v for k, v in tex_report.terms.items() if k.startswith("tex_")})
+        texture_iters = tex_report.iters
+    photo_after, mask_after = photometric_error(scene, g, tex, sh)
     report.metrics = {
         "photometric_before": photo_before, "photometric_after": photo_after,
         "silhouette_iou_before": iou_before, "silhouette_iou_after": iou(mask_after, photo_mask),
-        "dense_iters": report.iters, "texture_iters": tex_report.iters,
+        "dense_iters": report.iters, "texture_iters": texture_iters,
     }
     return report, tex
-
-
-def _given_texture_report(model, params, scene: CropScene, report, texture, sh, photo_before, iou_before,
-                          photo_mask):
-    """fit_dense's result when the texture was given: the geometry phase's report with
-    the metrics of the final mesh rendered with ``texture`` (B,T,T,3) under light ``sh`` (B,9,3)."""
-    with torch.no_grad():
-        g = scene.rasterize(model(**params).vertices, points=True)
-    photo_after, mask_after = photometric_error(scene, g, texture, sh)
-    report.metrics = {
-        "photometric_before": photo_before, "photometric_after": photo_after,
-        "silhouette_iou_before": iou_before, "silhouette_iou_after": iou(mask_after, photo_mask),
-        "dense_iters": report.iters, "texture_iters": 0,
-    }
-    return report, texture

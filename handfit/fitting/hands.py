@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "depth_refs", "usable_depth", "SPREAD_SIGMA", "DEPTH_SCALE"]
+from ..options import FitOptions
+
+__all__ = ["HandItem", "HandBatch", "to_batch", "kp_weights", "depth_refs", "usable_depth"]
 
 
 @dataclass
@@ -43,15 +45,10 @@ class HandBatch:
                          None if self.depth_ref is None else self.depth_ref[i])
 
 
-#: Relative spread (hand sizes) at which a keypoint's 2D weight halves
-#: (:func:`handfit.detect.multiview.spread_weight`); 0: spread not used.
-SPREAD_SIGMA = 0.02
-
-
-def kp_weights(dets: list, sigma: float | None = None) -> np.ndarray | None:
-    """(B,21) 2D-term weights from the detections' ``keypoint_spread``, or None when no
-    detection has one (a detection without one gets all ones)."""
-    sigma = SPREAD_SIGMA if sigma is None else sigma
+def kp_weights(dets: list, sigma: float) -> np.ndarray | None:
+    """(B,21) 2D-term weights from the detections' ``keypoint_spread``, a keypoint's halved at
+    a relative spread of ``sigma`` (:attr:`FitOptions.spread_sigma`), or None when no
+    detection has one or ``sigma`` is 0 (a detection without one gets all ones)."""
     if sigma <= 0 or all(getattr(d, "keypoint_spread", None) is None for d in dets):
         return None
     from ..detect.multiview import spread_weight
@@ -59,11 +56,6 @@ def kp_weights(dets: list, sigma: float | None = None) -> np.ndarray | None:
     return np.stack([np.ones(21) if getattr(d, "keypoint_spread", None) is None
                      else spread_weight(d.keypoint_spread, float(np.ptp(d.keypoints, axis=0).max()), sigma)
                      for d in dets])
-
-
-#: MediaPipe's relative depth (``keypoints_z``) in units of its x pixels: 1 as its documentation
-#: states ("roughly the same scale as x")
-DEPTH_SCALE = 1.0
 
 
 def usable_depth(det) -> bool:
@@ -76,10 +68,10 @@ def usable_depth(det) -> bool:
     return z.shape == (21,) and bool(np.isfinite(z).all()) and float(np.ptp(z)) > 1e-6
 
 
-def depth_refs(Ks: np.ndarray, dets: list) -> np.ndarray | None:
+def depth_refs(Ks: np.ndarray, dets: list, depth_scale: float = 1.0) -> np.ndarray | None:
     """(B,21,3) each detection's image landmarks as rays scaled to the depth MediaPipe gives
     them relative to the wrist, the wrist at depth 1: ``(1 + s (z_j - z_wrist) / f) K^-1 (u_j, v_j, 1)``
-    with s = :data:`DEPTH_SCALE`.
+    with s = ``depth_scale`` (:attr:`KeypointStage.depth_scale`).
     Its root-relative depth ratios are what :func:`handfit.fitting.losses.relative_depth_loss`
     compares. Ks: (B,3,3). A detection without usable depths (:func:`usable_depth`) gets NaN
     rows, which the keypoint stage leaves out; None when no detection has them."""
@@ -90,19 +82,22 @@ def depth_refs(Ks: np.ndarray, dets: list) -> np.ndarray | None:
     for i, (K, d) in enumerate(zip(Ks, dets)):
         if ok[i]:
             z = np.asarray(d.keypoints_z, np.float64)
-            depth = 1.0 + DEPTH_SCALE * (z - z[0]) / K[0, 0]                      # (21,) root at 1
+            depth = 1.0 + depth_scale * (z - z[0]) / K[0, 0]                      # (21,) root at 1
             uv1 = np.concatenate([np.asarray(d.keypoints, np.float64), np.ones((21, 1))], -1)
             out[i] = (uv1 @ np.linalg.inv(K).T) * depth[:, None]
     return out
 
 
-def to_batch(items: list, device, dtype=torch.float32) -> HandBatch:
-    """items: B :class:`HandItem` (or (K, Detection) pairs) -> :class:`HandBatch`."""
+def to_batch(items: list, device, dtype=torch.float32, opts: FitOptions | None = None) -> HandBatch:
+    """items: B :class:`HandItem` (or (K, Detection) pairs) -> :class:`HandBatch`, its 2D
+    weights and depth references made as ``opts`` says (``spread_sigma``,
+    ``keypoint.depth_scale``; None: the defaults)."""
+    opts = opts or FitOptions()
     pairs = [(it.K, it.detection) if isinstance(it, HandItem) else it for it in items]
     box = np.stack([d.box_xyxy for _, d in pairs])
-    w = kp_weights([d for _, d in pairs])
+    w = kp_weights([d for _, d in pairs], opts.spread_sigma)
     Ks = np.stack([k for k, _ in pairs])
-    ref = depth_refs(Ks, [d for _, d in pairs])
+    ref = depth_refs(Ks, [d for _, d in pairs], opts.keypoint.depth_scale)
     return HandBatch(
         K=torch.tensor(Ks, device=device, dtype=dtype),
         kp2d=torch.tensor(np.stack([d.keypoints for _, d in pairs]), device=device, dtype=dtype),

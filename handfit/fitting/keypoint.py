@@ -9,19 +9,17 @@ from ..camera import project
 from . import losses as L
 from ..options import KeypointStage, KeypointWeights
 from .adam import StageReport, run_adam
+from .hands import HandBatch
 
 
-def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tensor | None,
-                   scale: torch.Tensor, w: KeypointWeights, kp2d_weight: float | None = None,
-                   kp_weight: torch.Tensor | None = None, depth_ref: torch.Tensor | None = None):
-    """Build ``terms(params)`` for the keypoint stage.
-
-    K: (B,3,3); kp2d: (B,21,2) detected pixels; world: (B,21,3) or None;
-    scale: (B,) box side in pixels; kp_weight: (B,21) per-keypoint weights of
-    the 2D term (the multi-view confidence, :attr:`HandBatch.kp_weight`) or None;
-    depth_ref: (B,21,3) MediaPipe's relative depths as keypoints (:attr:`HandBatch.depth_ref`;
-    a NaN row: that hand has no depth term) or None.
-    """
+def keypoint_terms(model, batch: HandBatch, w: KeypointWeights, kp2d_weight: float | None = None):
+    """Build ``terms(params) -> dict of (B,)`` for the keypoint stage of the B hands of ``batch``:
+    its K (B,3,3), detected kp2d (B,21,2), world landmarks (B,21,3) or None, box sides
+    scale (B,), 2D weights kp_weight (B,21) or None (every keypoint alike) and depth_ref
+    (B,21,3) or None (a NaN row: that hand has no depth term). ``kp2d_weight`` overrides
+    ``w.kp2d``."""
+    K, kp2d, world, scale, kp_weight, depth_ref = (batch.K, batch.kp2d, batch.world, batch.scale,
+                                                   batch.kp_weight, batch.depth_ref)
     w2d = w.kp2d if kp2d_weight is None else kp2d_weight
     has_depth = None if depth_ref is None else torch.isfinite(depth_ref).flatten(1).all(-1)   # (B,)
 
@@ -45,18 +43,13 @@ def keypoint_terms(model, K: torch.Tensor, kp2d: torch.Tensor, world: torch.Tens
     return terms
 
 
-def fit_keypoints(model, params: dict, K, kp2d, world, scale, stage: KeypointStage | None = None,
-                  on_step=None, kp_weight: torch.Tensor | None = None,
-                  depth_ref: torch.Tensor | None = None) -> StageReport:
-    """Keypoint stage: Adam over global_orient, pose, shape and transl of B hands.
-
-    ``params`` (dict of (B,·) tensors) is updated in place and the report returned.
-    ``kp_weight``: (B,21) per-keypoint weights of the 2D term, or None; ``depth_ref``:
-    (B,21,3) the depth term's reference (:attr:`HandBatch.depth_ref`), or None.
-    """
+def fit_keypoints(model, params: dict, batch: HandBatch, stage: KeypointStage | None = None,
+                  on_step=None) -> StageReport:
+    """Keypoint stage: Adam over global_orient, pose, shape and transl of the B hands of
+    ``batch`` (:func:`keypoint_terms`). ``params`` (dict of (B,·) tensors) is updated in
+    place and the report returned."""
     stage = stage or KeypointStage()
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "shape": stage.lr_shape,
            "transl": stage.lr_transl}
-    return run_adam(params, lrs, keypoint_terms(model, K, kp2d, world, scale, stage.weights, kp_weight=kp_weight,
-                                                   depth_ref=depth_ref),
+    return run_adam(params, lrs, keypoint_terms(model, batch, stage.weights),
                     max_iters=stage.iters, tol=stage.tol, patience=stage.patience, on_step=on_step)

@@ -138,15 +138,15 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
 
     device, dtype = _device(opts)
     model = res.model(opts.model, side, opts.mano, device, dtype)
-    batch = to_batch(items, device, dtype)
+    batch = to_batch(items, device, dtype, opts)
     t0 = time.perf_counter()
     net = res.regressor(model, device, dtype)
     params, method = initialise(model, batch.world, batch.kp2d, batch.K, net)
     with torch.no_grad():
         init_err = (project(model(**params).keypoints, batch.K) - batch.kp2d).norm(dim=-1).mean(-1)
-    report = fit_keypoints(model, params, batch.K, batch.kp2d, batch.world, batch.scale, opts.keypoint,
+    report = fit_keypoints(model, params, batch, opts.keypoint,
                            on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
-                           if progress else None, kp_weight=batch.kp_weight, depth_ref=batch.depth_ref)
+                           if progress else None)
     B = len(items)
     fit = SideFit(side, model, list(items), batch, params, [method] * B,
                   losses={"keypoint": dict(report.terms)},
@@ -157,13 +157,15 @@ def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progr
 
 
 def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
-              texture: np.ndarray | None = None) -> SideFit:
+              texture: np.ndarray | None = None, start: dict | None = None) -> SideFit:
     """Stage 4: the dense stage's geometry and texture phases (``fit.params`` updated in place).
     Every hand needs its photo (``item.rgb``). A track's frames (``fit.track``) keep its shape.
     ``texture``: (T,T,3) uint8, one texture every hand renders, fixed (a video track's,
     :func:`track_texture`); then only the geometry and each hand's light are fitted, and
-    ``fit.textures`` is that array for every hand."""
-    from .dense import fit_dense, geometry_factor
+    ``fit.textures`` is that array for every hand.
+    ``start``: params (dict of (B,·) tensors) the dense stage starts from instead of the
+    keypoint fit, which its anchor and depth terms still hold it near (None: the keypoint fit)."""
+    from .dense import fit_dense, iteration_caps
 
     model, batch, params = fit.model, fit.batch, fit.params
     device, dtype = batch.K.device, batch.K.dtype
@@ -171,19 +173,18 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
         kp3d = model(**params).keypoints
         fit.stages["keypoint"] = {"keypoints_3d": kp3d.double().cpu().numpy(),
                                   "keypoints_2d": project(kp3d, batch.K).double().cpu().numpy()}
-    d = opts.dense
-    steps = (d.iters + (d.fine_iters if geometry_factor(d, opts.crop_size) > 1 else 0)
-             + (d.texture_iters if texture is None else 0))  # the phases' caps
+    reference = {"global_orient": params["global_orient"], "pose": params["pose"], "keypoints": kp3d}
+    if start is not None:
+        params.update({k: v.to(device=device, dtype=dtype) for k, v in start.items()})
+    steps = sum(iteration_caps(opts.dense, opts.crop_size, given_texture=texture is not None))
     given = None if texture is None else (torch.as_tensor(texture, device=device).to(dtype) / 255)[None].expand(
         len(fit.items), -1, -1, -1)
     report, tex = fit_dense(
-        model, params, batch.K, batch.kp2d, batch.scale, [it.rgb for it in fit.items], opts.dense,
-        opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
+        model, params, batch, [it.rgb for it in fit.items], opts,
         texture_prior=res.texture_prior(opts.texture_prior, opts.model, device, dtype),
+        context=res.render_context(device, opts.renderer),
         on_step=(lambda it, loss: progress("dense", fit.side, it, steps)) if progress else None,
-        freeze=("shape",) if fit.track else (), context=res.render_context(device, opts.renderer),
-        kp_weight=batch.kp_weight, texture=given,
-        reference={"global_orient": params["global_orient"], "pose": params["pose"], "keypoints": kp3d})
+        freeze=("shape",) if fit.track else (), reference=reference, texture=given)
     fit.textures = ([texture] * len(fit.items) if texture is not None
                     else [(t.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in tex])
     fit.losses["dense"] = dict(report.terms)
@@ -234,21 +235,19 @@ def assemble(fit: SideFit, texture_size: int = 256) -> list:
 
 
 def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
-           texture: np.ndarray | None = None) -> list:
+           texture: np.ndarray | None = None, start: dict | None = None) -> list:
     """Stages 4 and 5: the dense stage (when enabled and every hand has its photo), then
     :func:`assemble`. Its time is added to each hand's ``seconds``.
     ``texture``: a video track's texture (T,T,3) uint8 (:func:`track_texture`), which every
     hand's dense stage renders, fixed, fitting its geometry (the track's shape kept) and
-    light; every result's ``texture`` is then that same array. None: each hand's own."""
+    light; every result's ``texture`` is then that same array. None: each hand's own.
+    ``start``: where the dense stage starts instead of the keypoint fit (:func:`dense_fit`)."""
     t0 = time.perf_counter()
     if opts.dense.enabled and all(it.rgb is not None for it in fit.items):
-        dense_fit(fit, opts, res, progress, texture=texture)
+        dense_fit(fit, opts, res, progress, texture=texture, start=start)
     share = (time.perf_counter() - t0) / len(fit.items)
     fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
     return assemble(fit, opts.texture_size)
-
-
-TRACK_CHUNK = 16  # frames of a track per dense batch in finish_track (bounds memory, not results)
 
 
 def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | None = None) -> tuple:
@@ -263,8 +262,7 @@ def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | N
 
     t0 = time.perf_counter()
     batch = fit.batch
-    colour, weight = observe_texture(fit.model, fit.params, batch.K, batch.kp2d, [it.rgb for it in fit.items],
-                                     opts.dense, opts.texture_size, backend=opts.renderer, crop_size=opts.crop_size,
+    colour, weight = observe_texture(fit.model, fit.params, batch, [it.rgb for it in fit.items], opts,
                                      context=res.render_context(batch.K.device, opts.renderer))
     acc = merge(acc, colour, weight)
     if fit.seconds is not None:
@@ -284,13 +282,13 @@ def track_texture(acc: tuple, opts: FitOptions, res: Resources) -> np.ndarray:
     return (tex.cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
-                 smooth_weight: float = 1.0) -> list[HandResult]:
+def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
+                 ) -> list[HandResult]:
     """Stages 4-5 for the T frames of one track (a :func:`fit_track` result, every item
     with its ``rgb``): the track's texture accumulated over all its frames
     (:func:`observe_track`, :func:`track_texture`), then each frame's dense stage against
-    it (the dense stage with ``texture``), ``TRACK_CHUNK`` frames at a time, then all
-    frames settled together (:func:`settle`; ``smooth_weight`` 0: not).
+    it (the dense stage with ``texture``), ``opts.track.chunk`` frames at a time, then all
+    frames settled together (:func:`settle`; ``opts.track.smooth`` 0: not).
     -> T HandResult in frame order, each ``texture`` the one track texture (the same array).
     With ``opts.dense.enabled`` False: :func:`finish` (keypoint fits, flat texture).
     Holds every frame; a video that cannot be held calls the three steps itself."""
@@ -299,7 +297,8 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
     T = len(fit.items)
     if fit.seconds is None:
         fit.seconds = np.zeros(T)
-    chunks = [list(range(i, min(T, i + TRACK_CHUNK))) for i in range(0, T, TRACK_CHUNK)]
+    n = opts.track.chunk
+    chunks = [list(range(i, min(T, i + n))) for i in range(0, T, n)]
     acc = None
     for idx in chunks:
         part = fit.select(idx)
@@ -315,11 +314,11 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
         dense_fit(part, opts, res, progress, texture=texture)
         part.seconds = part.seconds + (time.perf_counter() - t0) / len(idx)
         parts.append(part)
-    settle(fit, parts, opts, smooth_weight)
+    settle(fit, parts, opts)
     return [hand for part in parts for hand in assemble(part, opts.texture_size)]
 
 
-def settle(fit: SideFit, parts: list, opts: FitOptions, smooth_weight: float = 1.0) -> None:
+def settle(fit: SideFit, parts: list, opts: FitOptions) -> None:
     """Stage 4c for a track: its frames' dense results (``parts``: the SideFits of
     consecutive chunks of ``fit``'s frames, in order) refined together so that their
     joints' accelerations are consistent across frames (:func:`.temporal.settle_track`);
@@ -329,7 +328,7 @@ def settle(fit: SideFit, parts: list, opts: FitOptions, smooth_weight: float = 1
 
     t0 = time.perf_counter()
     params = {k: torch.cat([p.params[k] for p in parts]) for k in fit.params}
-    report = settle_track(fit.model, params, fit.batch.K, fit.batch.scale, opts.keypoint, weight=smooth_weight)
+    report = settle_track(fit.model, params, fit.batch, opts.keypoint, opts.track)
     start, share = 0, (time.perf_counter() - t0) / len(fit.items)
     for part in parts:
         n = len(part.items)
@@ -363,17 +362,15 @@ def fit_hands(items: list, opts: FitOptions, res: Resources, progress: ProgressF
     return out
 
 
-def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 60, smooth_weight: float = 1.0
-              ) -> SideFit:
+def fit_track(items: list, opts: FitOptions, res: Resources) -> SideFit:
     """Stages 1-3 for the T frames of one tracked hand (items in frame order, photos not needed).
 
     Side decision once for the whole track (:func:`.side.resolve_track_side`); frames
     MediaPipe called the other side get landmarks of the track's side from their photos
     when they have them (:func:`.side.track_landmarks`); then
     :func:`.temporal.fit_sequence`: the first frame initialised and fitted in full, each
-    later frame warm-started from the one before (``warm_iters`` iterations), then all
-    frames refined together with one shape and, with ``smooth_weight`` > 0, temporal
-    terms. Finish the frames with :func:`finish_track` (one texture for the track) or
+    later frame warm-started from the one before, then all frames refined together with
+    one shape and temporal terms (``opts.track``: :class:`~handfit.options.TrackStage`). Finish the frames with :func:`finish_track` (one texture for the track) or
     :func:`finish` (a texture per frame); the dense stage needs their photos."""
     from .init import initialise
     from .side import resolve_track_side, track_landmarks
@@ -389,12 +386,11 @@ def fit_track(items: list, opts: FitOptions, res: Resources, warm_iters: int = 6
                                side)
     items = [replace(it, detection=d) for it, d in zip(items, dets)]
     model = res.model(opts.model, side, opts.mano, device, dtype)
-    batch = to_batch(items, device, dtype)
+    batch = to_batch(items, device, dtype, opts)
     t0 = time.perf_counter()
     net = res.regressor(model, device, dtype)
-    params, method, report = fit_sequence(model, batch, opts.keypoint, lambda b: initialise(model, b.world, b.kp2d,
-                                                                                          b.K, net),
-                                          warm_iters=warm_iters, smooth_weight=smooth_weight)
+    params, method, report = fit_sequence(model, batch, opts.keypoint, opts.track,
+                                          lambda b: initialise(model, b.world, b.kp2d, b.K, net))
     T = len(items)
     fit = SideFit(side, model, items, batch, params, [method] + ["warm"] * (T - 1),
                   losses={"keypoint": report["terms"]},

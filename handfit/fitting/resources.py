@@ -30,9 +30,14 @@ class Resources:
     as read-only.
     """
 
-    def __init__(self):
+    def __init__(self, detector_class=None):
+        """detector_class: what :meth:`detector` builds, called as
+        ``detector_class(max_hands=..., mode=...)`` (default :class:`handfit.detect.Detector`);
+        e.g. a subclass that remembers its answers, for benchmarks that fit the same photos
+        under several settings."""
         self._lock = threading.RLock()
         self._items: dict = {}
+        self._detector_class = detector_class
 
     def _get(self, key, build):
         with self._lock:
@@ -44,7 +49,8 @@ class Resources:
         """The MediaPipe detector (:class:`handfit.detect.Detector`) for a detection mode."""
         from ..detect import Detector
 
-        return self._get(("detector", mode, max_hands), lambda: Detector(max_hands=max_hands, mode=mode))
+        make = self._detector_class or Detector
+        return self._get(("detector", mode, max_hands), lambda: make(max_hands=max_hands, mode=mode))
 
     def model(self, name: str = "anny", side: str = "right", mano_path=None, device=None,
               dtype: torch.dtype = torch.float32):

@@ -33,13 +33,16 @@ def side_loss(model, items: list, device, stage, net=None) -> tuple[torch.Tensor
     is the budget); net: the model's regressor (None: IK).
     -> (loss (B,), unweighted terms name -> (B,))
     """
+    from dataclasses import replace
+
     from .init import initialise
     from .keypoint import fit_keypoints
     from .hands import to_batch
 
-    b = to_batch(items, device, torch.float32)
+    # the sides are compared on the 2D and world landmarks alone: every keypoint weighs alike, no depth term
+    b = replace(to_batch(items, device, torch.float32), kp_weight=None, depth_ref=None)
     params, _ = initialise(model, b.world, b.kp2d, b.K, net)
-    report = fit_keypoints(model, params, b.K, b.kp2d, b.world, b.scale, stage)
+    report = fit_keypoints(model, params, b, stage)
     w = stage.weights
     raw = {}
     for name, weight in (("kp2d", w.kp2d), ("kp3d", w.kp3d), ("pose_limit", w.pose_limit)):
