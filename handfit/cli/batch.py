@@ -56,6 +56,8 @@ Exit codes: 0 any hand fitted; 3 inputs read but no hand found;
                    "Photos only: videos are searched whole.")
 def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smooth, overwrite, shard_spec, engine,
           no_gallery, boxes_file, **params):
+    from dataclasses import replace
+
     from ..batch.records import VideoOptions
     from ..batch.runner import environ_progress, run_batch, summary_line
     from ..batch.stages import load_boxes
@@ -63,9 +65,11 @@ def batch(inputs, outdir, quiet, batch_size, pattern, every, start, end, no_smoo
 
     try:
         opts = fit_options(params)
+        if no_smooth:
+            opts = replace(opts, track=replace(opts.track, smooth=0.0))
         boxes = load_boxes(boxes_file) if boxes_file else None
         report = run_batch(inputs, outdir, opts, batch_size=batch_size, overwrite=overwrite, shard_spec=shard_spec,
-                           glob=pattern, video=VideoOptions(every=every, start=start, end=end, smooth=not no_smooth),
+                           glob=pattern, video=VideoOptions(every=every, start=start, end=end),
                            engine=engine, progress=not quiet and environ_progress(), gallery=not no_gallery,
                            boxes=boxes)
     except HandfitError as exc:
