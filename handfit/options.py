@@ -110,21 +110,21 @@ class DenseWeights:
     silhouette: float = opt(4.0, min=0)   # antialiased coverage vs the photo's hand mask
     kp2d: float = opt(0.2, min=0)         # 2D keypoints, lower than the keypoint stage's 1.0
     # Squared hinge keeping each 2D keypoint within trust_radius of where the keypoint fit put
-    # it (DenseStage.trust_target). 1000 since issue 19: at 100 the image terms moved the 2D
-    # off on real photos (dev3d 2D error above the keypoint fit's); see docs/benchmarks.md.
+    # it (DenseStage.trust_target): weaker, the image terms move the 2D off on real photos
+    # (dev3d's 2D error above the keypoint fit's; docs/history/fitting-defaults.md).
     kp_trust: float = opt(1000.0, min=0)
     # Squared distance (radians) of the pose and global orientation from the
     # keypoint stage's. On real photos (dev3d) the image terms let weakly seen
-    # joints drift; 1.0 stops that but costs most of the synthetic gain. 0.3 (since
-    # issue 19's fourth round) pulls a perturbed start back to the same fit (on all
-    # 103 dev3d hands the keypoints' movement fell from 1.03 to 0.87 mm, median)
-    # and leaves dev3d's 3D and 2D as they were (docs/benchmarks.md, "Fourth round").
+    # joints drift; 1.0 stops that but costs most of the synthetic gain. 0.3 pulls a
+    # perturbed start back to the same fit (on 103 dev3d hands the keypoints move
+    # 0.87 mm, median, against 1.03 without) and leaves dev3d's 3D and 2D as they are
+    # (docs/history/fitting-defaults.md).
     anchor: float = opt(0.3, min=0)
     # Squared change of each keypoint's depth relative to the wrist (in palm
     # lengths) from the keypoint stage's, leaving the 2D projection free. A
     # photo pins where the fingers are in the image but hardly how far they
     # reach towards the camera: on real photos (dev3d) the image terms bent
-    # weakly seen joints in depth, which this stops (on by default since issue 19).
+    # weakly seen joints in depth, which this stops.
     depth: float = opt(1.0, min=0)
     pose_limit: float = opt(1.0, min=0)
     pose_l2: float = opt(1e-3, min=0)
@@ -139,9 +139,9 @@ class DenseStage:
     """The dense stage: the rendered hand against the photo (see handfit/fitting/dense.py and docs/fitting.md)."""
 
     enabled: bool = opt(True, kind="bool")  # run it (False: keypoint fit only)
-    # Geometry phase (stops earlier on convergence). 32 + 4 fine since issue 19's fifth
-    # round (40 + 5 before): on all 103 dev3d hands 8.63 mm against 8.60, for about a tenth of
-    # the default fit's time (docs/benchmarks.md, "Fifth round").
+    # Geometry phase (stops earlier on convergence); with fine_iters, 32 + 4 cost 0.03 mm on
+    # dev3d against 40 + 5 and save about a tenth of the default fit's time
+    # (docs/history/fitting-defaults.md).
     iters: int = opt(32, min=1)
     texture_iters: int = opt(10, min=0)   # texture phase, geometry fixed
     lr_orient: float = opt(0.005, min=0)
@@ -162,9 +162,9 @@ class DenseStage:
     # made full-size steps and the fit ended wherever they had walked it. Where a gradient
     # is well below eps the step shrinks with it (momentum SGD at lr/eps); well above, it
     # is Adam's. Each sits near its tensor's flat directions' gradient size, as
-    # bench/adam_scales.py prints them (docs/benchmarks.md, "Stability: Adam's eps"):
-    # on 26 dev3d hands these halve the keypoints' movement from a perturbed start
-    # (median 2.38 -> 1.29 mm), the dense fit still better than the keypoint fit.
+    # measured on dev3d (docs/history/fitting-defaults.md): on 26 dev3d hands these halve
+    # the keypoints' movement from a perturbed start (median 2.38 -> 1.29 mm), the dense fit
+    # still better than the keypoint fit.
     adam_eps: float = opt(0.3, min=0, min_open=True)
     adam_eps_orient: float = opt(1e-8, min=0, min_open=True)
     adam_eps_shape: float = opt(0.01, min=0, min_open=True)
@@ -176,8 +176,8 @@ class DenseStage:
     # One falling learning rate over the coarse and the fine iterations together (from
     # 1 to lr_end), instead of a constant rate in the coarse part and a fall from 1 in
     # the fine part: the fit settles instead of restarting its steps at full size. With
-    # fine_keeps_adam, on 26 dev3d hands the keypoints' movement from a perturbed start
-    # fell from 1.29 to 0.97 mm (median; docs/benchmarks.md, "Settling").
+    # fine_keeps_adam, on 26 dev3d hands the keypoints' movement from a perturbed start is
+    # 0.97 mm against 1.29 (median; docs/history/fitting-defaults.md).
     one_schedule: bool = opt(True, kind="bool")
     crop_scale: float = opt(1.6, min=0, min_open=True)  # crop side = scale x fitted-keypoint box side
     margin: int = opt(8, min=0)           # pixels around the rendered hand included in the photometric term
@@ -211,7 +211,7 @@ class DenseStage:
     grabcut_iters: int = opt(2, min=1)
     # Box sides around each detected keypoint the dense stage may move freely in.
     # 0: the hinge holds every keypoint to its (multi-view fused) detection; on
-    # dev3d a free ball of 0.03 let the image terms pull the 2D off (docs/benchmarks.md).
+    # dev3d a free ball of 0.03 lets the image terms pull the 2D off (docs/history/fitting-defaults.md).
     trust_radius: float = opt(0.0, min=0)
     # What that hinge holds each keypoint to: the (fused) detections, or where the keypoint
     # fit put it in 2D (the dense stage then refines around the keypoint fit, whose 2D term
