@@ -255,3 +255,44 @@ def test_eval_help_tells_the_true_defaults():
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "the one with test labels" not in text and "ho3d train (its" in text
     assert "after every image" not in text and "after every --batch-size images" in text
+
+
+def test_one_session_warms_up_once_and_closes_only_what_it_opened(tmp_path, monkeypatch):
+    """EvalSession: one throw-away fit (2 keypoint iterations, first hand only) before the first
+    timed one; the Resources it made itself are closed at the end, a caller's are left open."""
+    from handfit.api import FitOptions
+    from handfit.eval.session import EvalSession
+    from handfit.fitting import resources
+
+    opened, closed = [], []
+
+    class FakeResources:
+        def __init__(self):
+            opened.append(self)
+
+        def detector(self, mode, max_hands):
+            return "its detector"
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(resources, "Resources", FakeResources)
+    recs = _records(tmp_path, 3)
+    iters = []
+
+    def fit(images, detections=None, intrinsics=None, options=None):
+        iters.append((options.keypoint.iters, options.dense.iters))
+        return fake_fit_batch(images, detections, intrinsics, options)
+
+    fake_fit_batch.calls = []
+    ev = evaluate(recs, FitOptions(), ("mediapipe", "dense"), detector=FakeDetector(recs), fit_batch=fit)
+    full = (FitOptions().keypoint.iters, FitOptions().dense.iters)
+    assert iters == [(2, 2), full, full]                              # images 0 and 1 detected, one warm-up
+    assert ev.summary["dense"]["n"] == 2
+    assert len(opened) == 1 and closed == opened                      # its own Resources, closed
+    given = FakeResources()
+    with EvalSession(FitOptions(), resources=given) as s:
+        assert s.detector == "its detector" and s.resources is given
+    assert closed == opened[:1]                                       # the caller's stays open
+    with pytest.raises(TypeError):
+        evaluate(recs, FitOptions(), ("mediapipe",), no_such_setting=1)

@@ -3,6 +3,8 @@
 * :mod:`~handfit.eval.records`: the record type (image, K, labelled hands in MediaPipe order, metres);
 * :mod:`~handfit.eval.datasets`: readers (dev3d ``.gt.json``, FreiHAND, HO3D, InterHand2.6M, RHD);
 * :mod:`~handfit.eval.metrics`: PA-MPJPE, root-relative MPJPE, PCK/AUC, 2D error (batched numpy);
+* :mod:`~handfit.eval.session`: what both evaluations share: :class:`EvalSession` (options, Resources,
+  detector, fitting function, warm-up, progress bar, teardown), detecting once and fitting the matches;
 * :mod:`~handfit.eval.run`: :func:`evaluate` (detect once, fit, measure every variant);
 * :mod:`~handfit.eval.sequence`: :func:`evaluate_sequences` (runs of frames, each fitted as one track,
   and the acceleration error);
@@ -20,7 +22,7 @@ _EXPORTS = {
     "FORMATS": "datasets", "DatasetError": "datasets", "open_dataset": "datasets", "select": "datasets",
     "read_runs": "datasets", "evaluate_sequences": "sequence", "SEQUENCE_VARIANTS": "sequence",
     "HandLabel": "records", "Record": "records",
-    "evaluate": "run", "Evaluation": "run", "VARIANTS": "run",
+    "evaluate": "run", "Evaluation": "run", "VARIANTS": "run", "EvalSession": "session",
     "write_report": "report", "summary_table": "report",
 }
 __all__ = list(_EXPORTS)

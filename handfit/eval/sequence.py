@@ -2,7 +2,7 @@
 
 A run is a short clip of one hand (a folder of frames, :func:`handfit.eval.datasets.read_runs`),
 each frame with its own K. :func:`evaluate_sequences` detects every frame once, matches the
-detections to the labels (:func:`handfit.eval.run.detect_record`) and measures, on those same
+detections to the labels (:func:`handfit.eval.session.detect_record`) and measures, on those same
 detections, some of these variants:
 
 * ``mediapipe``: MediaPipe's own world landmarks and 2D landmarks;
@@ -27,8 +27,8 @@ from typing import Callable
 import numpy as np
 
 from . import metrics as M
-from .run import (Evaluation, _describe, _fail, _fit_jobs_safe, _job, _postfix, _warm_up, _with_dense,
-                  detect_record, score)
+from .run import Evaluation, score
+from .session import EvalSession, drop_fits, known_variants, make_job, with_dense
 
 __all__ = ["SEQUENCE_VARIANTS", "evaluate_sequences", "fit_run", "accel_scores"]
 
@@ -55,9 +55,8 @@ def fit_run(items: list, opts, res, dense: bool) -> tuple:
 
 
 def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, batch_size: int = 1,
-                       use_label_camera: bool = True, match_threshold: float = 0.5, progress: bool = False,
-                       detector=None, fit_batch: Callable | None = None, fit_sequence: Callable | None = None,
-                       on_run: Callable | None = None, warmup: bool = True, resources=None) -> Evaluation:
+                       fit_sequence: Callable | None = None, on_run: Callable | None = None,
+                       **session) -> Evaluation:
     """Fit and measure every run.
 
     Args:
@@ -66,87 +65,49 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
         variants: some of :data:`SEQUENCE_VARIANTS`.
         batch_size: frames fitted together by the single-frame variants (see
             :func:`handfit.eval.run.evaluate`).
-        use_label_camera: fit with each frame's K (else the options' camera).
-        detector: ``detect(rgb) -> [Detection]`` (default: MediaPipe from ``resources``).
-        fit_batch: the single-frame fitting function (default :func:`handfit.api.fit_batch`).
         fit_sequence: ``fit_sequence(items, opts, dense) -> (keypoint, final)`` as
-            :func:`fit_run` (default: :func:`fit_run` with ``resources``).
+            :func:`fit_run` (default: :func:`fit_run` with the session's ``resources``).
         on_run: called as ``on_run(Evaluation)`` with the runs done so far after each run.
-        warmup: one throw-away quick fit before the first timed one (see ``evaluate``).
-        resources: the :class:`~handfit.fitting.resources.Resources` (default: a new one, closed at the end).
+        session: the keyword arguments of :class:`~handfit.eval.session.EvalSession`:
+            ``use_label_camera`` (fit with each frame's K, else the options' camera),
+            ``match_threshold``, ``progress``, ``detector``, ``fit_batch`` (the
+            single-frame fitting function), ``warmup`` and ``resources``.
 
     A frame that cannot be read, detected or fitted, or a run whose track fit fails,
     never ends the evaluation: the hands concerned record the ``error``.
     -> :class:`Evaluation` whose summary has ``accel_mm`` besides the usual keys and whose
     rows carry each hand's ``run``.
     """
-    unknown = set(variants) - set(SEQUENCE_VARIANTS)
-    if unknown:
-        from ..errors import UsageError
-
-        raise UsageError(f"unknown variants {sorted(unknown)}; expected some of {SEQUENCE_VARIANTS}")
-    variants = tuple(v for v in SEQUENCE_VARIANTS if v in variants)
+    variants = known_variants(variants, SEQUENCE_VARIANTS)
     single = tuple(v for v in ("keypoint", "dense") if v in variants)
     sequence = tuple(v for v in ("sequence_keypoint", "sequence_dense") if v in variants)
-    if options is None:
-        from ..api import FitOptions
-
-        options = FitOptions()
-    own_resources = resources is None
-    if own_resources:
-        from ..fitting.resources import Resources
-
-        resources = Resources()
-    if fit_batch is None:
-        import functools
-
-        from ..api import fit_batch as api_fit_batch
-
-        fit_batch = functools.partial(api_fit_batch, resources=resources)
-    if fit_sequence is None:
-        def fit_sequence(items, opts, dense):
-            return fit_run(items, opts, resources, dense)
-    if detector is None:
-        detector = resources.detector(getattr(options, "detect", "fast"), options.max_hands)
-    single_opts = _with_dense(options, "dense" in single)
-    seq_opts = _with_dense(options, "sequence_dense" in sequence)
-    bar = None
-    if progress:
-        import sys
-
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(frames) for _, frames in runs), desc="eval", unit="img", file=sys.stderr)
+    bs = max(1, int(batch_size))
     hands: list = []
-    try:
+    with EvalSession(options, sum(len(frames) for _, frames in runs), **session) as s:
+        if fit_sequence is None:
+            def fit_sequence(items, opts, dense):
+                return fit_run(items, opts, s.resources, dense)
+        single_opts = with_dense(s.options, "dense" in single)
+        seq_opts = with_dense(s.options, "sequence_dense" in sequence)
         for name, frames in runs:
             done = []  # (record, photo, pairs) per frame of this run
             for rec in frames:
-                evs, photo, pairs = detect_record(rec, detector, match_threshold)
+                evs, photo, pairs = s.detect(rec)
                 for e in evs:
                     e.run = name
                 hands.extend(evs)
                 done.append((rec, photo, pairs))
-            jobs = [_job(rec, photo, pairs) for rec, photo, pairs in done if pairs]
-            if jobs and warmup:
-                _warm_up(jobs[0], single_opts, use_label_camera, fit_batch)
-                warmup = False
+            jobs = [make_job(rec, photo, pairs) for rec, photo, pairs in done if pairs]
+            if jobs:  # the single-frame fit warms up the track fit too
+                s.warm_up(jobs[0], single_opts)
             if single:
-                bs = max(1, int(batch_size))
                 for start in range(0, len(jobs), bs):
-                    _fit_jobs_safe(jobs[start:start + bs], single, single_opts, use_label_camera, fit_batch, None)
+                    s.fit(jobs[start:start + bs], single, single_opts)
             if sequence:
-                _fit_track_safe(done, sequence, seq_opts, use_label_camera, fit_sequence)
-            if bar is not None:
-                bar.update(len(frames))
-                _postfix(bar, hands, variants)
+                _fit_track_safe(done, sequence, seq_opts, s.use_label_camera, fit_sequence)
+            s.advance(len(frames), hands, variants)
             if on_run is not None:
                 on_run(_evaluation(hands, variants))
-    finally:
-        if bar is not None:
-            bar.close()
-        if own_resources:
-            resources.close()
     return _evaluation(hands, variants)
 
 
@@ -164,11 +125,7 @@ def _fit_track_safe(done: list, variants: tuple, opts, use_label_camera: bool, f
             if len(keypoint) != len(track) or (final is not None and len(final) != len(track)):
                 raise RuntimeError(f"the track fit gave {len(keypoint)} results for {len(track)} frames")
         except Exception as exc:  # noqa: BLE001 - one bad run must not end the evaluation
-            evs = [e for _, _, e, _ in track]
-            for e in evs:
-                for v in variants:
-                    e.preds.pop(v, None)
-            _fail(evs, f"track fit failed: {_describe(exc)}")
+            drop_fits([e for _, _, e, _ in track], variants, "track fit failed", exc)
             continue
         for b, (_, _, e, _) in enumerate(track):
             if "sequence_keypoint" in variants:
