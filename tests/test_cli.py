@@ -35,6 +35,24 @@ def test_help_and_version():
     assert "--no-appearance" not in r.output  # the stage's old name: a hidden alias
 
 
+def test_each_command_says_what_its_out_folder_holds():
+    """The shared -o/--out takes each command's default folder and help (common_options' parameters)."""
+    import importlib
+
+    cli = {name: importlib.import_module(f"handfit.cli.{name}") for name in ("fit", "batch", "eval")}
+
+    def out(cmd):
+        return next(p for p in cmd.params if p.name == "outdir")
+
+    assert out(cli["fit"].fit).default == "handfit_out" and "OUT/<image stem>/" in out(cli["fit"].fit).help
+    assert out(cli["batch"].batch).default == "handfit_out"
+    assert "relative to its input folder" in out(cli["batch"].batch).help
+    assert out(cli["eval"].eval_command).default == "handfit_eval"
+    assert "predictions.json" in out(cli["eval"].eval_command).help
+    for cmd in (cli["fit"].fit, cli["batch"].batch, cli["eval"].eval_command):
+        assert {"quiet", "fit_dense__enabled", "fit_weights"} <= {p.name for p in cmd.params}
+
+
 def test_usage_errors_exit_2(tmp_path):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)

@@ -252,13 +252,15 @@ def test_cli_sequence_compare_in_process(tmp_path, monkeypatch):
     """`handfit eval DATA --sequence --compare` through the real pipeline (few iterations), with a
     stand-in detector: each frame detected once, one track per run, four fitted variants. Kept
     fast: few iterations everywhere (the track's warm starts and joint refinement included)."""
-    import functools
+    import csv
+    import dataclasses
+
     from click.testing import CliRunner
 
     from handfit.cli import main
     from handfit.eval.datasets import read_dev3d
+    from handfit.eval.metrics import pa_mpjpe
     from handfit.fitting import pipeline
-    from handfit.fitting import temporal
     from handfit.fitting.resources import Resources
 
     root = _render_dataset(tmp_path / "data")
@@ -279,13 +281,13 @@ def test_cli_sequence_compare_in_process(tmp_path, monkeypatch):
     tracks = []
     real_fit_track = pipeline.fit_track
 
-    def spy(items, opts, res, **k):
+    def spy(items, opts, res):
         tracks.append(len(items))
-        return real_fit_track(items, opts, res, warm_iters=5)
+        quick = dataclasses.replace(opts, track=dataclasses.replace(opts.track, warm_iters=5, refine_iters=5))
+        return real_fit_track(items, quick, res)
 
     monkeypatch.setattr(Resources, "detector", lambda self, *a, **k: Detector())
     monkeypatch.setattr(pipeline, "fit_track", spy)
-    monkeypatch.setattr(temporal, "fit_sequence", functools.partial(temporal.fit_sequence, refine_iters=5))
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["eval", str(root), "--sequence", "--compare", "--views", "0", "--device", "cpu",
                                   "--kp-iters", "10", "--dense-iters", "2", "--texture-iters", "1",
@@ -295,11 +297,21 @@ def test_cli_sequence_compare_in_process(tmp_path, monkeypatch):
     assert Detector.calls == 5 and tracks == [3, 2]
     doc = json.loads((out / "metrics.json").read_text())
     assert list(doc) == ["mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense"]
-    for v, m in doc.items():
-        assert m["n"] == 5 and m["accel_mm"] is not None and m["accel_mm"] >= 0
-        assert m["pa_mpjpe_mm"] is not None and m["s_per_hand"] is not None
     pred = json.loads((out / "predictions.json").read_text())["hands"]
     assert [h["run"] for h in pred] == ["run0"] * 3 + ["run1"] * 2
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    gt = np.array([h["gt_3d"] for h in pred])                          # (5,21,3) m
+    for v, m in doc.items():
+        kp = np.array([h[v]["keypoints_3d"] for h in pred])            # every frame detected and fitted
+        assert m["n"] == 5
+        assert m["pa_mpjpe_mm"] == pytest.approx(float(pa_mpjpe(kp, gt).mean()) * 1000, rel=1e-9)
+        # only run0's middle frame has both neighbours (run1 has two frames)
+        assert m["accel_mm"] == pytest.approx(float(accel_errors(kp[:3] * 1000, gt[:3] * 1000)[1]), rel=1e-9)
+        seconds = [float(r[f"{v}_seconds"]) for r in rows]
+        assert m["s_per_hand"] == pytest.approx(np.mean(seconds), abs=1e-4) and min(seconds) > 0
+    # the stand-in detector's world landmarks are the centred truth: nothing to align, no acceleration
+    assert doc["mediapipe"]["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6)
+    assert doc["mediapipe"]["accel_mm"] == pytest.approx(0, abs=1e-9)
     assert "sequence_dense" in r.output and "accel" in r.output
 
 
