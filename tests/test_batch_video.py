@@ -99,15 +99,17 @@ def test_tracking_by_overlap_and_side():
 def test_smoothness_term_penalises_acceleration_only():
     from handfit.batch.video import jitter
     from handfit.fitting.temporal import smooth_terms as _smooth_terms
+    from handfit.options import TrackStage
 
     T = 6
     t = torch.arange(T, dtype=torch.float64)[:, None]
     linear = {"global_orient": 0.1 * t.repeat(1, 3), "pose": 0.05 * t.repeat(1, 4), "transl": 0.01 * t.repeat(1, 3)}
-    assert torch.allclose(_smooth_terms(linear, 1.0), torch.zeros(T, dtype=torch.float64))
+    assert torch.allclose(_smooth_terms(linear, TrackStage()), torch.zeros(T, dtype=torch.float64))
     shaky = {k: v.clone() for k, v in linear.items()}
     shaky["transl"][3, 2] += 0.01
-    s = _smooth_terms(shaky, 1.0)
+    s = _smooth_terms(shaky, TrackStage())
     assert s[0] == 0 and s[-1] == 0 and s[2] > 0 and s[3] > 0 and s[4] > 0
+    assert torch.equal(_smooth_terms(shaky, TrackStage(smooth=0.0)), torch.zeros(T, dtype=torch.float64))
     pts = np.cumsum(np.ones((5, 21, 3)), 0)
     assert jitter(pts) == 0 and jitter(pts + np.random.default_rng(0).normal(0, 1, pts.shape)) > 0
 
