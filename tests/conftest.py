@@ -1,4 +1,6 @@
-"""Shared fixtures: devices, dtypes, and the dev-data folder."""
+"""Shared fixtures: devices, dtypes, the dev-data folder and a closed-after-use Resources.
+
+Tests over about a second carry ``@pytest.mark.slow``; ``make test-quick`` skips them."""
 
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def dev_data():
     if not DEV_DATA.is_dir():
         pytest.skip(f"dev data not found at {DEV_DATA}")
     return DEV_DATA
+
+
+@pytest.fixture
+def res():
+    """A fresh :class:`handfit.fitting.resources.Resources` for one test, closed after
+    it (its detectors hold MediaPipe graphs and their threads)."""
+    from handfit.fitting.resources import Resources
+
+    with Resources() as resources:
+        yield resources
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from handfit.fitting import pipeline as P
-from handfit.fitting.resources import Resources
 from handfit.options import FitOptions
 
 
@@ -100,20 +99,20 @@ def test_the_depth_term_is_zero_at_the_truth_and_grows_when_the_hand_tilts():
     assert "depth" not in keypoint_terms(model, b, w)(truth)
 
 
-def test_a_mislabelled_hand_gets_its_side_from_the_fit():
+def test_a_mislabelled_hand_gets_its_side_from_the_fit(res):
     """A left hand that MediaPipe called right, unsure: both models are fitted and left wins.
     (Given without its photo, so both fits see these landmarks, not MediaPipe's views of the render.)"""
     item, _ = _truth_item("left", 12, label="right", score=0.5)
     item = P.HandItem(item.K, item.detection, None)
     opts = FitOptions.from_values({"views": 0, "device": "cpu"})
-    (d,) = [it.detection for it in P.decide_sides([item], opts, Resources())]
+    (d,) = [it.detection for it in P.decide_sides([item], opts, res)]
     assert d.side == "left" and d.side_source == "fit" and d.detector_side == "right"
     assert d.side_losses["left"] < d.side_losses["right"]
-    sure = P.decide_sides([_truth_item("right", 6)[0]], opts, Resources())[0].detection
+    sure = P.decide_sides([_truth_item("right", 6)[0]], opts, res)[0].detection
     assert sure.side_source == "detector" and sure.side_losses is None      # a sure label is not checked
 
 
-def test_side_check_fits_both_sides_in_one_mirrored_batch():
+def test_side_check_fits_both_sides_in_one_mirrored_batch(res):
     """The left model is the right one mirrored, so the side check fits the left
     candidates as mirrored right hands in one batch; the losses must be those of
     two separate fits, and a mirrored detection must mirror back."""
@@ -122,7 +121,6 @@ def test_side_check_fits_both_sides_in_one_mirrored_batch():
     items = [_truth_item("left", 12)[0], _truth_item("right", 8)[0]]
     pairs = [(it.K, it.detection) for it in items]
     opts = FitOptions.from_values({"views": 0, "device": "cpu", "keypoint.iters": 30})
-    res = Resources()
     one = _side_losses({"left": pairs, "right": pairs}, opts, res, "cpu", 30)
     two = _side_losses({"left": pairs, "right": pairs}, opts, res, "cpu", 30, batched=False)
     for side in ("left", "right"):
@@ -133,11 +131,11 @@ def test_side_check_fits_both_sides_in_one_mirrored_batch():
     assert np.allclose(d.world, pairs[0][1].world) and np.allclose(d.box_xyxy, pairs[0][1].box_xyxy)
 
 
-def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only():
+def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only(res):
     items = [_truth_item("left", 7)[0], _truth_item("right", 8)[0], _truth_item("left", 9)[0]]
     opts = FitOptions.from_values({"views": 0, "side_check_below": 0, "keypoint.iters": 40, "dense.enabled": False,
                                    "device": "cpu"})
-    out = P.fit_hands(items, opts, Resources())
+    out = P.fit_hands(items, opts, res)
     assert [h.side for h in out] == ["left", "right", "left"]
     for it, h in zip(items, out):
         assert np.allclose(h.keypoints_2d_detected, it.detection.keypoints)
@@ -146,7 +144,7 @@ def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only():
         assert h.vertices.shape == (1609, 3) and h.seconds > 0
 
 
-def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(monkeypatch):
+def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(monkeypatch, res):
     """Three frames of a left hand, the first called right (unsure): the track is left, and
     the first frame's landmarks come from the views that called it left, not its own."""
     from dataclasses import replace
@@ -166,7 +164,7 @@ def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(m
     monkeypatch.setattr(S, "side_candidates", views)
     opts = FitOptions.from_values({"views": 0, "keypoint.iters": 10, "side_check_iters": 10, "device": "cpu",
                                    "track.warm_iters": 5, "track.smooth": 0.0})
-    fit = P.fit_track(items, opts, Resources())
+    fit = P.fit_track(items, opts, res)
     assert fit.side == "left" and seen == ["right"]        # only the frame called the other side is looked at
     d = fit.items[0].detection
     assert d.side == "left" and d.detector_side == "right" and d.side_source == "fit"
