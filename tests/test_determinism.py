@@ -25,15 +25,13 @@ def _scene_and_detection(side: str, seed: int):
 
 
 @pytest.mark.slow
-def test_two_fits_are_bit_identical_with_two_threads():
+def test_two_fits_are_bit_identical_with_two_threads(res):
     import handfit
-    from handfit.fitting.resources import Resources
     from handfit.options import FitOptions
 
     scenes = [_scene_and_detection("right", 11), _scene_and_detection("left", 12)]
     opts = FitOptions.from_values({"views": 0, "side_check_below": 0, "keypoint.iters": 60, "dense.iters": 25,
                                    "dense.texture_iters": 5, "device": "cpu"})
-    res = Resources()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

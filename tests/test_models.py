@@ -345,10 +345,7 @@ def test_cache_loads_without_anny(anny):
     assert "building" not in out.stderr
 
 
-def test_resources_share_instances_and_load_model_checks_args(anny):
-    from handfit.fitting.resources import Resources
-
-    res = Resources()
+def test_resources_share_instances_and_load_model_checks_args(anny, res):
     a = res.model("anny", "left", dtype=torch.float64)
     assert res.model("anny", "left", dtype=torch.float64) is a         # built once, then shared
     assert res.model("anny", "right", dtype=torch.float64) is not a

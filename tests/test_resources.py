@@ -38,8 +38,7 @@ def test_threads_build_each_resource_once(monkeypatch):
     assert res.detector("fast") is not got[0]          # closed resources are built anew
 
 
-def test_models_regressors_and_priors_are_shared():
-    res = Resources()
+def test_models_regressors_and_priors_are_shared(res):
     m = res.model("anny", "right")
     assert res.model("anny", "right") is m and res.model("ANNY", "right", device="cpu") is m
     assert res.model("anny", "right", dtype=torch.float64) is not m
@@ -50,7 +49,7 @@ def test_models_regressors_and_priors_are_shared():
     assert prior is not None and res.texture_prior("default", "anny") is prior
 
 
-def test_fit_uses_the_resources_it_is_given(monkeypatch):
+def test_fit_uses_the_resources_it_is_given(monkeypatch, res):
     """handfit.fit(resources=...) takes its detector from them, not from a hidden cache."""
     import numpy as np
 
@@ -62,7 +61,6 @@ def test_fit_uses_the_resources_it_is_given(monkeypatch):
         def detect(self, rgb):
             return []
 
-    res = Resources()
     monkeypatch.setattr(res, "detector", lambda mode="thorough", max_hands=None: asked.append(mode) or NoHands())
     r = handfit.fit(np.zeros((32, 32, 3), np.uint8), resources=res, detect="fast")
     assert r.hands == [] and asked == ["fast"]

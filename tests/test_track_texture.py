@@ -170,13 +170,12 @@ def _items(kps, K, img):
 
 
 @pytest.mark.slow
-def test_finish_track_renders_one_texture_for_every_frame(model):
+def test_finish_track_renders_one_texture_for_every_frame(model, res):
     """The whole of finish_track on the turning hand (small iteration caps): one texture
     array shared by every frame, each frame's dense losses and metrics, and on what the
     first frame cannot see a lower error than that frame's own photo texture; with the
     dense stage off it is finish (flat texture)."""
     from handfit.fitting.pipeline import finish, finish_track, fit_track
-    from handfit.fitting.resources import Resources
     from handfit.options import FitOptions
 
     tex = true_texture()
@@ -186,7 +185,6 @@ def test_finish_track_renders_one_texture_for_every_frame(model):
     opts = FitOptions.from_values({"device": "cpu", "keypoint.iters": 30, "dense.iters": 4, "crop_size": 96,
                                    "texture_size": T, "side_check_below": 0.0, "track.warm_iters": 10,
                                    "track.smooth": 0.0})
-    res = Resources()
     fit = fit_track(items, opts, res)
     out = finish_track(fit, opts, res)
     assert len(out) == 4
