@@ -69,7 +69,7 @@ def _prepare(images: Iterable, opts: FitOptions, res: Resources, skip_unreadable
             errors[i] = str(exc)
             continue
         if cameras is not None and cameras[i] is not None:
-            K = _camera(cameras[i])
+            K = cameras[i]
         else:
             K = frame_intrinsics(photo.width, photo.height, opts, exif_focal=photo.exif_focal_px)
         if detections is not None:
@@ -83,17 +83,54 @@ def _prepare(images: Iterable, opts: FitOptions, res: Resources, skip_unreadable
     return out, errors
 
 
-def _camera(K) -> np.ndarray:
-    """A caller's (3,3) intrinsics, checked."""
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3) or not np.isfinite(K).all() or not np.allclose(K[2], [0, 0, 1]) \
+_CAMERA_FORMS = "(fx, fy, cx, cy) in pixels or a finite 3x3 matrix [[fx,0,cx],[0,fy,cy],[0,0,1]], with fx, fy > 0"
+
+
+def _shape(value) -> tuple | None:
+    """The shape of ``value`` as a float array, or None when it is not one (a list holding None)."""
+    try:
+        return np.asarray(value, dtype=np.float64).shape
+    except (TypeError, ValueError):
+        return None
+
+
+def camera_matrix(value) -> np.ndarray:
+    """A camera as a checked (3,3) float64 K; ``value``: ``(fx, fy, cx, cy)`` or a (3,3) K.
+    Raises UsageError for anything else."""
+    from .camera import intrinsics_matrix
+
+    if _shape(value) == (4,):
+        try:
+            return intrinsics_matrix(*value)
+        except UsageError:
+            raise UsageError(f"intrinsics must be {_CAMERA_FORMS}, not {value!r}") from None
+    K = np.asarray(value, dtype=np.float64) if _shape(value) == (3, 3) else None
+    if K is None or not np.isfinite(K).all() or not np.allclose(K[2], [0, 0, 1]) \
             or not (K[0, 0] > 0 and K[1, 1] > 0):
-        raise UsageError("intrinsics must be a finite 3x3 matrix [[fx,0,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0")
+        raise UsageError(f"intrinsics must be {_CAMERA_FORMS}, not {value!r}")
     return K
 
 
+def _cameras(intrinsics, n: int) -> list | None:
+    """``fit_batch``'s ``intrinsics`` as one (3,3) K or None per image: one camera for all
+    images, or a list of one camera (or None) per image; a camera is ``(fx, fy, cx, cy)`` or a
+    (3,3) K. The two never look alike: a list of cameras is never of shape (4,) or (3,3)."""
+    if intrinsics is None:
+        return None
+    if _shape(intrinsics) in ((4,), (3, 3)):
+        K = camera_matrix(intrinsics)
+        return [K.copy() for _ in range(n)]
+    try:
+        cams = list(intrinsics)
+    except TypeError:
+        raise UsageError(f"intrinsics must be {_CAMERA_FORMS}, or a list of those (or None) per image") from None
+    if len(cams) != n:
+        raise UsageError(f"got {len(cams)} intrinsics for {n} images")
+    return [None if c is None else camera_matrix(c) for c in cams]
+
+
 def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadable: bool = False,
-              detections: list | None = None, boxes: list | None = None, intrinsics: list | None = None,
+              detections: list | None = None, boxes: list | None = None, intrinsics=None,
               resources: Resources | None = None, **options) -> list:
     """Fit every hand in each photo. ``images``: paths, arrays or PIL images.
 
@@ -108,8 +145,9 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
     ``(x0, y0, x1, y1[, side])`` in pixels: the landmark model runs inside
     each (:meth:`handfit.detect.Detector.detect_in_boxes`) instead of the
     detection cascade.
-    ``intrinsics``: optional, one (3,3) K (or None) per image, e.g. a dataset's
-    calibration; it overrides ``intrinsics``/``focal`` of the options and EXIF.
+    ``intrinsics``: optional, the camera of every image, or a list of one camera (or
+    None) per image, e.g. a dataset's calibration; a camera is ``(fx, fy, cx, cy)``
+    in pixels or a (3,3) K. It overrides ``intrinsics``/``focal`` of the options and EXIF.
     ``progress(stage, side, iteration, total)`` is called during optimisation.
     ``resources``: the detectors, models and priors to use (built once, shared
     by threads; default: :func:`default_resources`).
@@ -121,10 +159,9 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
         raise UsageError(f"got {len(detections)} detection lists for {len(images)} images")
     if boxes is not None and len(boxes) != len(images):
         raise UsageError(f"got {len(boxes)} box lists for {len(images)} images")
-    if intrinsics is not None and len(intrinsics) != len(images):
-        raise UsageError(f"got {len(intrinsics)} intrinsic matrices for {len(images)} images")
+    cameras = _cameras(intrinsics, len(images))
     res = resources or default_resources()
-    photos, errors = _prepare(images, opts, res, skip_unreadable, detections, boxes, intrinsics)
+    photos, errors = _prepare(images, opts, res, skip_unreadable, detections, boxes, cameras)
     items = [HandItem(p.K, d, p.photo.rgb) for p in photos for d in p.detections]
     owner = [p.index for p in photos for _ in p.detections]
     fitted: dict = {p.index: [] for p in photos}
@@ -147,18 +184,24 @@ def fit_batch(images: Iterable, progress: Callable | None = None, skip_unreadabl
 
 
 def fit(image, progress: Callable | None = None, boxes: list | None = None, resources: Resources | None = None,
-        **options) -> FitResult:
+        intrinsics=None, **options) -> FitResult:
     """Fit every hand in one photo.
 
     image: a path, an (H,W,3) uint8 array or a PIL image.
+    progress: optional ``progress(stage, side, iteration, total)``, called during optimisation.
     boxes: optional hand boxes ``[(x0, y0, x1, y1[, side]), ...]`` in pixels.
-    options: see :class:`FitOptions` (device, max_hands, model, mano, focal, intrinsics,
-    renderer, dense, crop_size, texture_size, keypoint).
+    resources: see :func:`fit_batch`.
+    intrinsics: optional camera, ``(fx, fy, cx, cy)`` in pixels or a (3,3) K; it overrides
+    ``focal`` and EXIF (``FitOptions.intrinsics``, the same camera as four numbers).
+    options: fields of :class:`FitOptions` (device, max_hands, detect, side_check_below,
+    side_check_iters, model, mano, focal, renderer, crop_size, texture_size, texture_prior,
+    views, spread_sigma, keypoint, dense; ``track`` is for videos), or ``options=`` a whole
+    FitOptions.
     Raises ImageError for unreadable input and UsageError for bad options; a
     photo without hands gives a FitResult with ``hands == []``.
     """
-    return fit_batch([image], progress=progress, boxes=None if boxes is None else [boxes], resources=resources,
-                     **options)[0]
+    return fit_batch([image], progress=progress, boxes=None if boxes is None else [boxes], intrinsics=intrinsics,
+                     resources=resources, **options)[0]
 
 
 __all__ = ["fit", "fit_batch", "clear_caches", "default_resources", "Resources", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
