@@ -11,12 +11,12 @@ photos and videos, and the video frame reader, are :mod:`handfit.io.media`'s.
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import UsageError
 from ..io.media import media_kind
+from ..io.walk import walk
 
 LIST_EXTS = {".txt", ".lst", ".list"}
 
@@ -34,15 +34,16 @@ class Unit:
 
 
 def _walk(folder: Path, pattern: str | None):
-    """Files under ``folder`` in a stable order (sorted names, depth first), hidden entries skipped.
+    """Files under ``folder`` in a stable order (sorted names, depth first), hidden entries skipped,
+    linked folders and files followed (each real folder once, so link loops end: :func:`handfit.io.walk.walk`).
 
     -> [(path, posix path relative to folder)]
     """
     out = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, files in walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel_root = PurePosixPath(Path(root).relative_to(folder).as_posix())
-        for name in sorted(files):
+        for name in files:
             if name.startswith("."):
                 continue
             rel = (rel_root / name).as_posix() if str(rel_root) != "." else name

@@ -17,6 +17,7 @@ not listed in memory, and :func:`select` takes the first ``limit`` records.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import ImageError
+from ..io.walk import files_under, walk
 from .records import FROM_INTERHAND, FROM_MANO_TIPS, FROM_RHD, MEDIAPIPE_NAMES, HandLabel, Record, reorder
 
 __all__ = ["FORMATS", "DatasetError", "open_dataset", "detect_format", "select", "read_runs",
@@ -78,14 +80,15 @@ def _record(path, image, K, hands, name) -> Record:
 
 
 def read_dev3d(root) -> Iterator[Record]:
-    """``<image>.gt.json`` files under ``root`` (recursively; or one such file).
+    """``<image>.gt.json`` files under ``root`` (recursively, through linked folders too; or one
+    such file).
 
     Each file has ``K`` (3x3, optional), ``keypoint_order`` (names; MediaPipe
     order when absent) and ``hands[]`` with ``side``, ``keypoints_3d_cam_mm``
     (21x3 mm, OpenCV camera frame; optional), ``keypoints_2d`` and ``visible``.
     """
     root = Path(root)
-    files = [root] if root.is_file() else sorted(root.rglob("*.gt.json"))
+    files = [root] if root.is_file() else files_under(root, ".gt.json")
     base = root.parent if root.is_file() else root
     for gt in files:
         doc = _json(gt)
@@ -194,8 +197,8 @@ def read_ho3d(root, split: str | None = None) -> Iterator[Record]:
 
 def _interhand_files(root: Path, split: str) -> tuple:
     name = f"InterHand2.6M_{split}_data.json"
-    cands = sorted((root / "annotations").rglob(name), key=lambda p: (len(p.parts), str(p))) \
-        if (root / "annotations").is_dir() else []
+    cands = sorted((p for p in files_under(root / "annotations", name) if p.name == name),
+                   key=lambda p: (len(p.parts), str(p))) if (root / "annotations").is_dir() else []
     if not cands:
         raise DatasetError(f"{root}: no annotations/**/{name}")
     data = cands[0]
@@ -310,14 +313,19 @@ def detect_format(root) -> str:
         return "freihand"
     if any(root.glob("anno_*.pickle")) or any(root.glob("*/anno_*.pickle")):
         return "rhd"
-    if (root / "annotations").is_dir() and any((root / "annotations").rglob("InterHand2.6M_*_data.json")):
+    if (root / "annotations").is_dir() and _any_file(root / "annotations", "InterHand2.6M_*_data.json"):
         return "interhand"
     if (root / "meta").is_dir() or any(itertools.islice(root.glob("*/meta/*.pkl"), 1)) \
             or any(itertools.islice(root.glob("*/*/meta/*.pkl"), 1)):
         return "ho3d"
-    if any(itertools.islice(root.rglob("*.gt.json"), 1)):
+    if _any_file(root, "*.gt.json"):
         return "dev3d"
     raise DatasetError(f"{root}: no known dataset layout ({', '.join(FORMATS)}); see handfit eval --help")
+
+
+def _any_file(root: Path, pattern: str) -> bool:
+    """Whether a file whose name matches ``pattern`` lies anywhere under ``root`` (links followed)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for _, _, files in walk(root) for name in files)
 
 
 def open_dataset(root, format: str = "auto", split: str | None = None) -> Iterator[Record]:
