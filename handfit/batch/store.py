@@ -19,6 +19,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..io import jsonfile
+
 TMP_PREFIX = ".handfit-tmp-"
 STATUS = "status.json"
 
@@ -43,7 +45,7 @@ def write_manifest(out: Path, k: int, n: int, units, complete: bool):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(doc, separators=(",", ":")))
+            f.write(jsonfile.dumps(doc, separators=(",", ":")))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -65,7 +67,7 @@ def _json_default(o):
 
 
 def dumps(record: dict) -> str:
-    return json.dumps(record, default=_json_default, separators=(",", ":"))
+    return jsonfile.dumps(record, default=_json_default, separators=(",", ":"))
 
 
 def read_status(folder: Path) -> dict | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import warnings
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import jsonfile
 from .run import SUMMARY_KEYS
 
 __all__ = ["write_report", "metrics_document", "predictions_document", "summary_table"]
@@ -78,7 +78,7 @@ def write_report(ev, out, plot: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "csv": out / "per_image.csv", "curves": out / "pck.json",
              "predictions": out / "predictions.json", "plot": out / "pck.png"}
-    _write_atomic(paths["metrics"], json.dumps(metrics_document(ev.summary), indent=1) + "\n")
+    _write_atomic(paths["metrics"], jsonfile.dumps(metrics_document(ev.summary), indent=1) + "\n")
     buf = io.StringIO(newline="")
     cols = list(ev.rows[0].keys()) if ev.rows else ["image", "hand"]
     w = csv.DictWriter(buf, fieldnames=cols)
@@ -87,12 +87,12 @@ def write_report(ev, out, plot: bool = True) -> dict:
         w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
                         (f"{v:.4f}" if isinstance(v, float) else v)) for k, v in r.items()})
     _write_atomic(paths["csv"], buf.getvalue())
-    _write_atomic(paths["curves"], json.dumps({
+    _write_atomic(paths["curves"], jsonfile.dumps({
         "thresholds_mm": [float(t) for t in ev.thresholds_mm],
         "pck": {v: [_clean(c) for c in ev.curves[v]] for v in ev.curves},
         "note": "fraction of the Procrustes-aligned keypoints within each threshold, over all detected hands",
     }, indent=1) + "\n")
-    _write_atomic(paths["predictions"], json.dumps(predictions_document(ev.hands)) + "\n")
+    _write_atomic(paths["predictions"], jsonfile.dumps(predictions_document(ev.hands)) + "\n")
     if not (plot and _plot(ev, paths["plot"])):
         del paths["plot"]
     return paths

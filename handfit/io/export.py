@@ -11,10 +11,11 @@ OBJ and glTF put the UV origin at the bottom-left, so both get ``vt = (u, 1-v)``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from . import jsonfile
 
 
 def _to_np(x):
@@ -123,7 +124,7 @@ def _jsonable(x):
 
 
 def to_json(obj, indent: int | None = 2) -> str:
-    return json.dumps(_jsonable(obj), indent=indent)
+    return jsonfile.dumps(_jsonable(obj), indent=indent)
 
 
 def write_json(path, obj) -> Path:

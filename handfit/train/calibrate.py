@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import jsonfile
+
 FIRST_SEED = 100_000  # far from the seeds of the benchmarks and tests
 
 
@@ -160,7 +162,7 @@ def main(argv=None):
     else:
         rows = collect(args.scenes, args.first_seed)
     if args.detections and not args.detections.is_file():
-        args.detections.write_text(json.dumps([_jsonable(r) for r in rows]))
+        args.detections.write_text(jsonfile.dumps([_jsonable(r) for r in rows]))
     train = [r for r in rows if r["seed"] % 4 != 0]
     held = [r for r in rows if r["seed"] % 4 == 0]
     offsets = solve(train)

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from .. import render as R
 from ..cache import atomic_save
 from ..fitting import losses as L
+from ..io import jsonfile
 from ..texture.prior import PriorConfig, TexturePrior, save_prior
 from .config import TrainConfig
 from .data import Views, make_batch, photo_cache, photo_views, synthetic_views
@@ -261,7 +262,7 @@ class Trainer:
         if self.rank != 0:
             return
         with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write(jsonfile.dumps(entry) + "\n")
 
     def run(self) -> dict:
         from tqdm import tqdm
