@@ -266,6 +266,7 @@ def test_batch_lists_every_input_and_resumes(tmp_path):
     assert not temp_folders(out)
 
 
+@pytest.mark.slow
 def test_exit_codes_3_and_4(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()

@@ -296,6 +296,7 @@ def test_end_not_after_start_is_a_usage_error(tmp_path):
     assert not (tmp_path / "out" / "summary.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
     """Detection and writing each see one decoded frame at a time; the outputs are whole."""
     from handfit.batch import inputs, video

@@ -70,6 +70,7 @@ def test_cache_env(tmp_path, monkeypatch):
     assert p.parent == tmp_path / "c" and p.is_file()
 
 
+@pytest.mark.slow
 def test_native_log_noise_is_silenced(task):
     code = (
         "import numpy as np\n"

@@ -39,6 +39,7 @@ def _views(rgb):
 # ---------------------------------------------------------------- mapping back, synthetic
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(240, 320), (333, 211)])
 def test_views_map_points_back_exactly(shape):
     """A bright pixel at a known place is found in each view where M says, and maps back."""
@@ -384,6 +385,7 @@ def four_hands():
     return np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
 
 
+@pytest.mark.slow
 def test_more_than_two_hands_are_fitted_by_default(four_hands):
     import handfit
     from handfit.fitting.keypoint import KeypointStage

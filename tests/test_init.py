@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from handfit.camera import project
@@ -39,6 +40,7 @@ def test_shipped_regressor_beats_rest_pose():
         assert err < 0.6 * rest
 
 
+@pytest.mark.slow
 def test_ik_fallback_fits_landmarks():
     model = load_model("anny")
     x, R, pose, shape, kp = sample_batch(model, 8, torch.Generator().manual_seed(3))

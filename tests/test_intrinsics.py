@@ -59,6 +59,7 @@ def test_crops_with_principal_point_outside_the_image():
     assert torch.allclose(clip[..., 1] / clip[..., 3], 2 * (uc[..., 1] + 0.5) / 128 - 1, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.devdata
 def test_fit_uses_the_given_intrinsics(tmp_path):
     r = CliRunner().invoke(main, ["fit", str(REPO / "examples" / "hand.jpg"), "-o", str(tmp_path), "-q",
@@ -69,6 +70,7 @@ def test_fit_uses_the_given_intrinsics(tmp_path):
     assert np.allclose(doc["camera"]["K"], [[700, 0, -30.5], [0, 650, 412], [0, 0, 1]])
 
 
+@pytest.mark.slow
 @pytest.mark.devdata
 def test_eval_cli_on_dev3d(tmp_path):
     if not DEV3D.is_dir():

@@ -195,6 +195,7 @@ def test_chumpy_pickle_loads_like_npz(mano_files):
         np.testing.assert_allclose(a_pkl[k], a_npz[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_pkl_and_npz_models_agree(mano_files):
     root = mano_files["root"]
     m_npz = load_model("mano", mano_path=root / "npz")

@@ -328,6 +328,7 @@ def test_matches_anny_forward(anny):
 
 
 # -- loading --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cache_loads_without_anny(anny):
     """A built cache loads and runs without importing anny or warp (its load time: bench/, not here)."""
     code = textwrap.dedent("""

@@ -31,6 +31,7 @@ def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return np.roll(np.roll(mask, dy, 0), dx, 1)
 
 
+@pytest.mark.slow
 def test_grabcut_recovers_the_hand_from_a_misaligned_seed(scenes):
     """Seeded by the true mask moved by 6 px (a keypoint fit's misalignment), the
     GrabCut mask is closer to the truth than the seed, and better than the

@@ -99,6 +99,7 @@ def test_the_depth_term_is_zero_at_the_truth_and_grows_when_the_hand_tilts():
     assert "depth" not in keypoint_terms(model, b, w)(truth)
 
 
+@pytest.mark.slow
 def test_a_mislabelled_hand_gets_its_side_from_the_fit(res):
     """A left hand that MediaPipe called right, unsure: both models are fitted and left wins.
     (Given without its photo, so both fits see these landmarks, not MediaPipe's views of the render.)"""
@@ -144,6 +145,7 @@ def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only(res):
         assert h.vertices.shape == (1609, 3) and h.seconds > 0
 
 
+@pytest.mark.slow
 def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(monkeypatch, res):
     """Three frames of a left hand, the first called right (unsure): the track is left, and
     the first frame's landmarks come from the views that called it left, not its own."""

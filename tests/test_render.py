@@ -216,6 +216,7 @@ def small_scene(device, dtype=torch.float64, batch=2):
     return pos.to(device), tri.to(device)
 
 
+@pytest.mark.slow
 def test_interpolate_gradcheck(device):
     pos, tri = small_scene(device)
     rast = rasterize(pos, tri, (8, 9), backend="cpu").detach()

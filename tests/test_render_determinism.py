@@ -15,6 +15,8 @@ from handfit.render import rasterize_mesh, shade
 
 N = 48  # an N x N vertex grid: 2 (N-1)^2 = 4418 faces, so B*F*3*4 >= 32768 values
 
+pytestmark = pytest.mark.slow   # two threads, a large mesh, repeated backward passes
+
 
 def shuffled_grid(n: int = N):
     """A wavy grid in front of the camera, its faces in a fixed random order so

@@ -68,6 +68,7 @@ def _accel_mm(model, params, truth) -> float:
     return float(np.nanmean(accel_errors(p, g)))
 
 
+@pytest.mark.slow
 def test_settle_track_lowers_jitter_and_keeps_fast_motion():
     from handfit.models import load_model
 
@@ -100,6 +101,7 @@ def test_settle_track_lowers_jitter_and_keeps_fast_motion():
     print(before, after, _accel_mm(model, clean, truth), moving)
 
 
+@pytest.mark.slow
 def test_pipeline_settle_refines_the_chunks_together_and_records_it():
     """pipeline.settle: the chunks' params come back as one settled track, split in order;
     each frame records the settle terms; track.smooth 0 leaves the track as it was."""

@@ -134,6 +134,7 @@ def test_dense_loss_zero_at_truth_and_grows_with_pose_error(model):
     assert all(a < b for a, b in zip(values, values[1:])), values
 
 
+@pytest.mark.slow
 def test_image_terms_alone_pull_a_perturbed_pose_back(model):
     """The dense stage with the keypoint terms off: silhouette and shading on
     their own must bring a perturbed hand closer to the truth."""

@@ -88,6 +88,7 @@ def test_bad_config_exits_2(tmp_path):
     assert r.exit_code == 2 and "optim.lr" in r.output
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_is_a_usage_error(tmp_path):
     r = cli([write(tmp_path), "--out", tmp_path / "none", "--resume"])
     assert r.exit_code == 2 and "checkpoint" in r.output
