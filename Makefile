@@ -1,4 +1,5 @@
-# handfit: `make demo` fits the example photo, `make test` runs the test suite.
+# handfit: `make demo` fits the example photo, `make test` runs the test suite,
+# `make test-quick` only the tests not marked slow (the inner loop).
 # Both create .venv (Python 3.11 when available) and install the package first.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -7,14 +8,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= handfit_out
 
-.PHONY: demo test install weights example bench clean help
+.PHONY: demo test test-quick install weights example bench clean help
 
 help:
-	@echo "make demo     create .venv, install, fit examples/hand.jpg into $(OUT)/"
-	@echo "make test     create .venv, install, run the tests"
-	@echo "make weights  recalibrate the keypoints, retrain the regressor and the texture prior (handfit/weights/)"
-	@echo "make example  re-render examples/hand.jpg"
-	@echo "make bench    run the benchmarks in bench/"
+	@echo "make demo       create .venv, install, fit examples/hand.jpg into $(OUT)/"
+	@echo "make test       create .venv, install, run the tests"
+	@echo "make test-quick create .venv, install, run the tests not marked slow (about a minute)"
+	@echo "make weights    recalibrate the keypoints, retrain the regressor and the texture prior (handfit/weights/)"
+	@echo "make example    re-render examples/hand.jpg"
+	@echo "make bench      run the benchmarks in bench/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# Tests over about a second carry @pytest.mark.slow; `make test` still runs them.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 weights: $(STAMP)
 	$(BIN)/python -m handfit.train.calibrate --scenes 1200 --out handfit/weights/keypoints_anny.pt
