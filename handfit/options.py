@@ -342,16 +342,21 @@ def _check(path: str, f, value) -> None:
 
 
 def _intrinsics(value) -> tuple:
-    """(fx, fy, cx, cy) as four floats, finite, with fx, fy > 0; else OptionError("intrinsics")."""
+    """(fx, fy, cx, cy) as four floats, finite, with fx, fy > 0, from those four numbers or a
+    3×3 K (nine numbers, row by row) without skew and with last row 0, 0, 1; else
+    OptionError("intrinsics")."""
     import math
 
     try:
-        vals = tuple(float(v) for v in value)
+        vals = tuple(float(v) for row in value
+                     for v in (row if hasattr(row, "__len__") and not isinstance(row, str) else (row,)))
     except (TypeError, ValueError):
         vals = ()
+    if len(vals) == 9 and vals[1] == 0 and vals[3] == 0 and vals[6:] == (0.0, 0.0, 1.0):
+        vals = (vals[0], vals[4], vals[2], vals[5])
     if len(vals) != 4 or not all(map(math.isfinite, vals)) or not (vals[0] > 0 and vals[1] > 0):
-        raise OptionError("intrinsics", f"expected four numbers fx, fy, cx, cy in pixels with fx, fy > 0, "
-                                        f"not {value!r}")
+        raise OptionError("intrinsics", f"expected fx, fy, cx, cy in pixels with fx, fy > 0, or a 3x3 K "
+                                        f"without skew, not {value!r}")
     return vals
 
 

@@ -86,3 +86,19 @@ def test_eval_cli_on_dev3d(tmp_path):
     (fit,) = list((out / "fits").glob("*/result.json"))
     label = json.loads(sorted(DEV3D.rglob("*.gt.json"))[0].read_text())
     assert np.allclose(json.loads(fit.read_text())["camera"]["K"], label["K"])  # the label's camera, not a guess
+
+
+def test_intrinsics_option_takes_four_numbers_or_a_3x3_k():
+    """One name, one meaning: FitOptions.intrinsics (and so --intrinsics) is (fx, fy, cx, cy),
+    given as those four numbers or as a 3x3 K (nine numbers row by row, no skew)."""
+    from handfit.options import FitOptions, OptionError
+
+    K = [[500.0, 0.0, 100.0], [0.0, 510.0, 90.0], [0.0, 0.0, 1.0]]
+    want = (500.0, 510.0, 100.0, 90.0)
+    assert FitOptions(intrinsics=K).intrinsics == want
+    assert FitOptions(intrinsics=np.asarray(K)).intrinsics == want
+    assert FitOptions.from_values({"intrinsics": "500,0,100,0,510,90,0,0,1".split(",")}).intrinsics == want
+    assert FitOptions(intrinsics=want).intrinsics == want
+    for bad in ([[500.0, 2.0, 100.0], [0.0, 510.0, 90.0], [0.0, 0.0, 1.0]], (500.0, 510.0, 100.0), (-1, 1, 0, 0)):
+        with pytest.raises(OptionError):
+            FitOptions(intrinsics=bad)

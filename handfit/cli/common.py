@@ -103,7 +103,8 @@ def fit_option_flags(f):
         click.option("--intrinsics", "fit_intrinsics", metavar="FX,FY,CX,CY", default=None,
                      callback=lambda ctx, param, v: None if v is None else v.split(","),
                      help="Full camera intrinsics in pixels: focal lengths and principal point (which may lie "
-                          "outside the image, e.g. for a crop). Overrides --focal and EXIF."),
+                          "outside the image, e.g. for a crop), or the nine numbers of a 3x3 K row by row. "
+                          "Overrides --focal and EXIF."),
         # The dense stage's old name: a hidden alias of --no-dense.
         click.option("--no-appearance", "fit_no_appearance", is_flag=True, hidden=True,
                      help="Deprecated alias of --no-dense."),

@@ -8,12 +8,12 @@ unreadable input, 2 usage, 5 backend.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from ..io.jsonfile import dumps
 from ..keypoints import SKELETON  # MediaPipe's 21-landmark skeleton, for the overlay
 from .common import fail
 
@@ -74,14 +74,14 @@ def detect(image, as_json, outdir, detect_mode, max_hands):
 
             folder = Path(outdir) / Path(image).stem
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "detections.json").write_text(json.dumps(doc, indent=1))
+            (folder / "detections.json").write_text(dumps(doc, indent=1))
             iio.imwrite(folder / "overlay.png", draw_detections(photo.rgb, dets))
     except HandfitError as exc:
         fail(exc)
     except OSError as exc:
         fail(HandfitError(str(exc)))
     if as_json:
-        click.echo(json.dumps(doc))
+        click.echo(dumps(doc))
     else:
         for d in dets:
             b = ", ".join(f"{v:.0f}" for v in d.box_xyxy)
