@@ -8,7 +8,7 @@ size, into a fresh output folder each time, after a warm-up run that loads the
 models and the detector. Times are wall clock of the whole job (detect, fit,
 write), so they are what a user sees minus the process start-up. On CUDA it
 also samples the GPU's utilisation with nvidia-smi.
-Default photos: ../shared/data/dev/{freihand,onehand10k,hamer} (the first --photos).
+Default photos: $HANDFIT_DATA/dev/{freihand,onehand10k,hamer} (the first --photos).
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-DEV = REPO.parent / "shared" / "data" / "dev"
+import _common as C
 
 
 class GpuSampler(threading.Thread):
@@ -48,12 +45,13 @@ def main():
     ap.add_argument("folders", nargs="*")
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--photos", type=int, default=16)
-    ap.add_argument("--no-dense", action="store_true", help="keypoint stage only")
+    ap.add_argument("--no-dense", action="store_true", help="keypoint stage only (dense.enabled=false)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--detect", default="fast", choices=["fast", "thorough"],
                     help="detection mode (fast: the figures in docs/benchmarks.md; handfit batch follows --detect, "
                          "whose default is thorough)")
+    C.add_set_option(ap)
     args = ap.parse_args()
 
     from handfit.batch.threads import configure_threads
@@ -61,14 +59,14 @@ def main():
     threads = configure_threads(args.threads)
     import torch
 
-    from handfit.api import FitOptions
     from handfit.batch.inputs import collect
     from handfit.batch.runner import run_batch
 
-    folders = args.folders or [str(DEV / d) for d in ("freihand", "onehand10k", "hamer") if (DEV / d).is_dir()]
+    folders = args.folders or [str(C.data("dev", d)) for d in ("freihand", "onehand10k", "hamer")
+                               if C.data("dev", d).is_dir()]
     photos = [u.path for u in collect(folders) if u.kind == "photo"][: args.photos]
-    opts = FitOptions(device=args.device, detect=args.detect)
-    opts.dense.enabled = not args.no_dense
+    opts = C.fit_options(args.set, {"device": args.device, "detect": args.detect,
+                                    "dense.enabled": not args.no_dense})
     dev = opts.torch_device()
     print(f"{len(photos)} photos from {', '.join(folders)}; device {dev}; torch threads {threads}; "
           f"{'keypoint stage only' if args.no_dense else 'default quality (dense stage on)'}; "

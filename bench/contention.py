@@ -21,14 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import _common as C
+
 CLEAN = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
          "HANDFIT_THREADS", "HANDFIT_THREADS_CONFIG")
 
 
 def launch(image, out, extra, mode):
     env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     if mode == "unconfigured":
         env["HANDFIT_THREADS_CONFIG"] = "0"
     cmd = [sys.executable, "-m", "handfit.cli", "fit", str(image), "-o", str(out), "-q", *extra]
@@ -62,7 +63,7 @@ def fmt(t: float) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("image", nargs="?", default=str(REPO / "examples" / "hand.jpg"))
+    ap.add_argument("image", nargs="?", default=str(C.EXAMPLE))
     ap.add_argument("--no-dense", action="store_true", help="keypoint stage only")
     ap.add_argument("--modes", default="configured,unconfigured")
     ap.add_argument("--cap", type=float, default=600, help="kill a fit still running after this many seconds")

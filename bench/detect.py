@@ -1,11 +1,11 @@
 """Detection recall, false positives and time, per mode and per pass.
 
-Recall is counted over every labelled hand of ../shared/data/dev (freihand,
-onehand10k, panoptic, tfjs_models) and ../shared/data/dev3d. A labelled hand
+Recall is counted over every labelled hand of $HANDFIT_DATA/dev (freihand,
+onehand10k, panoptic, tfjs_models) and $HANDFIT_DATA/dev3d. A labelled hand
 counts as found when some detection's mean distance to its *visible*
 labelled keypoints is under 0.25 x the diagonal of the labelled box
 (``bbox_xywh``; the visible keypoints' box where there is none). False
-positives: every detection on ../shared/data/dev/negatives (photos with no
+positives: every detection on $HANDFIT_DATA/dev/negatives (photos with no
 hand). Time: wall-clock milliseconds per photo of ``Detector.detect``.
 
 Rows: the two modes (``fast``: the full-image pass alone; ``thorough``: the
@@ -27,18 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import _common as C
 
-DATA = REPO.parent / "shared" / "data"
-DEV_SETS = ["freihand", "onehand10k", "panoptic", "tfjs_models"]
 FOUND = 0.25
 
 
 def labelled(root: Path, which: str):
     """(image path, [labelled hands]) of the set ``dev`` or ``dev3d``."""
     if which == "dev":
-        gts = [g for s in DEV_SETS for g in sorted((root / "dev" / s).rglob("*.gt.json"))]
+        gts = [g for s in C.DEV_SETS for g in sorted((root / "dev" / s).rglob("*.gt.json"))]
     else:
         gts = sorted((root / "dev3d").rglob("*.gt.json"))
     for g in gts:
@@ -67,7 +64,8 @@ def found(dets, hand) -> bool:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=C.DATA)
+    ap.add_argument("--limit", type=int, default=None, help="the first N photos of each set")
     ap.add_argument("--sets", default="dev,dev3d,negatives")
     ap.add_argument("--rows", default=None, help="comma list: fast, thorough, pass:NAME (default all)")
     ap.add_argument("--misses", action="store_true", help="print the labelled hands each row misses")
@@ -85,9 +83,9 @@ def main(argv=None):
     photos = []  # (set, path, hands or None)
     for s in ("dev", "dev3d"):
         if s in sets:
-            photos += [(s, p, h) for p, h in labelled(args.data, s)]
+            photos += [(s, p, h) for p, h in list(labelled(args.data, s))[: args.limit]]
     if "negatives" in sets:
-        photos += [("negatives", p, None) for p in negatives(args.data)]
+        photos += [("negatives", p, None) for p in negatives(args.data)[: args.limit]]
     images = {p: load_image(p).rgb for _, p, _ in photos}
 
     det = Detector(mode="thorough")

@@ -1,4 +1,4 @@
-"""2D keypoint accuracy on the labelled dev photos (../shared/data/dev).
+"""2D keypoint accuracy on the labelled dev photos ($HANDFIT_DATA/dev).
 
 For every labelled image (freihand, onehand10k, panoptic, tfjs_models/hands.jpg)
 it fits the photo, matches each labelled hand to a fitted hand, and reports the
@@ -7,6 +7,7 @@ keypoints against the labels (visible keypoints only).
 
     python bench/dev_keypoints.py                    # keypoint-only and dense fits
     python bench/dev_keypoints.py --modes keypoint   # keypoint-only
+    python bench/dev_keypoints.py --limit 2 --set dense.weights.silhouette=0
 """
 
 from __future__ import annotations
@@ -20,19 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from _overrides import add_set_option, dense_stage  # noqa: E402
-
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "dev"
-SETS = ["freihand", "onehand10k", "panoptic", "tfjs_models"]
-
-
-def labelled_images(root: Path):
-    for s in SETS:
-        for gt in sorted((root / s).glob("*.gt.json")):
-            yield s, gt.with_name(gt.name[: -len(".gt.json")]), json.loads(gt.read_text())
+import _common as C
 
 
 def match(gt_hand, hands):
@@ -48,13 +37,14 @@ def match(gt_hand, hands):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=C.data("dev"))
+    ap.add_argument("--limit", type=int, default=None, help="the first N labelled images")
     ap.add_argument("--modes", default="keypoint,dense", help="comma list of keypoint,dense")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, help="also write the per-image rows here")
-    add_set_option(ap)
+    C.add_set_option(ap)
     args = ap.parse_args(argv)
-    dense = dense_stage(args.set)
+    opts = C.fit_options(args.set, {"device": args.device, "max_hands": 2})
     if not args.data.is_dir():
         sys.exit(f"dev data not found at {args.data}")
 
@@ -62,12 +52,12 @@ def main(argv=None):
 
     modes = args.modes.split(",")
     rows = []
-    for s, img, gt in labelled_images(args.data):
+    for s, img, gt in list(C.labelled_dev(args.data))[: args.limit]:
         row = {"set": s, "image": img.name}
         for mode in modes:
             t = time.perf_counter()
-            res = handfit.fit(img, device=args.device, max_hands=2,
-                              dense=dataclasses.replace(dense, enabled=(mode == "dense")))
+            res = handfit.fit(img, options=dataclasses.replace(
+                opts, dense=dataclasses.replace(opts.dense, enabled=(mode == "dense"))))
             row[f"{mode}_seconds"] = time.perf_counter() - t
             det_e, fit_e, photo = [], [], []
             for gh in gt["hands"]:

@@ -23,30 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-DEV = REPO.parent / "shared" / "data" / "dev"
-DEV3D = REPO.parent / "shared" / "data" / "dev3d"
-if not DEV.is_dir():
-    DEV = Path("/work/shared/data/dev")
-    DEV3D = Path("/work/shared/data/dev3d")
+import _common as C
 
 
 def hands_of(name: str, limit: int | None):
     """(set, image path, K or None, kp2d (21,2), visible (21,), kp3d (21,3) or None) per labelled hand."""
     if name == "dev":
-        from dev_keypoints import labelled_images
-
-        for s, img, gt in labelled_images(DEV):
+        for s, img, gt in list(C.labelled_dev())[:limit]:
             for h in gt["hands"]:
                 yield "dev/" + s, img, None, np.asarray(h["keypoints_2d"], float), \
                     np.asarray(h.get("visible", [1] * 21), bool), None
     else:
         from handfit.eval.datasets import read_dev3d, select
 
-        for rec in select(read_dev3d(DEV3D), limit=limit):
+        for rec in select(read_dev3d(C.data("dev3d")), limit=limit):
             for h in rec.hands:
                 vis = h.visible if getattr(h, "visible", None) is not None else np.ones(21, bool)
                 yield "dev3d", Path(rec.image), rec.K, np.asarray(h.keypoints_2d, float), np.asarray(vis, bool), \
@@ -57,7 +47,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="1,2,4,6,8,12,20")
     ap.add_argument("--sets", default="dev,dev3d")
-    ap.add_argument("--limit", type=int, default=None, help="dev3d: first N images")
+    ap.add_argument("--limit", type=int, default=None, help="the first N images of each set")
     args = ap.parse_args(argv)
     configs = [int(c) for c in args.configs.split(",")]
     nmax = max(configs)

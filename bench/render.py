@@ -17,17 +17,13 @@ import argparse
 import importlib.util
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from handfit import render as R  # noqa: E402
-from handfit.train.shapes import ellipsoid  # noqa: E402
+import _common as C
+from handfit import render as R
+from handfit.train.shapes import ellipsoid
 
 
 def hand_mesh():
@@ -89,7 +85,7 @@ def timed(fn, reps: int, sync):
 
 def load_reference():
     """naive_rasterize from tests/test_render_reference.py (kept out of the package)."""
-    spec = importlib.util.spec_from_file_location("render_reference", REPO / "tests" / "test_render_reference.py")
+    spec = importlib.util.spec_from_file_location("render_reference", C.REPO / "tests" / "test_render_reference.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.naive_rasterize

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/test_render_parity.py loads this file by path
+import _common  # noqa: E402,F401 - the import path
 from handfit import render as R  # noqa: E402
-from handfit.train.shapes import ellipsoid  # noqa: E402
+from handfit.train.shapes import ellipsoid
 
 
 def mesh_scene(res: int, batch: int, device):

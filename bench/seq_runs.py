@@ -12,35 +12,20 @@ the scale against which ``accel_mm`` reads. Works on a partial output (the runs 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from handfit.eval import metrics as M  # noqa: E402
-
-
-def read_predictions(out: Path) -> tuple:
-    """The predictions.json of a ``handfit eval --sequence`` folder: (the variants it
-    holds, in the usual order; {(run, hand): [its frames' records]})."""
-    hands = json.loads((out / "predictions.json").read_text())["hands"]
-    variants = [v for v in ("mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense")
-                if any(v in h for h in hands)]
-    runs: dict = {}
-    for h in hands:
-        runs.setdefault((h["run"], h["hand"]), []).append(h)
-    return variants, runs
+import _common as C
+from handfit.eval import metrics as M
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="the -o folder of handfit eval --sequence")
     args = ap.parse_args(argv)
-    variants, runs = read_predictions(args.out)
+    variants, runs = C.read_predictions(args.out)
     pooled = {v: {"pa": [], "acc": []} for v in variants + ["still"]}
     print("| run | frames | " + " | ".join(f"{v} PA / accel" for v in variants) + " | still accel |")
     print("|---|---|" + "---|" * (len(variants) + 1))

@@ -10,7 +10,8 @@ seeds, and reports:
   (vertices after Procrustes alignment), 2D keypoint error (px), mask IoU.
 
     python bench/synthetic.py --scenes 60            # the table in docs/benchmarks.md
-    python bench/synthetic.py --scenes 8 --quick     # smoke run
+    python bench/synthetic.py --scenes 4 --chunk 4   # smoke run
+    python bench/synthetic.py --scenes 60 --set dense.weights.silhouette=0 --json nosil.json
 """
 
 from __future__ import annotations
@@ -18,17 +19,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from _overrides import add_set_option, dense_stage  # noqa: E402
+import _common as C
 
 
 def procrustes(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -84,9 +81,9 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--chunk", type=int, default=8, help="photos fitted together")
     ap.add_argument("--json", type=Path)
-    add_set_option(ap)
+    C.add_set_option(ap)
     args = ap.parse_args(argv)
-    dense = dense_stage(args.set)
+    opts = C.fit_options(args.set, {"device": args.device, "max_hands": 1, "side_check_below": 0.0})
 
     import handfit
     from handfit.models import load_model
@@ -118,9 +115,9 @@ def main(argv=None):
         for c in range(0, len(scenes), args.chunk):
             chunk = scenes[c:c + args.chunk]
             results = handfit.fit_batch([s.image for s in chunk], detections=detections[c:c + args.chunk],
-                                        device=args.device, max_hands=1, side_check_below=0.0,
-                                        dense=dataclasses.replace(dense, enabled=(mode == "dense")),
-                                        focal=float(chunk[0].K[0, 0]))
+                                        options=dataclasses.replace(
+                                            opts, focal=float(chunk[0].K[0, 0]),
+                                            dense=dataclasses.replace(opts.dense, enabled=(mode == "dense"))))
             for j, (s, r) in enumerate(zip(chunk, results)):
                 hands = [h for h in r.hands if h.side == s.side]
                 if not hands:

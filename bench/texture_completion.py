@@ -18,7 +18,7 @@ Synthetic scenes (known texture, samples divided by the true shading): the
 same hidden-pixel error, and the UV error against the true texture on the
 texels no visible pixel saw (inside the atlas).
 
-    D=../shared/data/dev
+    D=$HANDFIT_DATA/dev     # default: ../shared/data/dev beside the repository
     OMP_NUM_THREADS=1 python bench/texture_completion.py --cache /tmp/hf_cache/dev --photos $D/hamer \
         $D/freihand $D/onehand10k $D/panoptic $D/meshgraphormer $D/tfjs_models/asl_frames [--weights PATH]
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _common  # noqa: F401 - the import path
 from handfit import render as R
 from handfit.texture.init import coarse, resize_texture
 from handfit.models import load_model

@@ -9,9 +9,10 @@ import time
 
 import torch
 
+import _common  # noqa: F401 - the import path
 from handfit.texture.prior import TexturePrior, load_prior
 
-ap = argparse.ArgumentParser()
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--tokens", type=int, default=512)
 ap.add_argument("--repeat", type=int, default=20)
 ap.add_argument("--weights", default=None, help="a prior file (default: the shipped one, else a fresh model)")

@@ -2,11 +2,12 @@
 smoothing, and frames per second; with ``--dense``, the dense stage's seconds
 per frame per hand and quality in each way of finishing the frames.
 
-    python bench/video.py [VIDEO] [--every 5] [--end N] [--weights 0,1]
-    python bench/video.py [VIDEO] --every 5 --end 100 --dense track,frame,photo [--set lr_light=0]
+    python bench/video.py [VIDEO] [--every 5] [--end N] [--try track.smooth=0 track.smooth=1]
+    python bench/video.py [VIDEO] --every 5 --end 100 --dense track,frame,photo [--set dense.lr_light=0]
 
-Detects the chosen frames once, then fits the tracks once per smoothing
-weight (0 = no smoothing term). Jitter is the mean norm of the second
+Detects the chosen frames once, then fits the tracks once per setting (``--try``:
+space-separated FitOptions ``PATH=VALUE``; by default the smoothing weight
+``track.smooth`` 0, no temporal terms, and 1). Jitter is the mean norm of the second
 difference of the fitted keypoints between consecutive chosen frames: 3D in
 millimetres (camera frame), 2D in pixels; the detector's own 2D jitter is the
 reference. frames/s counts read + detect + fit (not writing the outputs).
@@ -25,43 +26,37 @@ photometric error and silhouette IoU are the dense stage's own measures after it
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from _overrides import add_set_option, dense_stage  # noqa: E402
-DEFAULT = REPO.parent / "shared" / "data" / "dev" / "tfjs_models" / "asl_hand.25fps.mp4"
+import _common as C
+
+TRIES = ["track.smooth=0", "track.smooth=1"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("video", nargs="?", default=str(DEFAULT))
+    ap.add_argument("video", nargs="?", default=str(C.data("dev", "tfjs_models", "asl_hand.25fps.mp4")))
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--end", type=int, default=None)
-    ap.add_argument("--weights", default="0,1", help="smoothing weights to compare (0 = off)")
+    ap.add_argument("--try", dest="tries", nargs="+", action="extend", default=None, metavar="'PATH=VALUE ...'",
+                    help=f"keypoint-stage settings to compare (default: {' | '.join(TRIES)})")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--detect", default="thorough", choices=("fast", "thorough"),
                     help="detection cascade (handfit batch uses --detect, default thorough, for videos too)")
     ap.add_argument("--dense", default="", help="comma list of track, frame, photo, track2: time the dense stage's "
                                                 "ways of finishing the frames (see above)")
-    add_set_option(ap)
+    C.add_set_option(ap)
     args = ap.parse_args()
 
     from handfit.batch.threads import configure_threads
 
     threads = configure_threads(args.threads)
-    from handfit.api import FitOptions
-    from handfit.batch.records import VideoOptions
     from handfit.batch.video import fit_video_frames, track_metrics, track_outputs
     from handfit.fitting.resources import Resources
     from handfit.io.media import read_frames
 
-    opts = FitOptions(device="cpu")
-    opts.dense.enabled = False
+    opts = C.fit_options(args.set, {"device": "cpu", "dense.enabled": False})
     t0 = time.perf_counter()
     frames = list(read_frames(args.video, args.every, args.start, args.end))
     t_read = time.perf_counter() - t0
@@ -72,13 +67,14 @@ def main():
     t_det = time.perf_counter() - t0
     print(f"{args.video}: {len(frames)} frames (every {args.every}), {sum(map(len, dets))} detections; "
           f"read {t_read:.1f}s, detect {t_det:.1f}s; torch/numba threads {threads}")
-    print("| smoothing weight | tracks | frames/s (read+detect+fit) | fit s/frame | 3D jitter mm | 2D jitter px "
+    print("| setting | tracks | frames/s (read+detect+fit) | fit s/frame | 3D jitter mm | 2D jitter px "
           "| detected 2D jitter px | 2D error px |")
     print("|---|---|---|---|---|---|---|---|")
-    for w in [float(x) for x in args.weights.split(",")]:
-        vopts = VideoOptions(every=args.every, smooth=w > 0, smooth_weight=w)
+    for s in args.tries or TRIES:
+        opts = C.fit_options(args.set + [s],
+                             {"device": "cpu", "dense.enabled": False})
         t0 = time.perf_counter()
-        tracks, fits = fit_video_frames(frames, dets, opts, vopts, res)
+        tracks, fits = fit_video_frames(frames, dets, opts, res)
         t_fit = time.perf_counter() - t0
         m = [x for x in track_metrics(tracks, [track_outputs(f) for f in fits]) if x["frames"] >= 3]
         n = sum(x["frames"] for x in m) or 1
@@ -86,14 +82,14 @@ def main():
         def avg(k):
             return sum(x[k] * x["frames"] for x in m) / n
 
-        print(f"| {w:g} | {len(tracks)} ({len(m)} with >= 3 frames) | {len(frames) / (t_read + t_det + t_fit):.2f} "
+        print(f"| {C.describe([s])} | {len(tracks)} ({len(m)} with >= 3 frames) | {len(frames) / (t_read + t_det + t_fit):.2f} "
               f"| {t_fit / len(frames):.2f} | {avg('jitter_mm'):.2f} | {avg('jitter_px'):.2f} "
               f"| {avg('jitter_detected_px'):.2f} | {avg('kp2d_px'):.2f} |")
     if args.dense:
         dense_modes(frames, dets, args, res)
 
 
-def finish_modes(mode: str, frames, dets, opts, vopts, res) -> list:
+def finish_modes(mode: str, frames, dets, opts, res) -> list:
     """Fit the frames one way (see the module docstring). -> lists of HandResult per track (or per frame)"""
     from dataclasses import replace
 
@@ -107,7 +103,7 @@ def finish_modes(mode: str, frames, dets, opts, vopts, res) -> list:
                 K = frame_intrinsics(rgb.shape[1], rgb.shape[0], opts)
                 out.append(fit_hands([HandItem(K, x, rgb) for x in d], opts, res))
         return out
-    tracks, fits = fit_video_frames(frames, dets, opts, vopts, res)
+    tracks, fits = fit_video_frames(frames, dets, opts, res)
     out = []
     for trk, fit in zip(tracks, fits):
         fit.items = [replace(it, rgb=frames[f][2]) for it, f in zip(fit.items, trk.frames)]
@@ -138,8 +134,6 @@ def dense_modes(frames, dets, args, res):
     """The ``--dense`` table: per mode, seconds per frame per hand and the dense stage's measures."""
     import numpy as np
 
-    from handfit.api import FitOptions
-    from handfit.batch.records import VideoOptions
     from handfit.batch.video import jitter
 
     print(f"\ndense stage, --set {args.set or '(none)'}; wall seconds per hand include the keypoint stage")
@@ -147,10 +141,9 @@ def dense_modes(frames, dets, args, res):
           "| 3D jitter mm |")
     print("|---|---|---|---|---|---|---|")
     for mode in args.dense.split(","):
-        opts = FitOptions(device="cpu", detect=args.detect)
-        opts.dense = dense_stage(args.set)
+        opts = C.fit_options(args.set, {"device": "cpu", "detect": args.detect})
         t0 = time.perf_counter()
-        groups = finish_modes(mode, frames, dets, opts, VideoOptions(every=args.every), res)
+        groups = finish_modes(mode, frames, dets, opts, res)
         wall = time.perf_counter() - t0
         hands = [h for g in groups for h in g]
         m = lambda k: float(np.mean([h.metrics[k] for h in hands]))  # noqa: E731

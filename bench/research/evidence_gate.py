@@ -10,12 +10,12 @@ quartile, each fit's change of PA-MPJPE and 2D error from the keypoint fit.
 If the free stage helped on the best-agreeing real hands, their quartile
 would show it, and a gate on that measure could let it run there.
 
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/evidence_gate.py
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/research/evidence_gate.py
 
 The same quartiles on the synthetic renders, from two ``bench/synthetic.py --json``
 runs (the defaults, and the free stage's ``--set`` values):
 
-    python bench/evidence_gate.py --synthetic default.json free.json
+    python bench/research/evidence_gate.py --synthetic default.json free.json
 """
 
 from __future__ import annotations
@@ -26,17 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from ablation import DEV3D, CachedDetector, _cache_stages, _cache_views, parse_setting  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common as C  # noqa: E402
 
-FREE = ("dense.weights.kp_trust=0;dense.weights.anchor=0;dense.weights.depth=0;dense.adam_eps=1e-8;"
-        "dense.adam_eps_shape=1e-8;dense.adam_eps_transl=1e-8;dense.iters=100;dense.fine_iters=20")
+FREE = ("dense.weights.kp_trust=0 dense.weights.anchor=0 dense.weights.depth=0 dense.adam_eps=1e-8 "
+        "dense.adam_eps_shape=1e-8 dense.adam_eps_transl=1e-8 dense.iters=100 dense.fine_iters=20")
 GATES = ("silhouette_iou_before", "silhouette_iou_after", "photometric_before")
 
 
-def per_hand(records, opts, detector, res):
+def per_hand(records, opts, detector, res, staged):
     """[(keypoint PA mm, dense PA mm, keypoint 2D px, dense 2D px, dense-stage metrics)] per fitted hand."""
     from handfit.eval import evaluate
     from handfit.eval import metrics as M
@@ -48,7 +46,7 @@ def per_hand(records, opts, detector, res):
             seen[id(h.keypoints_3d)] = (h.keypoints_3d, h.metrics)  # kept, so its id stays its own
 
     ev = evaluate(records, opts, ("mediapipe", "keypoint", "dense"), detector=detector, resources=res,
-                  warmup=False, on_fit=on_fit)
+                  fit_batch=staged, warmup=False, on_fit=on_fit)
     rows = []
     for e in ev.hands:
         k, d = e.preds.get("keypoint", {}), e.preds.get("dense", {})
@@ -96,9 +94,9 @@ def synthetic(default_json: Path, free_json: Path, gate_name: str) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEV3D)
+    ap.add_argument("--data", type=Path, default=C.data("dev3d"))
     ap.add_argument("--every", type=int, default=1, help="every N-th image (1: all)")
-    ap.add_argument("--free", default=FREE, help="the free stage's FitOptions paths, ';'-separated")
+    ap.add_argument("--free", default=FREE, help="the free stage's FitOptions PATH=VALUE, space-separated")
     ap.add_argument("--gate", choices=GATES, default=GATES[0], help="the measure the hands are sorted by")
     ap.add_argument("--synthetic", nargs=2, type=Path, metavar=("DEFAULT_JSON", "FREE_JSON"),
                     help="instead of dev3d: two bench/synthetic.py --json outputs")
@@ -107,19 +105,13 @@ def main(argv=None):
         return synthetic(*args.synthetic, args.gate)
 
     from handfit.eval import open_dataset, select
-    from handfit.fitting import pipeline
-    from handfit.fitting.resources import Resources
-    from handfit.options import FitOptions
 
     records = select(open_dataset(args.data), every=args.every)
-    res = Resources()
-    _cache_views()  # detections, views and keypoint fits are shared by both settings
-    _cache_stages(pipeline)
-    detector = CachedDetector(res)
+    res = C.cached_resources()  # detections, views and keypoint fits are shared by both settings
+    detector, staged = res.detector("thorough"), C.StagedFit(res)
     runs = {}
-    for name, setting in (("default", "-"), ("free", args.free)):
-        opts = FitOptions.from_values({"device": "cpu", **parse_setting(setting)})
-        runs[name] = per_hand(records, opts, detector, res)
+    for name, setting in (("default", []), ("free", [args.free])):
+        runs[name] = per_hand(records, C.fit_options(setting, {"device": "cpu"}), detector, res, staged)
     res.close()
     base, free = np.array([r[:4] for r in runs["default"]]), np.array([r[:4] for r in runs["free"]])
     if len(base) != len(free):

@@ -1,12 +1,14 @@
 """Which hand model each dev3d frame is fitted with (all its hands are left).
 
-Detects every frame of ../shared/data/dev3d (``--detect`` mode), then decides
-the sides as ``handfit fit`` does (:func:`handfit.fitting.pipeline.decide_sides`,
-``--check-below`` as FitOptions.side_check_below) and counts the frames that
-would be fitted with the right-hand model, before (MediaPipe) and after.
+Detects every frame of $HANDFIT_DATA/dev3d (``detect``), then decides the sides
+as ``handfit fit`` does (:func:`handfit.fitting.pipeline.decide_sides`, with
+FitOptions ``side_check_below`` and ``side_check_iters``, set by ``--set``) and
+counts the frames that would be fitted with the right-hand model, before
+(MediaPipe) and after.
 
-    python bench/sides.py                    # default threshold 0.95
-    python bench/sides.py --check-below 1    # fit both models for every hand
+    python bench/research/sides.py                                  # default threshold 0.95
+    python bench/research/sides.py --set side_check_below=1         # fit both models for every hand
+    python bench/research/sides.py --set side_check_iters=120
 """
 
 from __future__ import annotations
@@ -19,31 +21,26 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common as C  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "dev3d")
-    ap.add_argument("--detect", default="thorough", choices=["fast", "thorough"])
-    ap.add_argument("--check-below", type=float, default=None)
-    ap.add_argument("--iters", type=int, default=None, help="FitOptions.side_check_iters (default: its default)")
+    ap.add_argument("--data", type=Path, default=C.data("dev3d"))
+    ap.add_argument("--limit", type=int, default=None, help="the first N frames")
+    C.add_set_option(ap)
     args = ap.parse_args(argv)
-    from handfit.api import FitOptions
     from handfit.fitting.pipeline import HandItem, decide_sides
     from handfit.fitting.resources import Resources
     from handfit.io import load_image
 
-    check = FitOptions().side_check_below if args.check_below is None else args.check_below
-    opts = FitOptions(device="cpu", detect=args.detect, side_check_below=check)
-    if args.iters is not None:
-        opts.side_check_iters = args.iters
-    opts.dense.enabled = False
+    opts = C.fit_options(args.set, {"device": "cpu", "dense.enabled": False})
+    check = opts.side_check_below
     res = Resources()
-    det = res.detector(args.detect)
+    det = res.detector(opts.detect)
     items, labelled, frames = [], 0, 0
-    for g in sorted(args.data.rglob("*.gt.json")):
+    for g in sorted(args.data.rglob("*.gt.json"))[: args.limit]:
         gt = json.loads(g.read_text())
         labelled += len(gt["hands"])
         frames += 1
@@ -56,7 +53,7 @@ def main(argv=None):
     dets = [it.detection for it in items]
     after = sum(d.side == "right" for d in dets)
     checked = sum(d.side_source == "fit" for d in dets)
-    print(f"frames {frames}, labelled hands {labelled} (all left), detected {len(dets)} ({args.detect})")
+    print(f"frames {frames}, labelled hands {labelled} (all left), detected {len(dets)} ({opts.detect})")
     print(f"right-hand model: MediaPipe {before}, after the side check {after}")
     print(f"checked (score < {check}): {checked}, changed: {sum(d.detector_side not in (None, d.side) for d in dets)}, "
           f"{secs:.1f} s for the check ({secs / max(checked, 1):.2f} s per checked hand)")

@@ -1,6 +1,6 @@
 """Where a sequence fit's acceleration error comes from, read back from a ``handfit eval --sequence`` output.
 
-    python bench/seq_oracle.py /tmp/seqeval
+    python bench/research/seq_oracle.py /tmp/seqeval
 
 For each variant in OUT/predictions.json, accel_mm (mm/frame², as metrics.accel_errors) of:
 
@@ -27,19 +27,14 @@ truth's own root-relative acceleration split the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common as C  # noqa: E402
 from handfit.eval import metrics as M  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seq_runs import read_predictions  # noqa: E402
 
 
 def _kabsch(pred, gt) -> tuple:
@@ -92,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--lams", nargs="*", type=float, default=[0.1, 0.3, 1, 3])
     args = ap.parse_args(argv)
-    variants, runs = read_predictions(args.out)
+    variants, runs = C.read_predictions(args.out)
     cols = (["raw", "rot", "rot in-plane", "rot tilt", "rot+scale", "pa", "glob only", "true z", "true dist"]
             + [f"smooth {lam:g}" for lam in args.lams] + [f"z-smooth {lam:g}" for lam in args.lams])
     split = {}

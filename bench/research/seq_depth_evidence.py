@@ -1,8 +1,9 @@
 """How good is MediaPipe's relative depth, and how noisy is the truth? On a sequence dataset's runs.
 
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/seq_depth_evidence.py --cache /tmp/seqcache.pkl
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python bench/research/seq_depth_evidence.py --cache /tmp/seqcache.pkl
 
-The evidence comes from ``bench/seq_temporal.py``'s cache (made on the first call). Every run is
+The evidence comes from the cache ``bench/research/seq_temporal.py`` also reads (made on the first
+call, :func:`_common.load_runs`). Every run is
 fitted as one track (``pipeline.fit_track``, keypoint stage) twice: without the keypoint stage's
 depth term (``keypoint.weights.depth=0``) and with the defaults. Printed:
 
@@ -27,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common as C  # noqa: E402
 
 PALM = [0, 5, 9, 13, 17]
 
@@ -58,16 +58,15 @@ def main(argv=None) -> int:
     from handfit.fitting import pipeline
     from handfit.fitting.resources import Resources
     from handfit.options import FitOptions
-    from seq_temporal import DEFAULT_DATA, load_runs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=C.data("dev3d_seq"))
     ap.add_argument("--cache", type=Path, required=True)
     args = ap.parse_args(argv)
     fits = {"no depth term": FitOptions.from_values({"dense.enabled": False, "keypoint.weights.depth": 0.0}),
             "defaults": FitOptions.from_values({"dense.enabled": False})}   # both: the track's keypoint stage
     with Resources() as res:
-        runs = load_runs(args.cache, args.data, res, fits["defaults"])
+        runs = C.load_runs(args.cache, args.data, res, fits["defaults"])
         if runs is None:
             return 1
         preds, fitted = {}, {}
