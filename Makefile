@@ -38,8 +38,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 # Tests over about a second carry @pytest.mark.slow; `make test` still runs them.
+# One thread by default (override with OMP_NUM_THREADS=...): the quick tests'
+# tensors are small, and on a busy 2-core machine two OpenMP threads spin against
+# each other (10x slower fits). --durations names any test that creeps past 1 s.
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} NUMBA_NUM_THREADS=$${NUMBA_NUM_THREADS:-1} \
+		$(BIN)/python -m pytest -q -ra -m "not slow" --durations=5
 
 weights: $(STAMP)
 	$(BIN)/python -m handfit.train.calibrate --scenes 1200 --out handfit/weights/keypoints_anny.pt
