@@ -194,6 +194,7 @@ def test_cli_imports_nothing_from_fitting():
                 assert "fitting" not in (node.module or ""), (f.name, node.module)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])
 def test_unreadable_input_exit_4(tmp_path, kind):
     p = tmp_path / "bad.jpg"

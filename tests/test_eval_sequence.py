@@ -248,6 +248,7 @@ def _render_dataset(root, lengths=(3, 2)):
     return root
 
 
+@pytest.mark.slow
 def test_cli_sequence_compare_in_process(tmp_path, monkeypatch):
     """`handfit eval DATA --sequence --compare` through the real pipeline (few iterations), with a
     stand-in detector: each frame detected once, one track per run, four fitted variants. Kept
