@@ -72,6 +72,19 @@ class KeypointStage:
 
 
 @dataclass
+class StartStage:
+    """Checking each hand's start (handfit/fitting/starts.py): one further than ``check`` box
+    sides from its evidence (mean 2D error) is replaced by the best of several candidates --
+    the start turned about the wrist (180° and ±90° about each axis of ``turns``) and the IK
+    start, each with its translation solved from the 2D -- after ``iters`` keypoint iterations."""
+
+    check: float = opt(0.5, min=0, min_open=True)
+    iters: int = opt(20, min=1)
+    turns: str = opt("xyz", choices=("", "x", "y", "z", "xy", "xz", "yz", "xyz"))
+    ik: bool = opt(True, kind="bool")
+
+
+@dataclass
 class TrackStage:
     """A video track's keypoint stage and settling (handfit/fitting/temporal.py, docs/fitting.md).
 
@@ -80,7 +93,10 @@ class TrackStage:
     ``smooth`` > 0, a penalty on accelerations. After the dense stage, ``settle_iters`` refine
     the frames together again against the accelerations of their joints' relative depth."""
 
-    warm_iters: int = opt(60, min=1)        # keypoint iterations of a warm-started frame
+    warm_iters: int = opt(60, min=1)        # keypoint iterations of a warm-started frame (times its gap)
+    # A warm-started frame whose joint ends this many box sides from its evidence is fitted
+    # again from its own start (its neighbours may be far away in a sparse track)
+    refit_rel: float = opt(0.15, min=0, min_open=True)
     refine_iters: int = opt(150, min=1)     # the joint refinement of all frames
     # Weight of the temporal terms (the refinement's smoothness and the settling); 0: none
     smooth: float = opt(1.0, min=0)
@@ -224,6 +240,21 @@ class DenseStage:
 
 
 @dataclass
+class QualityStage:
+    """The verdict on every hand (handfit/fitting/quality.py): each signal beyond its
+    threshold makes the hand ``suspect``, with that reason. Distances in box sides (the larger
+    side of the box around the evidence keypoints)."""
+
+    max_rel: float = opt(0.25, min=0)      # a joint this far from its evidence
+    start_rel: float = opt(0.5, min=0)     # the kept start's mean 2D error (handfit/fitting/starts.py)
+    spread_rel: float = opt(0.25, min=0)   # the views of the crop disagreeing on a keypoint by this much
+    min_score: float = opt(0.0, min=0)     # the detection's score below this
+    limit_frac: float = opt(0.5, min=0)    # this fraction of the pose's angles at their limits
+    # Both hand models fit within this fraction of each other (the side check's losses)
+    side_margin: float = opt(0.0, min=0)
+
+
+@dataclass
 class FitOptions:
     """Every option of :func:`handfit.fit`; the CLI flags map onto these fields."""
 
@@ -254,9 +285,11 @@ class FitOptions:
     # Relative spread between the views (hand sizes) at which a keypoint's 2D weight halves
     # (handfit.detect.multiview.spread_weight); 0: every keypoint weighs alike.
     spread_sigma: float = opt(0.02, min=0)
+    start: StartStage = field(default_factory=StartStage)
     keypoint: KeypointStage = field(default_factory=KeypointStage)
     dense: DenseStage = field(default_factory=DenseStage)
     track: TrackStage = field(default_factory=TrackStage)
+    quality: QualityStage = field(default_factory=QualityStage)
 
     def __post_init__(self):
         if self.mano is not None:
@@ -417,5 +450,6 @@ def weight_override(spec: str) -> tuple[str, float]:
     return f"{WEIGHT_STAGES[stage]}.{term}", value
 
 
-__all__ = ["FitOptions", "KeypointStage", "KeypointWeights", "DenseStage", "TrackStage", "DenseWeights", "OptionError",
+__all__ = ["FitOptions", "StartStage", "KeypointStage", "KeypointWeights", "DenseStage", "TrackStage", "QualityStage",
+           "DenseWeights", "OptionError",
            "option_field", "weight_override", "weight_names"]

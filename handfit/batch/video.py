@@ -118,7 +118,7 @@ def fit_video_frames(frames: list, dets: list, opts, res=None) -> tuple:
     tracks = track(dets)
     fits = []
     for trk in tracks:
-        items = [HandItem(frame_intrinsics(_hw(frames[f])[1], _hw(frames[f])[0], opts), d)
+        items = [HandItem(frame_intrinsics(_hw(frames[f])[1], _hw(frames[f])[0], opts), d, frame=int(frames[f][0]))
                  for f, d in zip(trk.frames, trk.dets)]
         fit = fit_track(items, opts, res)
         trk.side = fit.side

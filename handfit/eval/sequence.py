@@ -50,7 +50,7 @@ def fit_run(items: list, opts, res, dense: bool) -> tuple:
     from ..fitting.pipeline import assemble, finish_track, fit_track, refine_evidence
 
     fit = fit_track(refine_evidence(items, opts, res), opts, res)
-    keypoint = assemble(fit, texture_size=1)   # numpy copies: the dense stage below changes fit.params
+    keypoint = assemble(fit, 1, opts.quality)   # numpy copies: the dense stage below changes fit.params
     return keypoint, (finish_track(fit, opts, res) if dense else None)
 
 
@@ -111,6 +111,14 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
     return _evaluation(hands, variants)
 
 
+def frame_number(rec) -> int | None:
+    """A run's frame index from its file name ("00042.jpg" -> 42), or None when it has none."""
+    import re
+
+    digits = re.findall(r"\d+", rec.image.stem)
+    return int(digits[-1]) if digits else None
+
+
 def _fit_track_safe(done: list, variants: tuple, opts, use_label_camera: bool, fit_sequence: Callable) -> None:
     """Fit each labelled hand of a run (hand index h of every frame) as one track over the frames
     where it was matched, and store the sequence variants; a failure is recorded, not raised."""
@@ -118,7 +126,7 @@ def _fit_track_safe(done: list, variants: tuple, opts, use_label_camera: bool, f
 
     for h in sorted({e.hand for _, _, pairs in done for e, _ in pairs}):
         track = [(rec, photo, e, d) for rec, photo, pairs in done for e, d in pairs if e.hand == h]
-        items = [HandItem(rec.K if use_label_camera else _own_camera(photo, opts), d, photo.rgb)
+        items = [HandItem(rec.K if use_label_camera else _own_camera(photo, opts), d, photo.rgb, frame_number(rec))
                  for rec, photo, _, d in track]
         try:
             keypoint, final = fit_sequence(items, opts, "sequence_dense" in variants)

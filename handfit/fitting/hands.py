@@ -20,6 +20,7 @@ class HandItem:
     K: np.ndarray                   # (3,3) intrinsics of its photo
     detection: object               # handfit.detect.Detection: side, score, box_xyxy, keypoints, keypoints_z, world
     rgb: np.ndarray | None = None   # (H,W,3) uint8 photo; the side views and the dense stage need it
+    frame: int | None = None        # a video frame's index in its source (a track's frames: their spacing)
 
 
 @dataclass
@@ -37,12 +38,21 @@ class HandBatch:
     # of 1 (:func:`depth_refs`; NaN rows: a hand without them), or None: the reference of the
     # keypoint stage's depth term
     depth_ref: torch.Tensor | None = None
+    # (B,) each hand's frame index in its source video (a track's frames), or None: consecutive
+    frames: torch.Tensor | None = None
 
     def select(self, idx) -> "HandBatch":
         i = torch.as_tensor(list(idx), dtype=torch.long, device=self.K.device)
-        return HandBatch(self.K[i], self.kp2d[i], self.world[i], self.scale[i],
+        return HandBatch(self.K[i], self.kp2d[i], None if self.world is None else self.world[i], self.scale[i],
                          None if self.kp_weight is None else self.kp_weight[i],
-                         None if self.depth_ref is None else self.depth_ref[i])
+                         None if self.depth_ref is None else self.depth_ref[i],
+                         None if self.frames is None else self.frames[i])
+
+    def gaps(self) -> torch.Tensor:
+        """(B-1,) source frames between consecutive hands (a track's frames), 1 where unknown."""
+        if self.frames is None:
+            return self.K.new_ones(max(self.K.shape[0] - 1, 0))
+        return (self.frames[1:] - self.frames[:-1]).to(self.K.dtype).clamp(min=1)
 
 
 def kp_weights(dets: list, sigma: float) -> np.ndarray | None:
@@ -98,10 +108,12 @@ def to_batch(items: list, device, dtype=torch.float32, opts: FitOptions | None =
     w = kp_weights([d for _, d in pairs], opts.spread_sigma)
     Ks = np.stack([k for k, _ in pairs])
     ref = depth_refs(Ks, [d for _, d in pairs], opts.keypoint.depth_scale)
+    frames = [getattr(it, "frame", None) for it in items]
     return HandBatch(
         K=torch.tensor(Ks, device=device, dtype=dtype),
         kp2d=torch.tensor(np.stack([d.keypoints for _, d in pairs]), device=device, dtype=dtype),
         world=torch.tensor(np.stack([d.world for _, d in pairs]), device=device, dtype=dtype),
         scale=torch.tensor(np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]), device=device, dtype=dtype),
         kp_weight=None if w is None else torch.tensor(w, device=device, dtype=dtype),
-        depth_ref=None if ref is None else torch.tensor(ref, device=device, dtype=dtype))
+        depth_ref=None if ref is None else torch.tensor(ref, device=device, dtype=dtype),
+        frames=None if None in frames else torch.tensor(frames, device=device, dtype=torch.long))

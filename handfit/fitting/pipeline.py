@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..camera import project
-from ..options import FitOptions
+from ..options import FitOptions, QualityStage
 from .hands import HandBatch, HandItem, to_batch
 from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
@@ -130,27 +130,34 @@ def refine_evidence(items: list, opts: FitOptions, res: Resources) -> list:
             for it in items]
 
 
-def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
-                 ) -> SideFit:
-    """Stages 2 and 3 for B photos' hands of one side: initialise, then the keypoint stage."""
+def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
+                 start: dict | None = None) -> SideFit:
+    """Stages 2 and 3 for B photos' hands of one side: initialise, check each start
+    (:func:`.starts.checked_starts`), then the keypoint stage.
+    ``start``: params (dict of (B,·) tensors) to start from instead of the initialiser's; they
+    are checked like any start."""
     from .init import initialise
     from .keypoint import fit_keypoints
+    from .starts import checked_starts
 
     device, dtype = _device(opts)
     model = res.model(opts.model, side, opts.mano, device, dtype)
     batch = to_batch(items, device, dtype, opts)
     t0 = time.perf_counter()
-    net = res.regressor(model, device, dtype)
-    params, method = initialise(model, batch.world, batch.kp2d, batch.K, net)
+    B = len(items)
+    if start is None:
+        params, method = initialise(model, batch.world, batch.kp2d, batch.K, res.regressor(model, device, dtype))
+    else:
+        params, method = {k: v.to(device=device, dtype=dtype).clone() for k, v in start.items()}, "given"
     with torch.no_grad():
         init_err = (project(model(**params).keypoints, batch.K) - batch.kp2d).norm(dim=-1).mean(-1)
+    params, methods, start_err = checked_starts(model, params, batch, opts.keypoint, opts.start, [method] * B)
     report = fit_keypoints(model, params, batch, opts.keypoint,
                            on_step=(lambda it, loss: progress("keypoints", side, it, opts.keypoint.iters))
                            if progress else None)
-    B = len(items)
-    fit = SideFit(side, model, list(items), batch, params, [method] * B,
+    fit = SideFit(side, model, list(items), batch, params, methods,
                   losses={"keypoint": dict(report.terms)},
-                  metrics={"init_kp2d_px": init_err, "keypoint_iters": report.iters})
+                  metrics={"init_kp2d_px": init_err, "start_rel": start_err, "keypoint_iters": report.iters})
     fit.metrics["keypoint_seconds"] = (time.perf_counter() - t0) / B
     fit.seconds = np.full(B, fit.metrics["keypoint_seconds"])
     return fit
@@ -192,8 +199,13 @@ def dense_fit(fit: SideFit, opts: FitOptions, res: Resources, progress: Progress
     return fit
 
 
-def assemble(fit: SideFit, texture_size: int = 256) -> list:
-    """Stage 5: the B hands' :class:`HandResult` objects (numpy, full-photo coordinates)."""
+def assemble(fit: SideFit, texture_size: int = 256, quality: QualityStage | None = None) -> list:
+    """Stage 5: the B hands' :class:`HandResult` objects (numpy, full-photo coordinates), each
+    with its quality signals in ``metrics`` and its verdict (:mod:`.quality`, thresholds
+    ``quality``; None: the defaults)."""
+    from .quality import signals, verdict
+
+    quality = quality or QualityStage()
     model, batch, params = fit.model, fit.batch, fit.params
     with torch.no_grad():
         out = model(**params)
@@ -211,12 +223,19 @@ def assemble(fit: SideFit, texture_size: int = 256) -> list:
             return v[b].item() if isinstance(v[b], np.generic) else v[b]
         return v
 
+    lower, upper = model.pose_lower.double().cpu().numpy(), model.pose_upper.double().cpu().numpy()
+    pose = params["pose"].detach().double().cpu().numpy()
     results = []
     for b, item in enumerate(fit.items):
         det = item.detection
         metrics = {k: one(v, b) for k, v in fit.metrics.items() if k == "init_kp2d_px"}
         metrics["kp2d_px"] = float(err[b])
         metrics.update({k: one(v, b) for k, v in fit.metrics.items() if k != "init_kp2d_px"})
+        sig = signals(uv[b].double().cpu().numpy(), det.keypoints, pose[b], lower, upper, det,
+                      metrics.get("start_rel"))
+        metrics.update(sig)
+        conflict = fit.track and getattr(det, "detector_side", None) not in (None, fit.side)
+        verdict_, reasons = verdict(sig, quality, side_conflict=conflict)
         results.append(HandResult(
             side=fit.side, score=float(det.score), bbox_xyxy=np.asarray(det.box_xyxy, np.float64),
             keypoints_2d_detected=np.asarray(det.keypoints, np.float64),
@@ -230,7 +249,8 @@ def assemble(fit: SideFit, texture_size: int = 256) -> list:
             metrics=metrics, seconds=float(seconds[b]),
             detect_pass=getattr(det, "pass_name", "full"), side_source=getattr(det, "side_source", "detector"),
             side_losses=getattr(det, "side_losses", None),
-            stages={s: {k: v[b] for k, v in d.items()} for s, d in fit.stages.items()}))
+            stages={s: {k: v[b] for k, v in d.items()} for s, d in fit.stages.items()},
+            quality=verdict_, quality_reasons=reasons))
     return results
 
 
@@ -247,23 +267,28 @@ def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn 
         dense_fit(fit, opts, res, progress, texture=texture, start=start)
     share = (time.perf_counter() - t0) / len(fit.items)
     fit.seconds = share + (fit.seconds if fit.seconds is not None else np.zeros(len(fit.items)))
-    return assemble(fit, opts.texture_size)
+    return assemble(fit, opts.texture_size, opts.quality)
 
 
 def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | None = None) -> tuple:
     """Stage 4a for a video track: what B of its frames (each item with its ``rgb``) show of
     its texture, on their keypoint-fit meshes, added to the running accumulation ``acc``
+    (a frame further than ``opts.quality.max_rel`` box sides from its evidence adds nothing)
     (None at the first frames). Frames can come one at a time, in any order: the
     result is the same (:func:`handfit.texture.track.accumulate`). Each frame's share
     of the time is added to ``fit.seconds``.
     -> acc: (colour (T,T,3) in [0,1], weight (T,T,1)) tensors"""
     from ..texture.track import merge
     from .dense import observe_texture
+    from .starts import frame_error
 
     t0 = time.perf_counter()
     batch = fit.batch
     colour, weight = observe_texture(fit.model, fit.params, batch, [it.rgb for it in fit.items], opts,
                                      context=res.render_context(batch.K.device, opts.renderer))
+    # a frame whose fit is still off its evidence would paint its fingers where they are not
+    off = frame_error(fit.model, fit.params, batch) > opts.quality.max_rel
+    weight = weight * (~off).to(weight.dtype)[:, None, None, None]
     acc = merge(acc, colour, weight)
     if fit.seconds is not None:
         fit.seconds = fit.seconds + (time.perf_counter() - t0) / len(fit.items)
@@ -315,7 +340,7 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
         part.seconds = part.seconds + (time.perf_counter() - t0) / len(idx)
         parts.append(part)
     settle(fit, parts, opts)
-    return [hand for part in parts for hand in assemble(part, opts.texture_size)]
+    return [hand for part in parts for hand in assemble(part, opts.texture_size, opts.quality)]
 
 
 def settle(fit: SideFit, parts: list, opts: FitOptions) -> None:
@@ -389,12 +414,13 @@ def fit_track(items: list, opts: FitOptions, res: Resources) -> SideFit:
     batch = to_batch(items, device, dtype, opts)
     t0 = time.perf_counter()
     net = res.regressor(model, device, dtype)
-    params, method, report = fit_sequence(model, batch, opts.keypoint, opts.track,
-                                          lambda b: initialise(model, b.world, b.kp2d, b.K, net))
+    params, methods, report = fit_sequence(model, batch, opts.keypoint, opts.track,
+                                           lambda b: initialise(model, b.world, b.kp2d, b.K, net), opts.start)
     T = len(items)
-    fit = SideFit(side, model, items, batch, params, [method] + ["warm"] * (T - 1),
+    fit = SideFit(side, model, items, batch, params, methods,
                   losses={"keypoint": report["terms"]},
-                  metrics={"keypoint_iters": report["warm_iters"], "refine_iters": report["refine_iters"]},
+                  metrics={"keypoint_iters": report["warm_iters"], "refine_iters": report["refine_iters"],
+                           "track_refit": report["refit"], "track_released": report["released"]},
                   track=True)
     fit.seconds = np.full(T, (time.perf_counter() - t0) / T)
     return fit

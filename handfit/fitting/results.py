@@ -45,6 +45,8 @@ class HandResult:
     side_losses: dict | None = None  # {"left": loss, "right": loss} when both were fitted
     stages: dict = field(default_factory=dict)  # earlier stages' results, e.g. stages["keypoint"] =
                                                 # {"keypoints_3d": (21,3), "keypoints_2d": (21,2)} before the dense stage
+    quality: str = "ok"             # "ok" | "suspect" (handfit.fitting.quality): which hands to look at
+    quality_reasons: list = field(default_factory=list)  # why suspect, one short phrase each
 
 
 @dataclass
@@ -73,6 +75,7 @@ class FitResult:
                 "params": h.params, "init": h.init, "losses": h.losses, "metrics": h.metrics,
                 "seconds": h.seconds, "pass": h.detect_pass,
                 "side_source": h.side_source, "side_losses": h.side_losses,
+                "quality": h.quality, "quality_reasons": h.quality_reasons,
                 "files": files[i] if files else {},
             })
         return {

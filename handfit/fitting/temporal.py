@@ -22,27 +22,38 @@ from typing import Callable
 import torch
 
 from ..camera import project
-from ..options import KeypointStage, TrackStage
+from ..options import KeypointStage, StartStage, TrackStage
 from . import losses as L
 from .adam import run_adam
 from .hands import HandBatch
 from .keypoint import fit_keypoints, keypoint_terms
+from .starts import checked_starts, frame_error
 
 
-def acceleration(x: torch.Tensor) -> torch.Tensor:
-    """Second differences along the first axis: (T,...) -> (T-2,...)."""
-    return x[2:] - 2 * x[1:-1] + x[:-2]
+def acceleration(x: torch.Tensor, gaps: torch.Tensor | None = None) -> torch.Tensor:
+    """Second differences along the first axis, per source frame²: (T,...) -> (T-2,...).
+
+    gaps: (T-1,) source frames between consecutive rows (a track fitted at ``--every`` N has
+    gaps of N), or None: 1. Over a gap of N frames a steady motion's second difference grows
+    as N², so dividing it out keeps one scale: a sparse track is not held as a smooth one."""
+    if gaps is None or bool((gaps == 1).all()):
+        return x[2:] - 2 * x[1:-1] + x[:-2]
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    g1, g2 = gaps[:-1].reshape(shape).to(x.dtype), gaps[1:].reshape(shape).to(x.dtype)
+    return 2 * (g1 * x[2:] - (g1 + g2) * x[1:-1] + g2 * x[:-2]) / (g1 * g2 * (g1 + g2))
 
 
-def smooth_terms(params: dict, track: TrackStage) -> torch.Tensor:
-    """(T,) smoothness penalty on the (T,·) params' accelerations, each charged to its middle
-    frame, weighted ``track.smooth``; rotations in units of ``sigma_pose``, translations of ``sigma_transl``."""
+def smooth_terms(params: dict, track: TrackStage, gaps: torch.Tensor | None = None) -> torch.Tensor:
+    """(T,) smoothness penalty on the (T,·) params' accelerations (:func:`acceleration`, with
+    the frames' ``gaps``), each charged to its middle frame, weighted ``track.smooth``;
+    rotations in units of ``sigma_pose``, translations of ``sigma_transl``."""
     T = params["pose"].shape[0]
     out = params["pose"].new_zeros(T)
     if track.smooth <= 0 or T < 3:
         return out
-    rot = (acceleration(params["global_orient"]) ** 2).sum(-1) + (acceleration(params["pose"]) ** 2).sum(-1)
-    tr = (acceleration(params["transl"]) ** 2).sum(-1)
+    rot = ((acceleration(params["global_orient"], gaps) ** 2).sum(-1)
+           + (acceleration(params["pose"], gaps) ** 2).sum(-1))
+    tr = (acceleration(params["transl"], gaps) ** 2).sum(-1)
     out[1:-1] = track.smooth * track.smooth_scale * (rot / track.sigma_pose ** 2 + tr / track.sigma_transl ** 2)
     return out
 
@@ -52,17 +63,18 @@ def charbonnier(r: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(1 + r * r) - 1
 
 
-def joint_accel_terms(keypoints: torch.Tensor, weight: float, track: TrackStage) -> torch.Tensor:
+def joint_accel_terms(keypoints: torch.Tensor, weight: float, track: TrackStage,
+                      gaps: torch.Tensor | None = None) -> torch.Tensor:
     """(T,) robust penalty on the accelerations of the root-relative joints, each charged to its middle frame.
 
     keypoints: (T,J,3) camera frame, joint 0 the root. The depth (z) part and the image-plane
     part have their own scales (``track.sigma_depth``, ``track.sigma_plane``), the whole
-    ``weight * track.joint_scale``."""
+    ``weight * track.joint_scale``; gaps: (T-1,) source frames between the rows, or None."""
     T = keypoints.shape[0]
     out = keypoints.new_zeros(T)
     if weight <= 0 or T < 3 or track.joint_scale <= 0:
         return out
-    a = acceleration(keypoints - keypoints[:, :1])                      # (T-2,J,3)
+    a = acceleration(keypoints - keypoints[:, :1], gaps)                # (T-2,J,3)
     cost = charbonnier(a[..., 2] / track.sigma_depth)
     if track.plane_ratio > 0:
         cost = cost + track.plane_ratio * charbonnier(a[..., :2].norm(dim=-1) / track.sigma_plane)
@@ -70,32 +82,56 @@ def joint_accel_terms(keypoints: torch.Tensor, weight: float, track: TrackStage)
     return out
 
 
-def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStage, initialise: Callable
-                 ) -> tuple:
+def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStage, initialise: Callable,
+                 start: StartStage | None = None) -> tuple:
     """Fit the T frames of one track with one model.
 
-    batch: a :class:`HandBatch` of the T frames; its 2D weights (``kp_weight``) are not used:
-    every frame's keypoints weigh alike. initialise(batch_of_one) -> (params, method) for the
-    first frame. ``track``: the warm and refinement iterations and the temporal terms' weights.
-    -> (params dict of (T,·) tensors, init method of frame 0, report dict with ``terms``
-    name -> (T,), ``warm_iters`` (T,) list and ``refine_iters``)
+    batch: a :class:`HandBatch` of the T frames (``frames``: their source indices, whose gaps
+    scale the warm starts and the temporal terms); its 2D weights (``kp_weight``) are not used:
+    every frame's keypoints weigh alike. initialise(batch_of_one) -> (params, method): a
+    frame's own start. ``track``: the warm and refinement iterations and the temporal terms'
+    weights; ``start``: how a start is checked (:func:`handfit.fitting.starts.checked_starts`).
+
+    A warm-started frame that ends further than ``track.refit_rel`` box sides from its evidence
+    is fitted again from its own checked start, and keeps whichever is nearer; after the joint
+    refinement, a frame it pulled that far from its evidence gets its sequential fit back.
+    -> (params dict of (T,·) tensors, init method per frame, report dict with ``terms``
+    name -> (T,), ``warm_iters`` (T,) list, ``refine_iters`` and ``refit`` (T,) list of bool)
     """
+    start = start or StartStage()
     batch = replace(batch, kp_weight=None)
     T = batch.K.shape[0]
+    gaps = batch.gaps()
     warm_lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "transl": stage.lr_transl}
 
-    # Sequential pass: the first frame from the initialiser, each later one warm-started.
-    per_frame, iters = [], []
-    params, method = initialise(batch.select([0]))
-    rep = fit_keypoints(model, params, batch.select([0]), stage)
-    per_frame.append({k: v.detach() for k, v in params.items()})
-    iters.append(rep.iters)
+    def own_fit(t):
+        one = batch.select([t])
+        params, method = initialise(one)
+        params, (method,), _ = checked_starts(model, params, one, stage, start, [method])
+        rep = fit_keypoints(model, params, one, stage)
+        return params, method, rep.iters
+
+    # Sequential pass: the first frame from its own start, each later one warm-started.
+    params, method, n = own_fit(0)
+    per_frame, iters, methods, refit = [{k: v.detach() for k, v in params.items()}], [n], [method], [False]
     for t in range(1, T):
+        one = batch.select([t])
         params = {k: v.detach().clone() for k, v in per_frame[-1].items()}
-        terms = keypoint_terms(model, batch.select([t]), stage.weights)
-        rep = run_adam(params, warm_lrs, terms, max_iters=track.warm_iters, tol=stage.tol, patience=stage.patience)
+        # a frame N source frames on has moved about N times as far: more iterations to get there
+        gap = int(round(float(gaps[t - 1])))
+        warm = track.warm_iters if gap <= 1 else min(max(stage.iters, track.warm_iters), track.warm_iters * gap)
+        rep = run_adam(params, warm_lrs, keypoint_terms(model, one, stage.weights), max_iters=warm, tol=stage.tol,
+                       patience=stage.patience)
+        n, how, again = rep.iters, "warm", False
+        if float(frame_error(model, params, one)[0]) > track.refit_rel:
+            own, method, k = own_fit(t)
+            n, again = n + k, True
+            if float(frame_error(model, own, one)[0]) < float(frame_error(model, params, one)[0]):
+                params, how = own, f"{method}+refit"
         per_frame.append({k: v.detach() for k, v in params.items()})
-        iters.append(rep.iters)
+        iters.append(n)
+        methods.append(how)
+        refit.append(again)
     seq = {k: torch.cat([p[k] for p in per_frame]) for k in per_frame[0]}
 
     # Joint refinement: one shape for the track, smoothness across its frames.
@@ -106,10 +142,10 @@ def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStag
     def terms(p):
         full = {**p, "shape": p["shape1"].expand(T, -1)}
         t = kterms(full)
-        t["smooth"] = smooth_terms(full, track)
+        t["smooth"] = smooth_terms(full, track, gaps)
         if track.refine_joint > 0:
             kp = model(full["global_orient"], full["pose"], full["shape"], full["transl"]).keypoints
-            t["joint_accel"] = joint_accel_terms(kp, track.smooth * track.refine_joint, track)
+            t["joint_accel"] = joint_accel_terms(kp, track.smooth * track.refine_joint, track, gaps)
         return t
 
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "transl": stage.lr_transl,
@@ -117,9 +153,15 @@ def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStag
     rep = run_adam(joint, lrs, terms, max_iters=track.refine_iters, tol=stage.tol, patience=stage.patience)
     final = {"global_orient": joint["global_orient"].detach(), "pose": joint["pose"].detach(),
              "transl": joint["transl"].detach(), "shape": joint["shape1"].detach().expand(T, -1).contiguous()}
+    # the refinement's shared shape and smoothness must not hold a frame away from its evidence
+    before = {**seq, "shape": final["shape"]}
+    pulled = (frame_error(model, final, batch) > track.refit_rel) & \
+             (frame_error(model, before, batch) < frame_error(model, final, batch))
+    for k in ("global_orient", "pose", "transl"):
+        final[k] = torch.where(pulled[:, None], seq[k], final[k])
     report = {"terms": {k: v.detach() for k, v in rep.terms.items()}, "warm_iters": iters,
-              "refine_iters": rep.iters}
-    return final, method, report
+              "refine_iters": rep.iters, "refit": refit, "released": pulled.tolist()}
+    return final, methods, report
 
 
 def rel(keypoints: torch.Tensor) -> torch.Tensor:
@@ -139,7 +181,7 @@ def settle_track(model, params: dict, batch: HandBatch, stage: KeypointStage, tr
     iters, weight = track.settle_iters, track.smooth
     if iters <= 0 or params["pose"].shape[0] < 3 or weight <= 0:
         return {"terms": {}, "iters": 0}
-    K, scale = batch.K, batch.scale
+    K, scale, gaps = batch.K, batch.scale, batch.gaps()
     with torch.no_grad():
         ref = model(**params).keypoints
         ref_uv = project(ref, K)
@@ -152,7 +194,7 @@ def settle_track(model, params: dict, batch: HandBatch, stage: KeypointStage, tr
         return {"hold_2d": track.settle_2d * L.keypoint_2d_loss(project(kp, K), ref_uv, scale),
                 "hold_3d": track.settle_3d * ((rel(kp) - ref_rel) / palm).square().sum(-1).mean(-1),
                 "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
-                "joint_accel": joint_accel_terms(kp, weight, track)}
+                "joint_accel": joint_accel_terms(kp, weight, track, gaps)}
 
     lrs = {"global_orient": stage.lr_orient, "pose": stage.lr_pose, "transl": stage.lr_transl}
     # min_iters = iters: the frames are coupled, so none is frozen alone before the end

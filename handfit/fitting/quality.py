@@ -1,0 +1,78 @@
+"""A verdict on every fitted hand: ``ok``, or ``suspect`` with its reasons.
+
+A fit can go wrong in two ways: it leaves its evidence (a start that blew up, a track frame
+held by its neighbours), or it follows evidence that is itself wrong (fingers MediaPipe mixed
+up). The first shows as a joint far from the evidence; the second only through signs that the
+evidence is weak: the views of the crop disagreeing, a low detection score, a side the two
+hand models fit about equally well, a pose pressed against its joint limits. :func:`signals`
+measures each per hand (all recorded in the result's metrics, so thresholds can be studied);
+:func:`verdict` compares them with ``FitOptions.quality``.
+
+Distances are in box sides: the larger side of the box around the evidence keypoints. The
+evidence is what the hand was fitted to (``keypoints_2d_detected``): for a photo the fused
+views, so a fit far from MediaPipe's single view but near the fused views is no reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..keypoints import KEYPOINT_NAMES
+from ..options import QualityStage
+
+__all__ = ["signals", "verdict"]
+
+
+def signals(fitted_2d: np.ndarray, evidence_2d: np.ndarray, pose: np.ndarray, lower: np.ndarray,
+            upper: np.ndarray, detection, start_rel: float | None = None) -> dict:
+    """One hand's quality signals.
+
+    fitted_2d, evidence_2d: (21,2) pixels; pose (P,) with its limits lower, upper (P,);
+    detection: its :class:`handfit.detect.Detection` (score, keypoint_spread, side_losses,
+    detector_side); start_rel: the kept start's mean 2D error in box sides, or None.
+    -> {kp2d_max_px, kp2d_max_rel, kp2d_worst (joint name), spread_rel, limit_frac,
+    side_margin, score, start_rel}; a signal that does not apply is None."""
+    err = np.linalg.norm(np.asarray(fitted_2d, float) - np.asarray(evidence_2d, float), axis=-1)     # (21,)
+    box = max(float(np.ptp(np.asarray(evidence_2d, float), axis=0).max()), 1.0)
+    spread = getattr(detection, "keypoint_spread", None)
+    losses = getattr(detection, "side_losses", None)
+    margin = None
+    if losses and len(losses) == 2:
+        a, b = sorted(float(v) for v in losses.values())
+        margin = (b - a) / max(b, 1e-12)               # 0: both sides fit alike, 1: one far better
+    width = np.maximum(np.asarray(upper, float) - np.asarray(lower, float), 1e-9)
+    at = (np.asarray(pose, float) <= lower + 0.02 * width) | (np.asarray(pose, float) >= upper - 0.02 * width)
+    moving = width > 1e-6                              # coordinates the model can move
+    return {
+        "kp2d_max_px": float(err.max()),
+        "kp2d_max_rel": float(err.max() / box),
+        "kp2d_worst": KEYPOINT_NAMES[int(err.argmax())],
+        "spread_rel": None if spread is None else float(np.max(spread) / box),
+        "limit_frac": float(at[moving].mean()) if moving.any() else 0.0,
+        "side_margin": margin,
+        "score": float(getattr(detection, "score", 1.0)),
+        "start_rel": None if start_rel is None or not np.isfinite(start_rel) else float(start_rel),
+    }
+
+
+def verdict(sig: dict, q: QualityStage, side_conflict: bool = False) -> tuple[str, list]:
+    """("ok", []) or ("suspect", reasons): each signal of :func:`signals` beyond its threshold
+    in ``q`` gives one reason (a short phrase with its value). ``side_conflict``: the hand's
+    side disagrees with its track's (a video frame MediaPipe called the other side)."""
+    reasons = []
+    if sig["kp2d_max_rel"] > q.max_rel:
+        reasons.append(f"far from evidence: {sig['kp2d_worst']} {sig['kp2d_max_rel']:.2f} box sides "
+                       f"({sig['kp2d_max_px']:.0f} px)")
+    if sig["start_rel"] is not None and sig["start_rel"] > q.start_rel:
+        reasons.append(f"start never near its evidence: {sig['start_rel']:.2f} box sides")
+    if sig["spread_rel"] is not None and sig["spread_rel"] > q.spread_rel:
+        reasons.append(f"views disagree: spread {sig['spread_rel']:.2f} box sides")
+    if sig["score"] < q.min_score:
+        reasons.append(f"low detection score {sig['score']:.2f}")
+    if sig["limit_frac"] > q.limit_frac:
+        reasons.append(f"pose against its limits: {sig['limit_frac']:.0%} of its angles")
+    if sig["side_margin"] is not None and sig["side_margin"] < q.side_margin:
+        reasons.append(f"side uncertain: both hand models fit within {sig['side_margin']:.0%}")
+    if side_conflict:
+        reasons.append("side conflicts with its track")
+    return ("suspect" if reasons else "ok"), reasons
