@@ -27,7 +27,7 @@ def main():
       4  unreadable input (missing, empty, not an image, truncated)
       5  compute backend unavailable (CUDA, nvdiffrast)
     """
-    # Thread pools are sized here, at the start of a command, never at import (bench/contention.py).
+    # Thread pools are sized here, at the start of a command, never at import (bench/research/contention.py).
     from ..batch.threads import configure_threads_env
 
     configure_threads_env()

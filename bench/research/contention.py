@@ -1,7 +1,7 @@
 """CPU contention: one `handfit fit` alone, then two at once, with and without
 handfit's thread configuration, in one run.
 
-    python bench/contention.py [IMAGE] [--no-dense] [--modes configured,unconfigured]
+    python bench/research/contention.py [IMAGE] [--no-dense] [--modes configured,unconfigured]
 
 For each mode: the wall time of one fit alone, then of two identical fits
 started together; the ratio (slower of the pair / alone) is the figure that
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as C
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common as C  # noqa: E402
 
 CLEAN = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
          "HANDFIT_THREADS", "HANDFIT_THREADS_CONFIG")
