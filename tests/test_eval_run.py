@@ -114,8 +114,10 @@ def test_evaluate_one_fit_gives_both_variants_and_the_schema(tmp_path):
     doc = json.loads(paths["metrics"].read_text())
     assert set(doc) == {"mediapipe", "keypoint", "dense"}
     for v in doc.values():
-        assert list(v) == list(SUMMARY_KEYS) == ["pa_mpjpe_mm", "rr_mpjpe_mm", "auc_0_50", "kp2d_px", "recall",
-                                                 "wrong_side", "s_per_hand", "n"]
+        assert list(v) == [*SUMMARY_KEYS, "suspect"]
+        assert list(SUMMARY_KEYS) == ["pa_mpjpe_mm", "rr_mpjpe_mm", "auc_0_50", "kp2d_px", "recall", "wrong_side",
+                                      "s_per_hand", "n"]
+        assert v["suspect"] is None                     # the stand-in fit gives no verdict
         assert all(isinstance(v[k], float) for k in SUMMARY_KEYS[:5] + ("s_per_hand",))
         assert isinstance(v["wrong_side"], int) and isinstance(v["n"], int)
     lines = paths["csv"].read_text().splitlines()
@@ -296,3 +298,57 @@ def test_one_session_warms_up_once_and_closes_only_what_it_opened(tmp_path, monk
     assert closed == opened[:1]                                       # the caller's stays open
     with pytest.raises(TypeError):
         evaluate(recs, FitOptions(), ("mediapipe",), no_such_setting=1)
+
+
+def test_the_verdict_reaches_per_image_csv_metrics_and_predictions(tmp_path):
+    """Each fitted variant keeps its hand's verdict: per_image.csv's <v>_quality,
+    <v>_quality_reasons and <v>_kp2d_max_rel, metrics.json's suspect count, predictions.json's
+    quality, quality_reasons, kp2d_max_rel and detected_2d (the evidence). The keypoint stage of
+    a dense fit is judged on its own distance from the evidence with FitOptions.quality."""
+    import csv
+
+    from handfit.api import FitOptions
+
+    recs = _records(tmp_path)
+    signals = {"start_rel": 0.01, "spread_rel": 0.01, "score": 0.9, "limit_frac": 0.0, "side_margin": None}
+
+    def fit(images, detections=None, intrinsics=None, options=None):
+        res = fake_fit_batch(images, detections, intrinsics, options)
+        for img, r in zip(images, res):
+            suspect = int(img.rgb[0, 0, 0]) == 1
+            for h in r.hands:
+                h.quality = "suspect" if suspect else "ok"
+                h.quality_reasons = ["far from evidence: index4 0.40 box sides (40 px)"] if suspect else []
+                h.metrics.update(signals, kp2d_max_rel=0.4 if suspect else 0.02, kp2d_max_px=40.0)
+        return res
+
+    fake_fit_batch.calls = []
+    # the keypoint stage's joint 5 is ~9 px from its evidence in a box of about 100 px: beyond 0.05
+    opts = FitOptions.from_values({"quality.max_rel": 0.05})
+    ev = evaluate(recs, opts, ("mediapipe", "keypoint", "dense"), detector=FakeDetector(recs), fit_batch=fit,
+                  warmup=False)
+    assert ev.summary["dense"]["suspect"] == 1 and ev.summary["dense"]["n"] == 2
+    assert ev.summary["keypoint"]["suspect"] == 2 and ev.summary["mediapipe"]["suspect"] is None
+    paths = write_report(ev, tmp_path / "out", plot=False)
+    assert "| n | suspect |" in summary_table(ev.summary)
+    doc = json.loads(paths["metrics"].read_text())
+    assert doc["dense"]["suspect"] == 1 and doc["keypoint"]["suspect"] == 2 and doc["mediapipe"]["suspect"] is None
+    rows = {r["image"]: r for r in csv.DictReader(paths["csv"].open())}
+    assert "mediapipe_quality" not in rows["0.png"]
+    assert rows["0.png"]["dense_quality"] == "ok" and rows["0.png"]["dense_quality_reasons"] == ""
+    assert rows["1.png"]["dense_quality"] == "suspect"
+    assert rows["1.png"]["dense_quality_reasons"].startswith("far from evidence: index4")
+    assert float(rows["1.png"]["dense_kp2d_max_rel"]) == pytest.approx(0.4)
+    assert rows["0.png"]["keypoint_quality"] == "suspect" and "index_mcp" in rows["0.png"]["keypoint_quality_reasons"]
+    assert 0.05 < float(rows["0.png"]["keypoint_kp2d_max_rel"]) < 0.25
+    assert rows["2.png"]["dense_quality"] == "" and rows["2.png"]["dense_kp2d_max_rel"] == ""   # not detected
+    pred = {h["image"]: h for h in json.loads(paths["predictions"].read_text())["hands"]}
+    for name, q in (("0.png", "ok"), ("1.png", "suspect")):
+        h = pred[name]
+        assert h["dense"]["quality"] == q and h["keypoint"]["quality"] == "suspect"
+        assert set(h["mediapipe"]) == {"keypoints_3d", "keypoints_2d"}        # MediaPipe's own: no verdict
+        det = np.array(h["dense"]["detected_2d"])
+        assert det.shape == (21, 2) and np.array_equal(det, np.array(h["keypoint"]["detected_2d"]))
+        assert np.allclose(det, np.array(h["mediapipe"]["keypoints_2d"]))    # the matched detection
+    assert pred["1.png"]["dense"]["quality_reasons"] == ["far from evidence: index4 0.40 box sides (40 px)"]
+    assert pred["1.png"]["dense"]["kp2d_max_rel"] == pytest.approx(0.4)

@@ -83,6 +83,11 @@ class BatchReport:
         return sum(int(r.get("hands", 0)) for r in self.records)
 
     @property
+    def suspect(self) -> int:
+        """Hands (frame-hands for videos) the verdict calls ``suspect``."""
+        return sum(int(r.get("suspect", 0) or 0) for r in self.records)
+
+    @property
     def exit_code(self) -> int:
         return exit_code(self.records)
 
@@ -100,16 +105,51 @@ def exit_code(records) -> int:
 
 
 def hand_summary(h) -> dict:
-    """The per-hand numbers the summary and the gallery show."""
+    """The per-hand numbers the summary and the gallery show, and the hand's verdict
+    (``quality`` "ok" or "suspect", ``quality_reasons``: handfit/fitting/quality.py)."""
     m = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in h.metrics.items()
          if isinstance(v, (int, float, np.integer, np.floating))}
-    return {"side": h.side, "score": round(float(h.score), 4), **m}
+    return {"side": h.side, "score": round(float(h.score), 4), **m, "quality": getattr(h, "quality", "ok"),
+            "quality_reasons": list(getattr(h, "quality_reasons", None) or [])}
+
+
+def suspect_count(hands) -> int:
+    """How many of these HandResults the verdict calls ``suspect``."""
+    return sum(getattr(h, "quality", "ok") == "suspect" for h in hands)
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its values: "far from evidence: index4 0.31 box sides (120 px)" ->
+    "far from evidence", "low detection score 0.12" -> "low detection score"."""
+    head = reason.split(":", 1)[0].strip()
+    words = head.split()
+    while words and words[-1].replace(".", "", 1).replace("%", "").isdigit():
+        words.pop()
+    return " ".join(words) or head
+
+
+def video_quality(suspects: list, hand_metrics: list) -> int:
+    """Add each track's verdict to its ``hand_metrics`` entry (in place): ``quality``
+    ("suspect" when any of its frames is), ``suspect`` (its suspect frames), ``suspect_frames``
+    (their frame numbers) and ``suspect_reasons`` ({reason kind: frames}, :func:`reason_kind`).
+    suspects: [(frame number, track index, reasons)] of the suspect frame-hands.
+    -> how many frame-hands are suspect (the video record's ``suspect``)."""
+    for t, m in enumerate(hand_metrics):
+        mine = [(f, reasons) for f, ti, reasons in suspects if ti == t]
+        kinds: dict = {}
+        for _, reasons in mine:
+            for r in reasons:
+                kinds[reason_kind(r)] = kinds.get(reason_kind(r), 0) + 1
+        m.update({"quality": "suspect" if mine else "ok", "suspect": len(mine),
+                  "suspect_frames": [int(f) for f, _ in mine], "suspect_reasons": kinds})
+    return len(suspects)
 
 
 def photo_record(unit: Unit, result, seconds: float, run_id: str) -> dict:
     status = "ok" if result.hands else "no_hand"
     return {"path": unit.path, "key": unit.key, "kind": unit.kind, "status": status, "hands": len(result.hands),
-            "seconds": round(seconds, 3), "message": "" if result.hands else "no hand found",
+            "suspect": suspect_count(result.hands), "seconds": round(seconds, 3),
+            "message": "" if result.hands else "no hand found",
             "width": result.width, "height": result.height,
             "hand_metrics": [hand_summary(h) for h in result.hands], "overlay": f"{unit.key}/overlay.png",
             "run": run_id}

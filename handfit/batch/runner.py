@@ -80,8 +80,8 @@ def run_batch(sources, out, options=None, *, batch_size: int = 16, overwrite: bo
 def summary_line(report: BatchReport, out) -> str:
     r = report
     return (f"{len(r.records)} input(s): {r.count('ok')} ok, {r.count('no_hand')} without a hand, "
-            f"{r.count('error')} error(s); {r.hands} hand(s); {r.computed} computed now -> {out} "
-            f"(summary: {r.summary.name})")
+            f"{r.count('error')} error(s); {r.hands} hand(s), {r.suspect} suspect; {r.computed} computed now "
+            f"-> {out} (summary: {r.summary.name})")
 
 
 def environ_progress() -> bool:

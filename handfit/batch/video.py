@@ -384,6 +384,7 @@ def process_video(unit, job, run_id: str, res=None) -> dict:
 def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     from ..io.export import write_png
     from ..io.save import save_result
+    from .records import video_quality
 
     opts, vopts = job.fit_options(), job.video
     run = run_video(unit.path, opts, vopts, res)
@@ -395,10 +396,12 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     names = [f"frame_{idx:06d}" for idx, _, _ in frames]
     poster = names[len(names) // 2]
     record = {"path": unit.path, "key": unit.key, "kind": "video", "status": "ok" if hands else "no_hand",
-              "hands": hands, "seconds": 0.0, "message": "" if hands else "no hand found in any frame",
+              "hands": hands, "suspect": 0, "seconds": 0.0,
+              "message": "" if hands else "no hand found in any frame",
               "frames": len(frames), "tracks": len(tracks), "fps": float(fps), "hand_metrics": [],
               "overlay_video": f"{unit.key}/overlay.mp4", "poster": f"{unit.key}/{poster}/overlay.png",
               "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id}
+    suspects = []  # (frame number, track, reasons) of every suspect frame-hand, for the record
 
     def overlays(tmp: Path, textures: list | None):
         """Decode the video again; finish each chosen frame's hands (the dense stage against
@@ -407,6 +410,8 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
 
         for f, rgb in decode_chosen(unit.path, frames, vopts):
             hands_f = frame_hands(fits, per_frame[f], rgb, opts, res, outputs, textures)
+            suspects.extend((frames[f][0], h.metrics["track"], h.quality_reasons) for h in hands_f
+                            if h.quality == "suspect")
             r = _frame_result(rgb, hands_f, opts)
             r.image_path = f"{unit.path}#frame={frames[f][0]}"
             shared = None if textures is None else [f"../{TEXTURE_NAME.format(h.metrics['track'])}" for h in hands_f]
@@ -422,6 +427,7 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
                 write_png(tmp / TEXTURE_NAME.format(t), tex)
         write_mp4(tmp / "overlay.mp4", overlays(tmp, textures), fps)
         record["hand_metrics"] = track_metrics(tracks, outputs)
+        record["suspect"] = video_quality(suspects, record["hand_metrics"])
         np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=run["info"].fps, every=vopts.every,
                             smooth=opts.track.smooth > 0, **tracks_arrays(frames, tracks, outputs))
         record["seconds"] = round(time.perf_counter() - t0, 3)

@@ -46,7 +46,9 @@ def predictions_document(hands: list) -> dict:
     """Every labelled hand's ground truth and each variant's keypoints, so that other
     metrics (or other methods' predictions) can be computed on the same hands:
     ``{"units": ..., "hands": [{"run" (--sequence only), "image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
-    "gt_2d" (21x2 px), "visible", "<variant>": {"keypoints_3d", "keypoints_2d"}}]}``."""
+    "gt_2d" (21x2 px), "visible", "<variant>": {"keypoints_3d", "keypoints_2d"}}]}``; a fitted variant's
+    also holds ``detected_2d`` (21x2 px: the evidence it was fitted to), ``quality``, ``quality_reasons``
+    and ``kp2d_max_rel`` (handfit/fitting/quality.py)."""
     out = []
     for e in hands:
         h = {**({"run": e.run} if getattr(e, "run", None) else {}), "image": e.record, "hand": e.hand,
@@ -54,6 +56,10 @@ def predictions_document(hands: list) -> dict:
              "visible": None if e.visible is None else [bool(v) for v in np.asarray(e.visible)]}
         for v, p in e.preds.items():
             h[v] = {"keypoints_3d": _array(p.get("kp3d")), "keypoints_2d": _array(p.get("kp2d"))}
+            if "quality" in p:  # a fitted variant: its verdict, and the evidence it was fitted to
+                h[v].update({"detected_2d": _array(p.get("detected_2d")), "quality": p["quality"],
+                             "quality_reasons": list(p.get("quality_reasons") or []),
+                             "kp2d_max_rel": _clean(p.get("kp2d_max_rel"))})
         out.append(h)
     return {"units": "keypoints_3d and gt_3d in metres, camera frame; keypoints_2d and gt_2d in pixels",
             "keypoint_order": "MediaPipe's 21 landmarks", "hands": out}
@@ -134,11 +140,11 @@ def _plot(ev, path: Path) -> bool:
 
 def summary_table(summary: dict) -> str:
     """The summary as a Markdown table, one row per variant (with an acceleration column
-    when the summary has ``accel_mm``)."""
+    when the summary has ``accel_mm``; ``suspect``: hands the verdict calls suspect)."""
     accel = any("accel_mm" in m for m in summary.values())
     head = "| variant | PA-MPJPE mm | RR-MPJPE mm | AUC 0-50 | 2D px |" + (" accel mm/f² |" if accel else "") + \
-        " recall | wrong side | s/hand | n |"
-    lines = [head, "|" + "---|" * (10 if accel else 9)]
+        " recall | wrong side | s/hand | n | suspect |"
+    lines = [head, "|" + "---|" * (11 if accel else 10)]
 
     def f(x, fmt):
         x = _clean(x)
@@ -148,5 +154,5 @@ def summary_table(summary: dict) -> str:
         lines.append(f"| {v} | {f(m['pa_mpjpe_mm'], '.2f')} | {f(m['rr_mpjpe_mm'], '.2f')} | "
                      f"{f(m['auc_0_50'], '.3f')} | {f(m['kp2d_px'], '.2f')} | "
                      + (f"{f(m.get('accel_mm'), '.2f')} | " if accel else "") + f"{f(m['recall'], '.3f')} | "
-                     f"{m['wrong_side']} | {f(m['s_per_hand'], '.2f')} | {m['n']} |")
+                     f"{m['wrong_side']} | {f(m['s_per_hand'], '.2f')} | {m['n']} | {f(m.get('suspect'), 'd')} |")
     return "\n".join(lines)

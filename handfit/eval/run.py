@@ -29,8 +29,10 @@ from .session import EvalSession, HandEval, detect_record, known_variants, make_
 __all__ = ["VARIANTS", "HandEval", "Evaluation", "evaluate", "detect_record", "match_hands", "score"]
 
 VARIANTS = ("mediapipe", "keypoint", "dense")
-#: Keys of each variant's summary (the ``metrics.json`` schema).
+#: Keys of each variant's summary (the ``metrics.json`` schema); after them, ``suspect``.
 SUMMARY_KEYS = ("pa_mpjpe_mm", "rr_mpjpe_mm", "auc_0_50", "kp2d_px", "recall", "wrong_side", "s_per_hand", "n")
+#: Variants that are fits, with a verdict per hand (``quality``, handfit/fitting/quality.py).
+FITTED = ("keypoint", "dense", "sequence_keypoint", "sequence_dense")
 
 
 @dataclass
@@ -104,9 +106,11 @@ def _nanmean(a) -> float:
 def score(hands: list, variants=VARIANTS, thresholds_mm=M.PCK_THRESHOLDS_MM) -> tuple:
     """Measure every variant on every hand (batched) -> (rows, summary, curves).
 
-    rows: one dict per labelled hand; summary[variant]: :data:`SUMMARY_KEYS`
-    (means over the detected hands; ``recall`` over all labelled hands;
-    ``auc_0_50`` from the pooled per-joint PA errors); curves[variant]: (T,)
+    rows: one dict per labelled hand (a fitted variant's also with its verdict:
+    ``<v>_quality``, ``<v>_quality_reasons`` joined by "; ", ``<v>_kp2d_max_rel``);
+    summary[variant]: :data:`SUMMARY_KEYS` (means over the detected hands; ``recall`` over
+    all labelled hands; ``auc_0_50`` from the pooled per-joint PA errors), then ``suspect``
+    (hands the verdict calls suspect; None without verdicts); curves[variant]: (T,)
     PCK of the PA-aligned per-joint errors at ``thresholds_mm``.
     """
     rows = [{"image": e.record, "hand": e.hand, "side": e.side or "", "detected": int(e.detected),
@@ -142,6 +146,12 @@ def score(hands: list, variants=VARIANTS, thresholds_mm=M.PCK_THRESHOLDS_MM) -> 
         for i, r in enumerate(rows):
             r.update({f"{v}_pa_mpjpe_mm": pa[i], f"{v}_rr_mpjpe_mm": rr[i], f"{v}_auc_0_50": au[i],
                       f"{v}_kp2d_px": k2[i], f"{v}_seconds": sec[i]})
+            if v in FITTED:
+                p = hands[i].preds.get(v, {})
+                r.update({f"{v}_quality": p.get("quality") or "",
+                          f"{v}_quality_reasons": "; ".join(p.get("quality_reasons") or []),
+                          f"{v}_kp2d_max_rel": float(p.get("kp2d_max_rel", float("nan")))})
+        judged = [hands[i].preds[v].get("quality") for i in idx if hands[i].preds[v].get("quality") is not None]
         curve = M.pck(joint_errs, thresholds_mm) if len(joint_errs) else np.full(len(thresholds_mm), np.nan)
         curves[v] = curve
         summary[v] = {
@@ -153,5 +163,7 @@ def score(hands: list, variants=VARIANTS, thresholds_mm=M.PCK_THRESHOLDS_MM) -> 
             "wrong_side": int(sum(e.side is not None and e.preds[v].get("side", e.det_side) != e.side
                                   for e in (hands[i] for i in idx))),
             "s_per_hand": _nanmean(sec), "n": len(idx),
+            # hands of the n the verdict calls suspect (None: no verdict, as for MediaPipe's own)
+            "suspect": sum(q == "suspect" for q in judged) if judged else None,
         }
     return rows, summary, curves

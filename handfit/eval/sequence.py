@@ -28,7 +28,7 @@ import numpy as np
 
 from . import metrics as M
 from .run import Evaluation, score
-from .session import EvalSession, drop_fits, known_variants, make_job, with_dense
+from .session import EvalSession, drop_fits, known_variants, make_job, verdict_of, with_dense
 
 __all__ = ["SEQUENCE_VARIANTS", "evaluate_sequences", "fit_run", "accel_scores"]
 
@@ -150,7 +150,8 @@ def _own_camera(photo, opts) -> np.ndarray:
 
 
 def _pred(h) -> dict:
-    return {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds, "side": h.side}
+    return {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds, "side": h.side,
+            **verdict_of(h)}
 
 
 def accel_scores(hands: list, variants) -> tuple:

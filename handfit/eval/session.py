@@ -18,7 +18,7 @@ from . import metrics as M
 from .records import Record
 
 __all__ = ["EvalSession", "HandEval", "match_hands", "detect_record", "known_variants", "make_job", "with_dense",
-           "drop_fits"]
+           "drop_fits", "verdict_of", "stage_verdict"]
 
 
 @dataclass
@@ -26,7 +26,8 @@ class HandEval:
     """One labelled hand and what each variant predicted for it.
 
     ``preds[variant]`` = {"kp3d": (21,3) metres or None, "kp2d": (21,2) pixels,
-    "seconds": float}; empty when the hand was not detected.
+    "seconds": float}, and for the fitted variants the hand's verdict and evidence
+    (:func:`verdict_of`); empty when the hand was not detected.
     """
 
     record: str
@@ -191,6 +192,7 @@ class EvalSession:
         results = self.fit_batch([photo for _, photo, _, _ in jobs], detections=[d for _, _, d, _ in jobs],
                                  intrinsics=[self._camera(rec) for rec, _, _, _ in jobs], options=opts)
         missing_kp = []
+        quality = getattr(opts, "quality", None)
         for (rec, _, _, pairs), res in zip(jobs, results):
             if on_fit is not None:
                 on_fit(rec, res)
@@ -202,7 +204,7 @@ class EvalSession:
                 used.append(h)
                 if opts.dense.enabled:
                     e.preds["dense"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds,
-                                        "side": h.side}
+                                        "side": h.side, **verdict_of(h)}
                     kp = getattr(h, "stages", {}).get("keypoint")
                     if "keypoint" in fitted:
                         if kp is None:
@@ -210,10 +212,10 @@ class EvalSession:
                         else:
                             e.preds["keypoint"] = {"kp3d": kp["keypoints_3d"], "kp2d": kp["keypoints_2d"],
                                                    "seconds": h.metrics.get("keypoint_seconds", float("nan")),
-                                                   "side": h.side}
+                                                   "side": h.side, **stage_verdict(h, kp["keypoints_2d"], quality)}
                 else:
                     e.preds["keypoint"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted,
-                                           "seconds": h.seconds, "side": h.side}
+                                           "seconds": h.seconds, "side": h.side, **verdict_of(h)}
         if missing_kp:  # the API gave no keypoint-stage result: fit those detections again without the dense stage
             sub = [(rec, photo, dets, [p for p in pairs if any(p[0] is e for e, _ in missing_kp)])
                    for rec, photo, dets, pairs in jobs]
@@ -236,6 +238,45 @@ class EvalSession:
             if errs:
                 parts[{"sequence_keypoint": "sk", "sequence_dense": "sd"}.get(v, v[:2])] = f"{np.mean(errs):.2f}"
         self.bar.set_postfix(parts, refresh=False)
+
+
+def verdict_of(h) -> dict:
+    """A fitted hand's verdict and evidence, kept with a variant's prediction: ``quality``
+    ("ok" | "suspect"; None when the fitting function gave none), ``quality_reasons``,
+    ``kp2d_max_rel`` (its joint furthest from the evidence, in box sides) and ``detected_2d``
+    (the evidence, ``keypoints_2d_detected`` (21,2) pixels; None when the hand has none)."""
+    rel = (getattr(h, "metrics", None) or {}).get("kp2d_max_rel")
+    det = getattr(h, "keypoints_2d_detected", None)
+    return {"quality": getattr(h, "quality", None), "quality_reasons": list(getattr(h, "quality_reasons", None) or []),
+            "kp2d_max_rel": float("nan") if rel is None else float(rel),
+            "detected_2d": None if det is None else np.asarray(det, np.float64)}
+
+
+def stage_verdict(h, kp2d: np.ndarray, q) -> dict:
+    """:func:`verdict_of` for the keypoint stage of a hand that went on to the dense stage
+    (``h.stages["keypoint"]``, its 2D keypoints kp2d (21,2)): the keypoint fit's own distance
+    from the evidence, judged with ``q`` (``FitOptions.quality``); the other signals (start,
+    views, score, side, joint limits) are the final hand's. Without the hand's signals (a
+    stand-in fitting function) its quality is None."""
+    from ..fitting.quality import verdict
+    from ..keypoints import KEYPOINT_NAMES
+
+    out = verdict_of(h)
+    ev = out["detected_2d"]
+    if ev is None:
+        return out
+    err = np.linalg.norm(np.asarray(kp2d, np.float64) - ev, axis=-1)                  # (21,)
+    box = max(float(np.ptp(ev, axis=0).max()), 1.0)                                 # as quality.signals
+    out["kp2d_max_rel"] = float(err.max() / box)
+    metrics = getattr(h, "metrics", None) or {}
+    needed = ("start_rel", "spread_rel", "score", "limit_frac", "side_margin")
+    if q is None or out["quality"] is None or not all(k in metrics for k in needed):
+        out["quality"], out["quality_reasons"] = None, []
+        return out
+    sig = {**{k: metrics[k] for k in needed}, "kp2d_max_px": float(err.max()), "kp2d_max_rel": out["kp2d_max_rel"],
+           "kp2d_worst": KEYPOINT_NAMES[int(err.argmax())]}
+    out["quality"], out["quality_reasons"] = verdict(sig, q)
+    return out
 
 
 def known_variants(variants, known: tuple) -> tuple:
