@@ -249,7 +249,10 @@ class QualityStage:
     start_rel: float = opt(0.5, min=0)     # the kept start's mean 2D error (handfit/fitting/starts.py)
     spread_rel: float = opt(0.25, min=0)   # the views of the crop disagreeing on a keypoint by this much
     min_score: float = opt(0.0, min=0)     # the detection's score below this
-    limit_frac: float = opt(0.5, min=0)    # this fraction of the pose's angles at their limits
+    limit_frac: float = opt(0.2, min=0)    # this fraction of the pose's angles at their limits
+    # The fit's 3D keypoints this far (palm lengths, after the best similarity) from MediaPipe's
+    # world landmarks: the 2D evidence contradicts the 3D (fingers mixed up in one of them)
+    world_rel: float = opt(0.15, min=0)
     # Both hand models fit within this fraction of each other (the side check's losses)
     side_margin: float = opt(0.0, min=0)
 

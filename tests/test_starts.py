@@ -104,7 +104,8 @@ def test_a_good_start_is_left_exactly_as_it_was():
 
 def _sig(**kw):
     sig = {"kp2d_max_px": 3.0, "kp2d_max_rel": 0.02, "kp2d_worst": "index_tip", "spread_rel": 0.01,
-           "limit_frac": 0.0, "side_margin": 0.6, "score": 0.9, "start_rel": 0.03}
+           "limit_frac": 0.0, "side_margin": 0.6, "score": 0.9, "start_rel": 0.03,
+           "world_rel": 0.05}
     sig.update(kw)
     return sig
 
@@ -114,10 +115,11 @@ def test_verdict_names_each_reason_and_only_then():
 
     q = QualityStage(min_score=0.5, side_margin=0.1)
     assert verdict(_sig(), q) == ("ok", [])
-    assert verdict(_sig(start_rel=None, spread_rel=None, side_margin=None), q) == ("ok", [])
+    assert verdict(_sig(start_rel=None, spread_rel=None, side_margin=None, world_rel=None), q) == ("ok", [])
     cases = {"far from evidence": dict(kp2d_max_rel=0.4, kp2d_max_px=120.0), "start never": dict(start_rel=3.0),
              "views disagree": dict(spread_rel=0.5), "low detection score": dict(score=0.2),
-             "pose against its limits": dict(limit_frac=0.8), "side uncertain": dict(side_margin=0.05)}
+             "pose against its limits": dict(limit_frac=0.8), "side uncertain": dict(side_margin=0.05),
+             "2D and 3D evidence disagree": dict(world_rel=0.4)}
     for phrase, kw in cases.items():
         v, reasons = verdict(_sig(**kw), q)
         assert v == "suspect" and len(reasons) == 1 and reasons[0].startswith(phrase), (phrase, reasons)
@@ -138,3 +140,20 @@ def test_signals_measure_in_box_sides_of_the_evidence():
     assert s["kp2d_max_px"] == pytest.approx(50.0) and s["kp2d_max_rel"] == pytest.approx(0.25)
     assert s["kp2d_worst"] == "index_tip" and s["spread_rel"] == pytest.approx(0.05)
     assert s["limit_frac"] == pytest.approx(0.5) and s["side_margin"] is None and s["score"] == 0.8
+
+
+def test_world_disagreement_is_zero_for_a_similar_copy_and_grows_when_fingers_swap():
+    """The fit's 3D against MediaPipe's world landmarks after the best similarity: a turned,
+    scaled and moved copy agrees exactly; two fingers swapped disagree."""
+    from handfit.fitting.quality import world_disagreement
+    from handfit.geometry import axis_angle_to_matrix
+
+    _, sc = _truth_item(4)
+    kp = sc.keypoints.astype(np.float64)
+    R = axis_angle_to_matrix(torch.tensor([0.3, -1.0, 0.5], dtype=torch.float64)).numpy()
+    world = 0.7 * kp @ R.T + [0.1, -0.2, 0.3]
+    assert world_disagreement(kp, world) < 1e-9
+    swapped = world.copy()
+    swapped[[5, 6, 7, 8, 9, 10, 11, 12]] = world[[9, 10, 11, 12, 5, 6, 7, 8]]   # index <-> middle
+    assert world_disagreement(kp, swapped) > 0.05
+    assert world_disagreement(kp, None) is None and world_disagreement(kp, np.full((21, 3), np.nan)) is None

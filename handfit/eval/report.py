@@ -48,7 +48,8 @@ def predictions_document(hands: list) -> dict:
     ``{"units": ..., "hands": [{"run" (--sequence only), "image", "hand", "side", "detected_side", "gt_3d" (21x3 m),
     "gt_2d" (21x2 px), "visible", "<variant>": {"keypoints_3d", "keypoints_2d"}}]}``; a fitted variant's
     also holds ``detected_2d`` (21x2 px: the evidence it was fitted to), ``quality``, ``quality_reasons``
-    and ``kp2d_max_rel`` (handfit/fitting/quality.py)."""
+    ``kp2d_max_rel`` and every quality signal (``signals``: handfit/fitting/quality.py), so a
+    verdict can be judged again under other thresholds."""
     out = []
     for e in hands:
         h = {**({"run": e.run} if getattr(e, "run", None) else {}), "image": e.record, "hand": e.hand,
@@ -59,7 +60,9 @@ def predictions_document(hands: list) -> dict:
             if "quality" in p:  # a fitted variant: its verdict, and the evidence it was fitted to
                 h[v].update({"detected_2d": _array(p.get("detected_2d")), "quality": p["quality"],
                              "quality_reasons": list(p.get("quality_reasons") or []),
-                             "kp2d_max_rel": _clean(p.get("kp2d_max_rel"))})
+                             "kp2d_max_rel": _clean(p.get("kp2d_max_rel")),
+                             "signals": {k: _clean(x) if not isinstance(x, str) else x
+                                         for k, x in (p.get("signals") or {}).items()}})
         out.append(h)
     return {"units": "keypoints_3d and gt_3d in metres, camera frame; keypoints_2d and gt_2d in pixels",
             "keypoint_order": "MediaPipe's 21 landmarks", "hands": out}

@@ -245,11 +245,15 @@ def verdict_of(h) -> dict:
     ("ok" | "suspect"; None when the fitting function gave none), ``quality_reasons``,
     ``kp2d_max_rel`` (its joint furthest from the evidence, in box sides) and ``detected_2d``
     (the evidence, ``keypoints_2d_detected`` (21,2) pixels; None when the hand has none)."""
-    rel = (getattr(h, "metrics", None) or {}).get("kp2d_max_rel")
+    from ..fitting.quality import SIGNALS
+
+    metrics = getattr(h, "metrics", None) or {}
+    rel = metrics.get("kp2d_max_rel")
     det = getattr(h, "keypoints_2d_detected", None)
     return {"quality": getattr(h, "quality", None), "quality_reasons": list(getattr(h, "quality_reasons", None) or []),
             "kp2d_max_rel": float("nan") if rel is None else float(rel),
-            "detected_2d": None if det is None else np.asarray(det, np.float64)}
+            "detected_2d": None if det is None else np.asarray(det, np.float64),
+            "signals": {k: metrics[k] for k in SIGNALS if k in metrics}}
 
 
 def stage_verdict(h, kp2d: np.ndarray, q) -> dict:
@@ -273,9 +277,10 @@ def stage_verdict(h, kp2d: np.ndarray, q) -> dict:
     if q is None or out["quality"] is None or not all(k in metrics for k in needed):
         out["quality"], out["quality_reasons"] = None, []
         return out
-    sig = {**{k: metrics[k] for k in needed}, "kp2d_max_px": float(err.max()), "kp2d_max_rel": out["kp2d_max_rel"],
+    sig = {**{k: metrics[k] for k in needed}, "world_rel": metrics.get("world_rel"), "kp2d_max_px": float(err.max()), "kp2d_max_rel": out["kp2d_max_rel"],
            "kp2d_worst": KEYPOINT_NAMES[int(err.argmax())]}
     out["quality"], out["quality_reasons"] = verdict(sig, q)
+    out["signals"] = {**out["signals"], **{k: sig[k] for k in ("kp2d_max_px", "kp2d_max_rel", "kp2d_worst")}}
     return out
 
 

@@ -232,7 +232,7 @@ def assemble(fit: SideFit, texture_size: int = 256, quality: QualityStage | None
         metrics["kp2d_px"] = float(err[b])
         metrics.update({k: one(v, b) for k, v in fit.metrics.items() if k != "init_kp2d_px"})
         sig = signals(uv[b].double().cpu().numpy(), det.keypoints, pose[b], lower, upper, det,
-                      metrics.get("start_rel"))
+                      metrics.get("start_rel"), out.keypoints[b].double().cpu().numpy())
         metrics.update(sig)
         conflict = fit.track and getattr(det, "detector_side", None) not in (None, fit.side)
         verdict_, reasons = verdict(sig, quality, side_conflict=conflict)

@@ -20,18 +20,48 @@ import numpy as np
 from ..keypoints import KEYPOINT_NAMES
 from ..options import QualityStage
 
-__all__ = ["signals", "verdict"]
+__all__ = ["SIGNALS", "signals", "verdict", "world_disagreement"]
+
+#: The signals :func:`signals` measures, in the order they are reported.
+SIGNALS = ("kp2d_max_px", "kp2d_max_rel", "kp2d_worst", "spread_rel", "limit_frac", "side_margin", "score",
+           "start_rel", "world_rel")
+
+
+def world_disagreement(keypoints_3d: np.ndarray, world: np.ndarray) -> float | None:
+    """The fitted 3D keypoints against MediaPipe's world landmarks after the best rotation,
+    translation and scale: mean joint distance in palm lengths (wrist to middle knuckle of
+    the landmarks). Fingers that the 2D evidence mixed up contradict the landmarks' own 3D.
+    keypoints_3d, world: (21,3). None when the landmarks are missing or degenerate."""
+    import torch
+
+    from ..geometry import kabsch
+
+    if world is None:
+        return None
+    a, b = np.asarray(keypoints_3d, np.float64), np.asarray(world, np.float64)
+    if a.shape != (21, 3) or b.shape != (21, 3) or not np.isfinite(b).all():
+        return None
+    a, b = a - a.mean(0), b - b.mean(0)
+    palm = float(np.linalg.norm(b[9] - b[0]))
+    if palm < 1e-9 or not (a ** 2).sum() > 0:
+        return None
+    R = kabsch(torch.from_numpy(a[None]), torch.from_numpy(b[None]), center=False)[0].numpy()
+    ra = a @ R.T
+    s = float((ra * b).sum() / (ra * ra).sum())
+    return float(np.linalg.norm(s * ra - b, axis=-1).mean() / palm)
 
 
 def signals(fitted_2d: np.ndarray, evidence_2d: np.ndarray, pose: np.ndarray, lower: np.ndarray,
-            upper: np.ndarray, detection, start_rel: float | None = None) -> dict:
+            upper: np.ndarray, detection, start_rel: float | None = None, keypoints_3d: np.ndarray | None = None
+            ) -> dict:
     """One hand's quality signals.
 
     fitted_2d, evidence_2d: (21,2) pixels; pose (P,) with its limits lower, upper (P,);
     detection: its :class:`handfit.detect.Detection` (score, keypoint_spread, side_losses,
-    detector_side); start_rel: the kept start's mean 2D error in box sides, or None.
+    world); start_rel: the kept start's mean 2D error in box sides, or None; keypoints_3d:
+    the fitted (21,3), for :func:`world_disagreement` (None: not measured).
     -> {kp2d_max_px, kp2d_max_rel, kp2d_worst (joint name), spread_rel, limit_frac,
-    side_margin, score, start_rel}; a signal that does not apply is None."""
+    side_margin, score, start_rel, world_rel}; a signal that does not apply is None."""
     err = np.linalg.norm(np.asarray(fitted_2d, float) - np.asarray(evidence_2d, float), axis=-1)     # (21,)
     box = max(float(np.ptp(np.asarray(evidence_2d, float), axis=0).max()), 1.0)
     spread = getattr(detection, "keypoint_spread", None)
@@ -52,6 +82,8 @@ def signals(fitted_2d: np.ndarray, evidence_2d: np.ndarray, pose: np.ndarray, lo
         "side_margin": margin,
         "score": float(getattr(detection, "score", 1.0)),
         "start_rel": None if start_rel is None or not np.isfinite(start_rel) else float(start_rel),
+        "world_rel": None if keypoints_3d is None else world_disagreement(keypoints_3d,
+                                                                         getattr(detection, "world", None)),
     }
 
 
@@ -71,6 +103,8 @@ def verdict(sig: dict, q: QualityStage, side_conflict: bool = False) -> tuple[st
         reasons.append(f"low detection score {sig['score']:.2f}")
     if sig["limit_frac"] > q.limit_frac:
         reasons.append(f"pose against its limits: {sig['limit_frac']:.0%} of its angles")
+    if sig.get("world_rel") is not None and sig["world_rel"] > q.world_rel:
+        reasons.append(f"2D and 3D evidence disagree: {sig['world_rel']:.2f} palm lengths apart")
     if sig["side_margin"] is not None and sig["side_margin"] < q.side_margin:
         reasons.append(f"side uncertain: both hand models fit within {sig['side_margin']:.0%}")
     if side_conflict:
