@@ -115,6 +115,9 @@ class TrackStage:
     settle_3d: float = opt(1.0, min=0)      # its hold on each root-relative joint (squared change, palm lengths)
     settle_2d: float = opt(1.0, min=0)      # its hold on each keypoint's 2D position
     chunk: int = opt(16, min=1)             # frames per dense batch of a track (bounds memory, not results)
+    # A frame whose joint is this many box sides from its evidence gives its track's texture
+    # no texels: it would paint its fingers where they are not
+    texture_rel: float = opt(0.25, min=0, min_open=True)
 
 
 @dataclass
@@ -245,14 +248,16 @@ class QualityStage:
     threshold makes the hand ``suspect``, with that reason. Distances in box sides (the larger
     side of the box around the evidence keypoints)."""
 
-    max_rel: float = opt(0.25, min=0)      # a joint this far from its evidence
+    # A joint this far from its evidence: below the 0.25 that makes a hand gross, since the
+    # evidence itself may be a little off the truth
+    max_rel: float = opt(0.2, min=0)
     start_rel: float = opt(0.5, min=0)     # the kept start's mean 2D error (handfit/fitting/starts.py)
     spread_rel: float = opt(0.25, min=0)   # the views of the crop disagreeing on a keypoint by this much
     min_score: float = opt(0.0, min=0)     # the detection's score below this
-    limit_frac: float = opt(0.2, min=0)    # this fraction of the pose's angles at their limits
+    limit_frac: float = opt(0.25, min=0)   # this fraction of the pose's angles at their limits
     # The fit's 3D keypoints this far (palm lengths, after the best similarity) from MediaPipe's
     # world landmarks: the 2D evidence contradicts the 3D (fingers mixed up in one of them)
-    world_rel: float = opt(0.15, min=0)
+    world_rel: float = opt(0.17, min=0)
     # Both hand models fit within this fraction of each other (the side check's losses)
     side_margin: float = opt(0.0, min=0)
 

@@ -273,7 +273,7 @@ def finish(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn 
 def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | None = None) -> tuple:
     """Stage 4a for a video track: what B of its frames (each item with its ``rgb``) show of
     its texture, on their keypoint-fit meshes, added to the running accumulation ``acc``
-    (a frame further than ``opts.quality.max_rel`` box sides from its evidence adds nothing)
+    (a frame further than ``opts.track.texture_rel`` box sides from its evidence adds nothing)
     (None at the first frames). Frames can come one at a time, in any order: the
     result is the same (:func:`handfit.texture.track.accumulate`). Each frame's share
     of the time is added to ``fit.seconds``.
@@ -287,7 +287,7 @@ def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | N
     colour, weight = observe_texture(fit.model, fit.params, batch, [it.rgb for it in fit.items], opts,
                                      context=res.render_context(batch.K.device, opts.renderer))
     # a frame whose fit is still off its evidence would paint its fingers where they are not
-    off = frame_error(fit.model, fit.params, batch) > opts.quality.max_rel
+    off = frame_error(fit.model, fit.params, batch) > opts.track.texture_rel
     weight = weight * (~off).to(weight.dtype)[:, None, None, None]
     acc = merge(acc, colour, weight)
     if fit.seconds is not None:
