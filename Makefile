@@ -8,12 +8,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= handfit_out
 
-.PHONY: demo test test-quick install weights example bench clean help
+BLENDER_VENV  := .venv-blender
+BLENDER_STAMP := $(BLENDER_VENV)/.installed
+
+.PHONY: demo test test-quick test-blender install weights example bench clean help
 
 help:
 	@echo "make demo       create .venv, install, fit examples/hand.jpg into $(OUT)/"
 	@echo "make test       create .venv, install, run the tests"
 	@echo "make test-quick create .venv, install, run the tests not marked slow (about a minute)"
+	@echo "make test-blender  also make .venv-blender (bpy 5.0.1, ~1 GB) and check track glTFs in real Blender"
 	@echo "make weights    recalibrate the keypoints, retrain the regressor and the texture prior (handfit/weights/)"
 	@echo "make example    re-render examples/hand.jpg"
 	@echo "make bench      run the benchmarks in bench/"
@@ -45,6 +49,18 @@ test-quick: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} NUMBA_NUM_THREADS=$${NUMBA_NUM_THREADS:-1} \
 		$(BIN)/python -m pytest -q -ra -m "not slow" --durations=5
 
+# Blender runs as a subprocess in its own venv (bpy 5.0.1 is for Python 3.11 only; the
+# pins are pyproject's `blender` extra), on files the main venv's `handfit batch` wrote.
+$(BLENDER_STAMP):
+	python3.11 -m venv $(BLENDER_VENV)
+	$(BLENDER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BLENDER_VENV)/bin/python -m pip install -q bpy==5.0.1 numpy==1.26.4
+	@touch $(BLENDER_STAMP)
+
+test-blender: $(STAMP) $(BLENDER_STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} NUMBA_NUM_THREADS=$${NUMBA_NUM_THREADS:-1} \
+		HANDFIT_BLENDER_PYTHON=$(BLENDER_VENV)/bin/python $(BIN)/python -m pytest -q -ra -s tests/test_blender.py
+
 weights: $(STAMP)
 	$(BIN)/python -m handfit.train.calibrate --scenes 1200 --out handfit/weights/keypoints_anny.pt
 	$(BIN)/python -m handfit.train.regressor --model anny --out handfit/weights/regressor_anny.pt
@@ -59,4 +75,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/dev_keypoints.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache train_out
+	rm -rf $(VENV) $(BLENDER_VENV) $(OUT) .pytest_cache train_out

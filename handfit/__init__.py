@@ -7,7 +7,7 @@ The library face is :func:`handfit.fit` (one photo) and :func:`handfit.fit_batch
 
 __version__ = "0.1.0"
 
-__all__ = ["fit", "fit_batch", "FitResult", "HandResult", "Resources", "FitOptions", "KeypointStage", "KeypointWeights",
+__all__ = ["fit", "fit_batch", "export_track", "FitResult", "HandResult", "Resources", "FitOptions", "KeypointStage", "KeypointWeights",
            "DenseStage", "DenseWeights", "__version__"]
 
 _OPTIONS = ("FitOptions", "KeypointStage", "KeypointWeights", "DenseStage", "DenseWeights")
@@ -20,7 +20,7 @@ def __getattr__(name):
         from . import options
 
         return getattr(options, name)
-    if name in ("fit", "fit_batch", "FitResult", "HandResult", "Resources"):
+    if name in ("fit", "fit_batch", "export_track", "FitResult", "HandResult", "Resources"):
         from . import api
 
         return getattr(api, name)

@@ -204,5 +204,35 @@ def fit(image, progress: Callable | None = None, boxes: list | None = None, reso
                      resources=resources, **options)[0]
 
 
-__all__ = ["fit", "fit_batch", "clear_caches", "default_resources", "Resources", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
+def export_track(path, params, track: int = 0, side: str | None = None, times=None, texture=None,
+                 model: str | None = None, mano=None, resources: Resources | None = None,
+                 influences: int = 4) -> Path:
+    """Write one track as an animated, skinned, textured glTF (``.glb``): the same file
+    ``handfit batch`` writes as a video's ``track<t>.glb`` (:mod:`handfit.io.gltf_track`).
+
+    params: a video's ``tracks.npz`` (path; its track ``track`` gives side, parameters and
+    times), or per-frame parameters as (T,·) arrays named as result.json and tracks.npz
+    name them (Anny: global_orient, pose, shape, transl; MANO: smplx's names), then with
+    ``side`` and ``times`` (T,) seconds. texture: (H,W,3) uint8 or an image path (None: a
+    plain skin colour). model: "anny" (default) or "mano" (with ``mano``, the MANO file);
+    from the npz's params when not given. influences: joints per vertex, 4 or 8 (see
+    :func:`handfit.io.gltf_track.write_track_glb`). -> the path written
+    """
+    from .io.gltf_track import npz_track, to_handfit_params, write_track_glb
+
+    if isinstance(params, (str, Path)):
+        npz_side, params, npz_times = npz_track(params, track)
+        side, times = side or npz_side, npz_times if times is None else times
+    if side is None or times is None:
+        raise UsageError("export_track needs side and times unless params is a tracks.npz")
+    model = model or ("mano" if "betas" in params else "anny")
+    if isinstance(texture, (str, Path)):
+        from PIL import Image
+
+        texture = np.asarray(Image.open(texture).convert("RGB"))
+    hand = (resources or default_resources()).model(model, side, mano_path=mano)
+    return write_track_glb(path, hand, to_handfit_params(hand, params), times, texture, influences=influences)
+
+
+__all__ = ["fit", "fit_batch", "export_track", "clear_caches", "default_resources", "Resources", "FitResult", "HandResult", "FitOptions", "KeypointStage", "KeypointWeights",
            "DenseStage", "DenseWeights", "HandfitError"]

@@ -4,7 +4,8 @@ temporal smoothness on pose and translation.
 Per video (``OUT/<video>/``, written to a temporary sibling and renamed whole):
 ``frame_000123/`` (the photo layout: result.json, meshes, overlay.png) for
 every fitted frame, ``track<t>_texture.png`` (each track's one texture, which
-its frames' .mtl files refer to as ``../track<t>_texture.png``), ``tracks.npz``
+its frames' .mtl files refer to as ``../track<t>_texture.png``), ``track<t>.glb``
+(the track as one animated, skinned, textured hand: :mod:`handfit.io.gltf_track`), ``tracks.npz``
 and ``overlay.mp4`` at the source's frame rate divided by ``--every``.
 
 Frames are streamed, never all held in memory: a first decoding detects
@@ -50,6 +51,7 @@ from . import store
 MAX_GAP = 3           # chosen frames in a row a track may miss and go on
 MIN_IOU = 0.1
 TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
+GLB_NAME = "track{}.glb"              # a track's animated, skinned hand (handfit.io.gltf_track)
 
 
 @dataclass
@@ -383,6 +385,7 @@ def process_video(unit, job, run_id: str, res=None) -> dict:
 
 def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     from ..io.export import write_png
+    from ..io.gltf_track import write_video_track
     from ..io.save import save_result
     from .records import video_quality
 
@@ -426,6 +429,9 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
             for t, tex in enumerate(textures):
                 write_png(tmp / TEXTURE_NAME.format(t), tex)
         write_mp4(tmp / "overlay.mp4", overlays(tmp, textures), fps)
+        for t, (trk, o) in enumerate(zip(tracks, outputs)):   # after the frames: their final params
+            write_video_track(tmp / GLB_NAME.format(t), res.model(opts.model, trk.side, opts.mano), o["params"],
+                              [frames[f][0] for f in trk.frames], run["info"].fps, None if textures is None else textures[t])
         record["hand_metrics"] = track_metrics(tracks, outputs)
         record["suspect"] = video_quality(suspects, record["hand_metrics"])
         np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=run["info"].fps, every=vopts.every,
