@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stand_ins import truth_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -220,25 +221,9 @@ def test_video_frames_go_through_the_photo_pipeline(tmp_path, monkeypatch):
     from PIL import Image
 
     from handfit.cli import main
-    from handfit.detect import Detection
 
     truth, K = _synthetic_clip(tmp_path / "clip.mp4")
-    calls = []
-
-    class TruthDetector:  # MediaPipe stand-in: the rendered truth, with an unsure handedness score
-        def __init__(self, *a, **kw):
-            pass
-
-        def detect(self, rgb):
-            kp, kp3 = truth[len(calls) % len(truth)]
-            calls.append(1)
-            box = np.concatenate([kp.min(0) - 10, kp.max(0) + 10])
-            return [Detection(side="right", score=0.6, box_xyxy=box, keypoints=kp, keypoints_z=np.zeros(21),
-                              world=kp3 - kp3.mean(0), image_size=(256, 192))]
-
-        def close(self):
-            pass
-
+    TruthDetector, calls = truth_detector(truth, score=0.6)   # an unsure handedness: the side check runs
     monkeypatch.setattr("handfit.detect.Detector", TruthDetector)
     small = ["--kp-iters", "40", "--dense-iters", "8", "--texture-iters", "4", "--intrinsics", f"{K[0, 0]},{K[1, 1]},{K[0, 2]},{K[1, 2]}", "-q",
              "--no-gallery"]

@@ -12,35 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stand_ins import truth_detector
 
 # A quick fit: no multi-view refinement (the stand-in detector has no landmark model), no
 # dense stage, few iterations.
 QUICK = {"views": 0, "dense.enabled": False, "keypoint.iters": 20}
-
-
-def _truth_detector(truth: list):
-    """A MediaPipe stand-in whose i-th call finds the rendered truth truth[i % len] =
-    (keypoints_2d (21,2), keypoints_3d (21,3)), a right hand the handedness is sure of."""
-    from handfit.detect import Detection
-
-    calls = []
-
-    class TruthDetector:
-        def __init__(self, *a, **kw):
-            pass
-
-        def detect(self, rgb):
-            kp, kp3 = truth[len(calls) % len(truth)]
-            calls.append(1)
-            box = np.concatenate([kp.min(0) - 10, kp.max(0) + 10])
-            H, W = rgb.shape[:2]
-            return [Detection(side="right", score=0.99, box_xyxy=box, keypoints=kp, keypoints_z=np.zeros(21),
-                              world=kp3 - kp3.mean(0), image_size=(W, H))]
-
-        def close(self):
-            pass
-
-    return TruthDetector
 
 
 def _photo(folder: Path, names=("a.png", "b.png")) -> list:
@@ -76,7 +52,7 @@ def test_photos_verdict_in_result_json_summary_and_gallery(tmp_path, monkeypatch
     from handfit.batch.runner import summary_line
 
     truth = _photo(tmp_path / "in")
-    monkeypatch.setattr("handfit.detect.Detector", _truth_detector(truth))
+    monkeypatch.setattr("handfit.detect.Detector", truth_detector(truth)[0])
     for name, values in (("default", {}), ("strict", {"quality.max_rel": 0.0001})):
         out = tmp_path / name
         report = _batch([tmp_path / "in"], out, values)
@@ -129,7 +105,7 @@ def test_video_summary_counts_suspect_frames(tmp_path, monkeypatch):
         for pkt in s.encode():
             c.mux(pkt)
     truth = [(sc.keypoints_2d.astype(np.float64), sc.keypoints.astype(np.float64))]
-    monkeypatch.setattr("handfit.detect.Detector", _truth_detector(truth))
+    monkeypatch.setattr("handfit.detect.Detector", truth_detector(truth)[0])
     _batch([tmp_path / "clip.mp4"], tmp_path / "out", {"quality.max_rel": 0.0001})
     (rec,) = _summary(tmp_path / "out")
     assert rec["status"] == "ok" and rec["hands"] == 3 and rec["suspect"] == 3

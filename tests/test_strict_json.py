@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from handfit.io.jsonfile import dumps, strict
+from stand_ins import truth_detector
 
 
 def strict_loads(text: str):
@@ -87,25 +88,9 @@ def test_a_video_batch_writes_strict_json(tmp_path, monkeypatch):
     from test_batch_video import _synthetic_clip
 
     from handfit.cli import main
-    from handfit.detect import Detection
 
     truth, K = _synthetic_clip(tmp_path / "clip.mp4", n=2)
-    calls = []
-
-    class TruthDetector:  # MediaPipe stand-in: the rendered truth
-        def __init__(self, *a, **kw):
-            pass
-
-        def detect(self, rgb):
-            kp, kp3 = truth[len(calls) % len(truth)]
-            calls.append(1)
-            box = np.concatenate([kp.min(0) - 10, kp.max(0) + 10])
-            return [Detection(side="right", score=0.99, box_xyxy=box, keypoints=kp, keypoints_z=np.zeros(21),
-                              world=kp3 - kp3.mean(0), image_size=(256, 192))]
-
-        def close(self):
-            pass
-
+    TruthDetector, _ = truth_detector(truth)
     monkeypatch.setattr("handfit.detect.Detector", TruthDetector)
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["batch", str(tmp_path / "clip.mp4"), "-o", str(out), "--kp-iters", "10",
