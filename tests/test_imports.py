@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "handfit"
 
 # The fitting stages: only the fitting pipeline itself (and train/, which builds their data) may
 # import them; everything else goes through handfit.api.
-FITTING_INTERNALS = ("init", "keypoint", "adam", "dense", "side")
+FITTING_INTERNALS = ("init", "keypoint", "adam", "dense", "appearance", "side", "starts", "temporal")
 
 
 def _modules(root: Path = ROOT) -> dict:
@@ -119,8 +119,9 @@ def test_no_import_cycles():
 
 
 def test_fitting_stages_are_imported_only_by_the_fitting_pipeline():
-    """Outside handfit/fitting/ and handfit/train/, nothing imports handfit.fitting.init, .keypoint,
-    .adam, .dense or .side (nor anything inside them): they are reached through handfit.fitting.pipeline."""
+    """Outside handfit/fitting/ and handfit/train/, nothing imports the stage modules (init,
+    keypoint, adam, dense, appearance, side, starts, temporal; nor anything inside them): they are
+    reached through handfit.fitting.pipeline."""
     mods = _modules()
     banned = tuple(f"handfit.fitting.{n}" for n in FITTING_INTERNALS)
     bad = []

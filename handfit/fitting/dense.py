@@ -36,10 +36,9 @@ fixed, in place of the coarse albedo (the light is still fitted per frame),
 and the texture phase is skipped.
 
 This module is the driver, :func:`fit_dense`, its two phases
-(:func:`geometry_phase`, :func:`texture_phase`), the geometry phase's
-appearance models (:class:`CoarseAlbedo`, :class:`PriorAlbedo`,
-:class:`GivenTexture`, chosen once by :func:`choose_appearance`) and the loss
-terms of each phase. Its pieces live elsewhere: the crop scene in
+(:func:`geometry_phase`, :func:`texture_phase`) and the loss terms of each
+phase; the geometry phase's appearance models (coarse albedo, the prior's
+albedo, a given texture) are in handfit/fitting/appearance.py. Its pieces live elsewhere: the crop scene in
 handfit/fitting/scene.py, the photo's hand mask and the image-term regions
 in handfit/fitting/photo_mask.py, the initial textures and the prior's
 albedo in handfit/texture/init.py.
@@ -55,86 +54,15 @@ import torch.nn.functional as F
 from .. import render as R
 from ..camera import project
 from ..options import DenseStage, FitOptions
-from ..texture.init import PriorAppearance, coarse, initial_texture, prior_texture, resize_texture
+from ..texture.init import coarse, initial_texture, prior_texture, resize_texture
 from ..texture.track import frame_observation
 from ..texture.unwrap import fill_push_pull
 from . import losses as L
 from .adam import LinearSchedule, run_adam
+from .appearance import CoarseAlbedo, GivenTexture, choose_appearance
 from .hands import HandBatch
 from .photo_mask import confident, image_region, iou, photo_hand_mask
 from .scene import CropScene, ambient_sh
-
-
-# -- the geometry phase's appearance: what colours the mesh while it moves --------------------------
-
-
-class CoarseAlbedo:
-    """A free albedo of ``texture_detail`` texels a side (``p["texture"]``), optimised with
-    the geometry. Sharper, unwrapped from a misaligned mesh, it would bake the misalignment in."""
-
-    learns = True
-
-    def __call__(self, vertices, p) -> torch.Tensor:
-        return p["texture"].clamp(0, 1)
-
-    def on(self, scene, skin_p) -> "CoarseAlbedo":
-        return self
-
-    def albedo(self, state: dict) -> torch.Tensor:
-        """The phase's final albedo (B,d,d,3) in [0,1]."""
-        return state["texture"].detach().clamp(0, 1)
-
-
-class PriorAlbedo:
-    """The learned texture prior's prediction from what the current mesh sees
-    (:class:`handfit.texture.init.PriorAppearance`), re-predicted on a schedule."""
-
-    learns = False
-
-    def __init__(self, net, stage: DenseStage, scene=None, skin_p=None):
-        self.net, self.stage = net, stage
-        self.prior = None if scene is None else PriorAppearance(net, scene, skin_p, stage.prior_detail,
-                                                                stage.prior_every)
-
-    def __call__(self, vertices, p) -> torch.Tensor:
-        return self.prior(vertices, p["sh"])
-
-    def on(self, scene, skin_p) -> "PriorAlbedo":
-        """A new one, its schedule restarted, on the crops ``scene`` with hand mask ``skin_p``."""
-        return PriorAlbedo(self.net, self.stage, scene, skin_p)
-
-    def albedo(self, state: dict) -> torch.Tensor:
-        return self.prior.texture
-
-
-class GivenTexture:
-    """A given texture (B,T,T,3) in [0,1], fixed (a video track's): only geometry and light move."""
-
-    learns = False
-
-    def __init__(self, texture: torch.Tensor):
-        self.texture = texture
-
-    def __call__(self, vertices, p) -> torch.Tensor:
-        return self.texture
-
-    def on(self, scene, skin_p) -> "GivenTexture":
-        return self
-
-    def albedo(self, state: dict) -> torch.Tensor:
-        return self.texture
-
-
-def choose_appearance(stage: DenseStage, texture=None, texture_prior=None, device=None, dtype=None):
-    """The geometry phase's appearance model, chosen once: the given ``texture`` (B,T,T,3),
-    else the prior's albedo (``geometry_albedo`` "prior" with a ``texture_prior``), else the
-    coarse albedo. Each model answers ``on(scene, skin_p)`` (the one the crops at hand use),
-    ``learns`` (whether the state's ``texture`` is optimised) and ``albedo(state)``."""
-    if texture is not None:
-        return GivenTexture(texture.to(device=device, dtype=dtype).clamp(0, 1))
-    if stage.geometry_albedo == "prior" and texture_prior is not None:
-        return PriorAlbedo(texture_prior, stage)
-    return CoarseAlbedo()
 
 
 # -- loss terms ----------------------------------------------------------------------------------------
