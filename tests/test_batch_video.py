@@ -80,8 +80,11 @@ def _det(side, x, y=100.0, s=80.0):
                      keypoints_z=np.zeros(21), world=np.zeros((21, 3)))
 
 
-def test_tracking_by_overlap_and_side():
-    from handfit.batch.video import MAX_GAP, track
+def test_tracking_links_moving_hands():
+    """handfit.batch.video.track links detections by their predicted keypoints
+    (handfit/batch/tracking.py; tests/test_tracking.py has crossings, side flips, mirrored hands)."""
+    from handfit.batch.tracking import TrackerOptions
+    from handfit.batch.video import track
 
     frames = [[_det("right", 100 + 5 * f), _det("left", 400 - 5 * f)] for f in range(6)]
     frames[3] = [_det("left", 385)]                            # the right hand is missed once
@@ -89,11 +92,12 @@ def test_tracking_by_overlap_and_side():
     tracks = track(frames)
     assert [(t.side, t.frames) for t in tracks] == [("right", [0, 1, 2, 4, 5, 6]), ("left", [0, 1, 2, 3, 4, 5]),
                                                     ("right", [6])]
-    # A track survives MAX_GAP missed frames (docs/batch.md: 3) ...
-    gap = [[_det("right", 100)]] + [[] for _ in range(MAX_GAP)] + [[_det("right", 100)]]
-    assert MAX_GAP == 3 and [t.frames for t in track(gap)] == [[0, MAX_GAP + 1]]
+    # A track survives max_missed missed frames (docs/batch.md: 3) ...
+    k = TrackerOptions().max_missed
+    gap = [[_det("right", 100)]] + [[] for _ in range(k)] + [[_det("right", 100)]]
+    assert k == 3 and [t.frames for t in track(gap)] == [[0, k + 1]]
     # ... and ends at one more; the hand then starts a new track.
-    gap = [[_det("right", 100)]] + [[] for _ in range(MAX_GAP + 1)] + [[_det("right", 100)]]
+    gap = [[_det("right", 100)]] + [[] for _ in range(k + 1)] + [[_det("right", 100)]]
     assert len(track(gap)) == 2
 
 

@@ -17,9 +17,10 @@ skipped. A video is the unit of resume: its folder is committed whole, and
 a video interrupted part way is redone from its start.
 
 1. Detect every chosen frame (MediaPipe).
-2. Track: a detection joins the live track of the same side whose last box
-   overlaps it most (IoU >= 0.1); otherwise it starts a new track. A track
-   survives ``MAX_GAP`` missed chosen frames in a row; it ends at the next.
+2. Track (:mod:`handfit.batch.tracking`): detections are linked by their
+   keypoints' distance from each track's predicted keypoints (one optimal
+   assignment per frame, not by side); a track survives a few missed chosen
+   frames, and its side is the majority of its detections'.
 3. Fit each track through the one pipeline (:func:`handfit.fitting.pipeline.fit_track`):
    the side decided once per track (both models fitted when the handedness
    is unsure, as for photos), then :mod:`handfit.fitting.temporal`: the first
@@ -39,7 +40,6 @@ a video interrupted part way is redone from its start.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,55 +47,10 @@ import numpy as np
 
 from ..errors import HandfitError, ImageError
 from . import store
+from .tracking import Track, track  # noqa: F401 - tracks by predicted keypoints
 
-MAX_GAP = 3           # chosen frames in a row a track may miss and go on
-MIN_IOU = 0.1
 TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
 GLB_NAME = "track{}.glb"              # a track's animated, skinned hand (handfit.io.gltf_track)
-
-
-@dataclass
-class Track:
-    side: str
-    frames: list = field(default_factory=list)   # indices into the chosen frames
-    dets: list = field(default_factory=list)     # handfit.detect.Detection per frame
-
-    @property
-    def last_box(self):
-        return self.dets[-1].box_xyxy
-
-
-def iou(a, b) -> float:
-    """IoU of two (4,) xyxy boxes."""
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def track(detections: list) -> list[Track]:
-    """Link per-frame detections into tracks by side and box overlap (greedy, best IoU first).
-
-    detections: one list of Detection per chosen frame. -> tracks, in order of first appearance
-    """
-    tracks: list[Track] = []
-    for f, dets in enumerate(detections):
-        live = [t for t in tracks if f - t.frames[-1] - 1 <= MAX_GAP]  # frames missed since its last
-        pairs = sorted(((iou(t.last_box, d.box_xyxy), ti, di) for ti, t in enumerate(live)
-                        for di, d in enumerate(dets) if t.side == d.side), reverse=True)
-        used_t, used_d = set(), set()
-        for score, ti, di in pairs:
-            if score < MIN_IOU or ti in used_t or di in used_d:
-                continue
-            used_t.add(ti)
-            used_d.add(di)
-            live[ti].frames.append(f)
-            live[ti].dets.append(dets[di])
-        for di, d in enumerate(dets):
-            if di not in used_d:
-                tracks.append(Track(d.side, [f], [d]))
-    return tracks
 
 
 def jitter(points: np.ndarray) -> float:

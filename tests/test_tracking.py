@@ -1,0 +1,124 @@
+"""Linking detections into tracks (handfit/batch/tracking.py), on synthetic detection sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from handfit.batch.tracking import TrackerOptions, majority_side, predict, track
+from handfit.detect import Detection
+
+W, H = 640, 480
+# A right hand, in hand sizes around its centre: wrist, then 4 joints per finger fanning out.
+_ANGLES = np.radians([-65, -25, -5, 15, 35])     # thumb to little finger, from straight up
+_LENGTHS = np.array([0.45, 0.6, 0.65, 0.6, 0.5])
+
+
+def _shape(curl: float = 0.0) -> np.ndarray:
+    """(21,2) keypoints of a right hand of size about 1 around (0, 0); curl 0 open .. 1 a fist."""
+    pts = [np.array([0.0, 0.5])]
+    for a, n in zip(_ANGLES, _LENGTHS):
+        base = np.array([0.0, 0.5]) + 0.35 * np.array([np.sin(a), -np.cos(a)])
+        for j in range(1, 5):
+            r = n * j / 4 * (1 - 0.7 * curl)
+            pts.append(base + r * np.array([np.sin(a), -np.cos(a)]))
+    return np.array(pts)
+
+
+def hand(x, y=240.0, side="right", label=None, curl=0.0, size=80.0, score=0.95) -> Detection:
+    """A detection of a `side` hand, its keypoints' mean at (x, y), that MediaPipe called `label` (default: its side)."""
+    kp = _shape(curl)
+    if side == "left":
+        kp[:, 0] *= -1
+    kp = (kp - kp.mean(0)) * size + [x, y]      # (x, y): the keypoints' mean
+    lo, hi = kp.min(0) - 0.1 * size, kp.max(0) + 0.1 * size
+    return Detection(side=label or side, score=score, box_xyxy=np.r_[lo, hi], keypoints=kp,
+                     keypoints_z=np.zeros(21), world=np.zeros((21, 3)), image_size=(W, H))
+
+
+def _owners(tracks, truth: dict) -> list:
+    """Per track, the hands (truth: id(detection) -> hand name) its detections belong to."""
+    return [sorted({truth[id(d)] for d in t.dets}) for t in tracks]
+
+
+def test_crossing_hands_keep_their_tracks_with_noisy_sides():
+    """Two hands at one height cross, their paths swapping sides of the image; MediaPipe's
+    side labels flip at random, and near the crossing one hand or the other is hidden. At
+    frame 10 only hand a is seen, a little behind its own prediction: its centre is closer
+    to hidden b's predicted centre than to a's, so only the keypoints (an open right hand,
+    a half-closed left one) give it to a."""
+    rng = np.random.default_rng(0)
+    frames, truth = [], {}
+    for f in range(21):
+        flip = lambda s: {"left": "right", "right": "left"}[s] if rng.random() < 0.3 else s  # noqa: E731
+        a = hand(100 + 20 * f - 7 * (f == 10), 240, "right", flip("right"))
+        b = hand(495 - 20 * f, 240, "left", flip("left"), curl=0.5)
+        dets = [d for d, hidden in ((a, f == 11), (b, f in (9, 10))) if not hidden]
+        truth.update({id(a): "a", id(b): "b"})
+        frames.append(dets[::-1] if f % 2 else dets)    # the detector's order means nothing
+    tracks = track(frames)
+    assert _owners(tracks, truth) == [["a"], ["b"]]
+    assert [t.side for t in tracks] == ["right", "left"]      # the majority, despite 30% flips
+    assert tracks[0].frames == [f for f in range(21) if f != 11]
+    assert tracks[1].frames == [f for f in range(21) if f not in (9, 10)]
+
+
+def test_a_missed_hand_is_found_where_it_went():
+    """A hand moving 30 px (a third of its size) per frame, missed for max_missed frames, has moved more
+    than the gate from where it was last seen: the prediction, scaled by the frames missed,
+    still finds it; one frame more and it starts a new track (a hand gone that long is a
+    new hand, say one that left the frame and came back)."""
+    k = TrackerOptions().max_missed
+    seen = lambda f: hand(100 + 30 * f)  # noqa: E731
+    frames = [[seen(f)] for f in range(3)] + [[] for _ in range(k)] + [[seen(3 + k)], [seen(4 + k)]]
+    assert [t.frames for t in track(frames)] == [[0, 1, 2, 3 + k, 4 + k]]
+    frames = [[seen(f)] for f in range(3)] + [[] for _ in range(k + 1)] + [[seen(4 + k)]]
+    assert [t.frames for t in track(frames)] == [[0, 1, 2], [4 + k]]
+    # the prediction counts chosen frames (never overshoots with --every N): last + velocity * frames since
+    t = track([[hand(100)], [], [hand(160)]])[0]
+    assert np.allclose(predict(t, 3), hand(190).keypoints)
+
+
+def test_a_side_flip_does_not_split_a_track():
+    frames = [[hand(100 + 5 * f, label="left" if f in (4, 5) else "right", score=0.6 if f in (4, 5) else 0.9)]
+              for f in range(10)]
+    tracks = track(frames)
+    assert len(tracks) == 1 and tracks[0].frames == list(range(10)) and tracks[0].side == "right"
+    assert [d.side for d in tracks[0].dets][3:7] == ["right", "left", "left", "right"]   # MediaPipe's, kept for the fit
+    # the side is the score-weighted majority: 2 confident calls outweigh 3 unsure ones
+    assert majority_side([hand(0, label="left", score=0.5)] * 3 + [hand(0, score=0.95)] * 2) == "right"
+
+
+def test_a_hand_leaving_and_coming_back():
+    """A hand leaves the frame for longer than max_missed and comes back elsewhere: a new track."""
+    k = TrackerOptions().max_missed
+    frames = [[hand(500 + 40 * f)] for f in range(4)] + [[] for _ in range(k + 2)] + [[hand(600 - 40 * f)]
+                                                                                      for f in range(4)]
+    tracks = track(frames)
+    assert [t.frames for t in tracks] == [[0, 1, 2, 3], list(range(k + 6, k + 10))]
+
+
+def test_a_spurious_detection_takes_no_frames_from_a_real_hand():
+    """A one-frame false detection becomes its own short track, whether it is far away or
+    right beside the real hand (then with other keypoints: the real hand's are closer)."""
+    frames = [[hand(100 + 10 * f)] for f in range(8)]
+    far = hand(500, 100, curl=1.0, score=0.6)
+    near = hand(135, 250, "left", curl=1.0, score=0.6)
+    frames[3] = [far, frames[3][0]]
+    frames[5] = [near, frames[5][0]]
+    tracks = track(frames)
+    assert [t.frames for t in tracks] == [list(range(8)), [3], [5]]
+    assert tracks[1].dets == [far] and tracks[2].dets == [near]
+
+
+def test_mirrored_two_hand_layout():
+    """np.hstack([f, f[:, ::-1]]): a right hand and, mirrored, a left hand, moving mirror-
+    symmetrically (towards each other and apart); one half blanked every 7th frame."""
+    frames, truth = [], {}
+    for f in range(40):
+        x = 200 + 80 * np.sin(f / 4)
+        a, b = hand(x, 240 + 30 * np.cos(f / 5)), hand(W - x, 240 + 30 * np.cos(f / 5), "left")
+        truth.update({id(a): "a", id(b): "b"})
+        frames.append([a] if f % 7 == 6 else [a, b])
+    tracks = track(frames)
+    assert _owners(tracks, truth) == [["a"], ["b"]] and [t.side for t in tracks] == ["right", "left"]
+    assert len(tracks[0].frames) == 40 and len(tracks[1].frames) == 40 - 40 // 7
