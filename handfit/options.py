@@ -94,9 +94,11 @@ class TrackStage:
     the frames together again against the accelerations of their joints' relative depth."""
 
     warm_iters: int = opt(60, min=1)        # keypoint iterations of a warm-started frame (times its gap)
-    # A warm-started frame whose joint ends this many box sides from its evidence is fitted
-    # again from its own start (its neighbours may be far away in a sparse track)
-    refit_rel: float = opt(0.15, min=0, min_open=True)
+    # A warm-started frame whose joint ends this many box sides from its evidence (gross) is
+    # fitted again from its own start: its neighbours may be far away in a sparse track. Lower,
+    # refits replace warm fits that were only a little off, and the track jitters (dev3d_seq at
+    # 0.15: sequence keypoint fit 8.00 mm / 10.20 mm/frame², against 7.98 / 10.10 without refits)
+    refit_rel: float = opt(0.25, min=0, min_open=True)
     refine_iters: int = opt(150, min=1)     # the joint refinement of all frames
     # Weight of the temporal terms (the refinement's smoothness and the settling); 0: none
     smooth: float = opt(1.0, min=0)
@@ -254,7 +256,8 @@ class QualityStage:
     start_rel: float = opt(0.5, min=0)     # the kept start's mean 2D error (handfit/fitting/starts.py)
     spread_rel: float = opt(0.25, min=0)   # the views of the crop disagreeing on a keypoint by this much
     min_score: float = opt(0.0, min=0)     # the detection's score below this
-    limit_frac: float = opt(0.25, min=0)   # this fraction of the pose's angles at their limits
+    # This fraction of the pose's angles at their limits (a fist has up to a third: 0.33 on the asl clip)
+    limit_frac: float = opt(0.35, min=0)
     # The fit's 3D keypoints this far (palm lengths, after the best similarity) from MediaPipe's
     # world landmarks: the 2D evidence contradicts the 3D (fingers mixed up in one of them)
     world_rel: float = opt(0.17, min=0)
