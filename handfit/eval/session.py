@@ -262,25 +262,22 @@ def stage_verdict(h, kp2d: np.ndarray, q) -> dict:
     from the evidence, judged with ``q`` (``FitOptions.quality``); the other signals (start,
     views, score, side, joint limits) are the final hand's. Without the hand's signals (a
     stand-in fitting function) its quality is None."""
-    from ..fitting.quality import verdict
-    from ..keypoints import KEYPOINT_NAMES
+    from ..fitting.quality import evidence_distance, verdict
 
     out = verdict_of(h)
     ev = out["detected_2d"]
     if ev is None:
         return out
-    err = np.linalg.norm(np.asarray(kp2d, np.float64) - ev, axis=-1)                  # (21,)
-    box = max(float(np.ptp(ev, axis=0).max()), 1.0)                                 # as quality.signals
-    out["kp2d_max_rel"] = float(err.max() / box)
+    far, _ = evidence_distance(kp2d, ev)
+    out["kp2d_max_rel"] = far["kp2d_max_rel"]
     metrics = getattr(h, "metrics", None) or {}
     needed = ("start_rel", "spread_rel", "score", "limit_frac", "side_margin")
     if q is None or out["quality"] is None or not all(k in metrics for k in needed):
         out["quality"], out["quality_reasons"] = None, []
         return out
-    sig = {**{k: metrics[k] for k in needed}, "world_rel": metrics.get("world_rel"), "kp2d_max_px": float(err.max()), "kp2d_max_rel": out["kp2d_max_rel"],
-           "kp2d_worst": KEYPOINT_NAMES[int(err.argmax())]}
+    sig = {**{k: metrics[k] for k in needed}, "world_rel": metrics.get("world_rel"), **far}
     out["quality"], out["quality_reasons"] = verdict(sig, q)
-    out["signals"] = {**out["signals"], **{k: sig[k] for k in ("kp2d_max_px", "kp2d_max_rel", "kp2d_worst")}}
+    out["signals"] = {**out["signals"], **far}
     return out
 
 

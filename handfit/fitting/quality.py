@@ -20,11 +20,21 @@ import numpy as np
 from ..keypoints import KEYPOINT_NAMES
 from ..options import QualityStage
 
-__all__ = ["SIGNALS", "signals", "verdict", "world_disagreement"]
+__all__ = ["SIGNALS", "evidence_distance", "signals", "verdict", "world_disagreement"]
 
 #: The signals :func:`signals` measures, in the order they are reported.
 SIGNALS = ("kp2d_max_px", "kp2d_max_rel", "kp2d_worst", "spread_rel", "limit_frac", "side_margin", "score",
            "start_rel", "world_rel")
+
+
+def evidence_distance(fitted_2d: np.ndarray, evidence_2d: np.ndarray) -> tuple[dict, float]:
+    """The fitted joint furthest from its evidence: ({kp2d_max_px, kp2d_max_rel (box sides of
+    the evidence), kp2d_worst (joint name)}, box side px). fitted_2d, evidence_2d: (21,2) px."""
+    ev = np.asarray(evidence_2d, float)
+    err = np.linalg.norm(np.asarray(fitted_2d, float) - ev, axis=-1)                   # (21,)
+    box = max(float(np.ptp(ev, axis=0).max()), 1.0)
+    return {"kp2d_max_px": float(err.max()), "kp2d_max_rel": float(err.max() / box),
+            "kp2d_worst": KEYPOINT_NAMES[int(err.argmax())]}, box
 
 
 def world_disagreement(keypoints_3d: np.ndarray, world: np.ndarray) -> float | None:
@@ -62,8 +72,7 @@ def signals(fitted_2d: np.ndarray, evidence_2d: np.ndarray, pose: np.ndarray, lo
     the fitted (21,3), for :func:`world_disagreement` (None: not measured).
     -> {kp2d_max_px, kp2d_max_rel, kp2d_worst (joint name), spread_rel, limit_frac,
     side_margin, score, start_rel, world_rel}; a signal that does not apply is None."""
-    err = np.linalg.norm(np.asarray(fitted_2d, float) - np.asarray(evidence_2d, float), axis=-1)     # (21,)
-    box = max(float(np.ptp(np.asarray(evidence_2d, float), axis=0).max()), 1.0)
+    far, box = evidence_distance(fitted_2d, evidence_2d)
     spread = getattr(detection, "keypoint_spread", None)
     losses = getattr(detection, "side_losses", None)
     margin = None
@@ -74,9 +83,7 @@ def signals(fitted_2d: np.ndarray, evidence_2d: np.ndarray, pose: np.ndarray, lo
     at = (np.asarray(pose, float) <= lower + 0.02 * width) | (np.asarray(pose, float) >= upper - 0.02 * width)
     moving = width > 1e-6                              # coordinates the model can move
     return {
-        "kp2d_max_px": float(err.max()),
-        "kp2d_max_rel": float(err.max() / box),
-        "kp2d_worst": KEYPOINT_NAMES[int(err.argmax())],
+        **far,
         "spread_rel": None if spread is None else float(np.max(spread) / box),
         "limit_frac": float(at[moving].mean()) if moving.any() else 0.0,
         "side_margin": margin,
