@@ -202,12 +202,12 @@ class StagedFit:
                                            if f.name not in DENSE_ONLY])
 
     def evidence(self, items: list, opts) -> list:
-        """Stage 1 and 1b: the side decision and the multi-view evidence."""
-        from handfit.fitting.pipeline import decide_sides, refine_evidence
+        """The evidence step and stage 1, the side decision."""
+        from handfit.fitting.pipeline import decide_sides
 
         key = self._key(items, opts)
         if not self.cache or key not in self._evidence:
-            self._evidence[key] = refine_evidence(decide_sides(items, opts, self.res), opts, self.res)
+            self._evidence[key] = decide_sides(with_evidence(items, opts, self.res), opts, self.res)
         return self._evidence[key]
 
     def keypoint(self, side: str, items: list, opts):
@@ -308,13 +308,23 @@ def read_predictions(out: Path) -> tuple:
     return variants, runs
 
 
+def with_evidence(items: list, opts, res) -> list:
+    """HandItems whose detections went through the evidence step (:mod:`handfit.detect.evidence`,
+    ``opts.views`` views), as every fit's detections do; items without a photo as they are."""
+    from dataclasses import replace
+
+    det = res.detector(opts.detect)
+    return [replace(it, detection=det.evidence(it.rgb, [it.detection], opts.views)[0]) if it.rgb is not None else it
+            for it in items]
+
+
 def build_runs(root: Path, res, opts) -> list:
     """A sequence dataset's evidence: [(run, gt (F,21,3) metres, matched (F,) bool, HandItems of
     the matched frames)] per run (hand 0), detected, matched to the labels and refined from
     ``opts.views`` views as ``handfit eval --sequence`` does."""
     from handfit.eval.datasets import read_runs
     from handfit.eval.run import detect_record
-    from handfit.fitting.pipeline import HandItem, refine_evidence
+    from handfit.fitting.pipeline import HandItem
 
     detector = res.detector(opts.detect, opts.max_hands)
     out = []
@@ -327,7 +337,7 @@ def build_runs(root: Path, res, opts) -> list:
             matched.append(bool(pair))
             if pair:
                 items.append(HandItem(rec.K, pair[0], photo.rgb))
-        out.append((name, np.stack(gt), np.array(matched), refine_evidence(items, opts, res)))
+        out.append((name, np.stack(gt), np.array(matched), with_evidence(items, opts, res)))
         print(f"cached {name}: {len(items)}/{len(frames)} frames", file=sys.stderr, flush=True)
     return out
 

@@ -79,7 +79,12 @@ def _prepare(images: Iterable, opts: FitOptions, res: Resources, skip_unreadable
         else:
             dets = res.detector(opts.detect).detect(photo.rgb)
         dets = list(dets)
-        out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets[: opts.max_hands], len(dets)))
+        found = len(dets)
+        dets = dets[: opts.max_hands]
+        if opts.views and dets:
+            # the evidence step (handfit.detect.evidence): each hand's views, once, for its side and its evidence
+            dets = res.detector(opts.detect).evidence(photo.rgb, dets, opts.views)
+        out.append(_Photo(i, photo, np.asarray(K, dtype=np.float64), dets, found))
     return out, errors
 
 

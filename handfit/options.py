@@ -93,6 +93,19 @@ class TrackStage:
     ``smooth`` > 0, a penalty on accelerations. After the dense stage, ``settle_iters`` refine
     the frames together again against the accelerations of their joints' relative depth."""
 
+    # Following the hands through a clip (handfit/detect/tracking.py): the most mean keypoint
+    # distance from a track's prediction, in hand sizes, that still links a hand to it; the
+    # chosen frames in a row a track may miss and go on; chosen frames between runs of the
+    # detection cascade (in between, each tracked hand is looked for where it is predicted)
+    gate: float = opt(1.0, min=0, min_open=True)
+    max_missed: int = opt(3, min=0)
+    redetect: int = opt(10, min=1)
+    # The detection mode of those periodic runs (the first frame and a lost track's get
+    # FitOptions.detect): they only look for new hands, the tracked ones are looked for anyway
+    rescan: str = opt("fast", choices=("fast", "thorough"))
+    # Views of each tracked hand's crop per frame, fused into its evidence (photos: FitOptions.views):
+    # its neighbouring frames add their evidence through the temporal terms
+    views: int = opt(4, min=0)
     warm_iters: int = opt(60, min=1)        # keypoint iterations of a warm-started frame (times its gap)
     # A warm-started frame whose joint ends this many box sides from its evidence (gross) is
     # fitted again from its own start: its neighbours may be far away in a sparse track. Lower,
@@ -117,6 +130,13 @@ class TrackStage:
     settle_3d: float = opt(1.0, min=0)      # its hold on each root-relative joint (squared change, palm lengths)
     settle_2d: float = opt(1.0, min=0)      # its hold on each keypoint's 2D position
     chunk: int = opt(16, min=1)             # frames per dense batch of a track (bounds memory, not results)
+    # A track frame's dense stage (its shape and texture known, its start the smooth track's):
+    # the geometry phase's coarse and fine iterations (photos: dense.iters and dense.fine_iters)
+    dense_iters: int = opt(16, min=1)
+    dense_fine_iters: int = opt(0, min=0)
+    # ... and the side of its crop, rendered at that size (no downsampling; 0: crop_size and
+    # dense.geometry_downsample as a photo's). The track's texture is still observed at crop_size.
+    dense_crop: int = opt(64, min=0)
     # A frame whose joint is this many box sides from its evidence gives its track's texture
     # no texels: it would paint its fingers where they are not
     texture_rel: float = opt(0.25, min=0, min_open=True)
@@ -325,6 +345,10 @@ class FitOptions:
                 raise OptionError("texture_prior", f"expected default, none or a prior file, not {self.texture_prior!r}")
         if self.views > 20:  # handfit.detect.multiview.VIEW_SET
             raise OptionError("views", f"must be at most 20, not {self.views!r}")
+        if 0 < self.track.dense_crop < 16:
+            raise OptionError("track.dense_crop", f"must be 0 (crop_size) or at least 16, not {self.track.dense_crop!r}")
+        if self.track.views > 20:
+            raise OptionError("track.views", f"must be at most 20, not {self.track.views!r}")
         if self.model == "mano" and self.mano is None:
             raise OptionError("mano", "the MANO model needs a MANO file (MANO's licence forbids shipping it)")
         if self.intrinsics is not None:

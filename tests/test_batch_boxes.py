@@ -11,15 +11,16 @@ from PIL import Image
 from handfit.batch.inputs import Unit
 from handfit.batch.stages import Preparer, load_boxes
 from handfit.errors import UsageError
+from stand_ins import StandIn
 
 
-class _StubDetector:
+class _StubDetector(StandIn):
     """Records which search the Preparer asked for."""
 
     def __init__(self):
         self.calls = []
 
-    def detect(self, rgb):
+    def detect(self, rgb, mode=None):
         self.calls.append(("detect", None))
         return ["whole"]
 

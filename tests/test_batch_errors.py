@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from handfit.batch import runner, stages
+from stand_ins import StandIn
 
 
-class _Det:
+class _Det(StandIn):
     """A detector that fails on photos whose first pixel is 200 and finds nothing elsewhere."""
 
     interrupt = False
@@ -20,7 +21,7 @@ class _Det:
     def __init__(self, *a, **kw):
         pass
 
-    def detect(self, rgb):
+    def detect(self, rgb, mode=None):
         if rgb[0, 0, 0] == 200:
             if self.interrupt:
                 raise KeyboardInterrupt

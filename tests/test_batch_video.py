@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stand_ins import truth_detector
+from stand_ins import StandIn, truth_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,10 +81,10 @@ def _det(side, x, y=100.0, s=80.0):
 
 
 def test_tracking_links_moving_hands():
-    """handfit.batch.video.track links detections by their predicted keypoints
-    (handfit/batch/tracking.py; tests/test_tracking.py has crossings, side flips, mirrored hands)."""
-    from handfit.batch.tracking import TrackerOptions
-    from handfit.batch.video import track
+    """handfit.detect.tracking.track links detections by their predicted keypoints
+    (handfit/detect/tracking.py; tests/test_tracking.py has crossings, side flips, mirrored hands)."""
+    from handfit.detect.tracking import track
+    from handfit.options import TrackStage
 
     frames = [[_det("right", 100 + 5 * f), _det("left", 400 - 5 * f)] for f in range(6)]
     frames[3] = [_det("left", 385)]                            # the right hand is missed once
@@ -93,7 +93,7 @@ def test_tracking_links_moving_hands():
     assert [(t.side, t.frames) for t in tracks] == [("right", [0, 1, 2, 4, 5, 6]), ("left", [0, 1, 2, 3, 4, 5]),
                                                     ("right", [6])]
     # A track survives max_missed missed frames (docs/batch.md: 3) ...
-    k = TrackerOptions().max_missed
+    k = TrackStage().max_missed
     gap = [[_det("right", 100)]] + [[] for _ in range(k)] + [[_det("right", 100)]]
     assert k == 3 and [t.frames for t in track(gap)] == [[0, k + 1]]
     # ... and ends at one more; the hand then starts a new track.
@@ -158,11 +158,11 @@ def test_videos_honour_detect_mode_and_intrinsics(monkeypatch):
 
     made = []
 
-    class Det:
+    class Det(StandIn):
         def __init__(self, max_hands=None, mode="fast"):
             made.append(mode)
 
-        def detect(self, rgb):
+        def detect(self, rgb, mode=None):
             return [_det("right", 10.0)]
 
     frames = [(i, i / 10, np.zeros((48, 64, 3), np.uint8)) for i in range(3)]
@@ -295,11 +295,11 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
     make_clip(tmp_path / "clip.mp4", n=12)
     read_frames, peak = _counting_reader(media.read_frames)
 
-    class NoHands:
+    class NoHands(StandIn):
         def __init__(self, *a, **kw):
             pass
 
-        def detect(self, rgb):
+        def detect(self, rgb, mode=None):
             return []
 
     monkeypatch.setattr(media, "read_frames", read_frames)
@@ -315,37 +315,45 @@ def test_video_frames_are_streamed_not_held(tmp_path, monkeypatch):
         assert sum(1 for _ in c.decode(c.streams.video[0])) == 12
 
 
-def test_track_textures_stream_the_frames(tmp_path, monkeypatch):
-    """The decoding that builds each track's texture holds one frame at a time, feeds every
-    hand of a frame to its own track's accumulation, and adds the time to that frame."""
+def test_finish_tracks_streams_the_frames(tmp_path, monkeypatch):
+    """The two decodings that finish the tracks hold one frame at a time and feed every hand of a
+    frame to its own track's finisher (TrackFinish), each pass in frame order; the textures are
+    made between the passes."""
     from handfit.batch import video
     from handfit.batch.records import VideoOptions
     from handfit.fitting import pipeline
     from handfit.io import media
+    from handfit.options import FitOptions
 
     make_clip(tmp_path / "clip.mp4", n=6)
     read_frames, peak = _counting_reader(media.read_frames)
+    log = []
 
-    class Fit:  # a track's SideFit, as far as the accumulation looks at it
-        def __init__(self, n):
-            self.items, self.seconds = [pipeline.HandItem(np.eye(3), None)] * n, np.zeros(n)
+    class Finish:  # a track's TrackFinish, as far as finish_tracks drives it
+        def __init__(self, fit, opts, res, progress=None):
+            self.t = fit
 
-        def select(self, idx):
-            out = Fit(len(idx))
-            out.seconds = self.seconds[idx]
-            return out
+        def observe(self, b, rgb):
+            log.append(("observe", self.t, b, round(float(rgb.mean()) / 10)))
 
-    def observe(fit, opts, res, acc=None):
-        fit.seconds = fit.seconds + 1.0
-        return (acc or []) + [float(fit.items[0].rgb.mean())]
+        def texture(self):
+            log.append(("texture", self.t))
+
+        def dense(self, b, rgb):
+            log.append(("dense", self.t, b, round(float(rgb.mean()) / 10)))
+
+        def results(self):
+            return [self.t]
 
     monkeypatch.setattr(media, "read_frames", read_frames)
-    monkeypatch.setattr(pipeline, "observe_track", observe)
-    monkeypatch.setattr(pipeline, "track_texture", lambda acc, opts, res: acc)
+    monkeypatch.setattr(pipeline, "TrackFinish", Finish)
     frames = [(i, i / 10, (48, 64)) for i in range(0, 6, 2)]
     per_frame = [[(0, 0), (1, 0)], [(0, 1)], [(1, 1), (0, 2)]]     # two tracks, one missing frame 1
-    fits = [Fit(3), Fit(2)]
-    got = video.track_textures(tmp_path / "clip.mp4", frames, per_frame, fits, None, VideoOptions(every=2), None)
-    assert [[round(x / 10) for x in t] for t in got] == [[0, 2, 4], [0, 4]]   # each frame's pixels, to its tracks
-    assert fits[0].seconds.tolist() == [1, 1, 1] and fits[1].seconds.tolist() == [1, 1]
+    got = video.finish_tracks(tmp_path / "clip.mp4", frames, per_frame, [0, 1], FitOptions(), VideoOptions(every=2),
+                              None)
+    assert got == [[0], [1]]
+    seen = [x[1:] for x in log if x[0] == "observe"]
+    assert seen == [(0, 0, 0), (1, 0, 0), (0, 1, 2), (1, 1, 4), (0, 2, 4)]   # each frame's pixels, to its tracks
+    assert log[len(seen):len(seen) + 2] == [("texture", 0), ("texture", 1)]  # between the passes
+    assert [x[1:] for x in log if x[0] == "dense"] == seen
     assert peak[0] <= 2, peak

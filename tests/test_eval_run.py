@@ -13,6 +13,7 @@ from handfit.detect import Detection
 from handfit.eval.records import HandLabel, Record, project_points
 from handfit.eval.report import summary_table, write_report
 from handfit.eval.run import SUMMARY_KEYS, evaluate, match_hands
+from stand_ins import StandIn
 
 K = np.array([[300.0, 0, -20.0], [0, 310.0, 140.0], [0, 0, 1]])
 
@@ -31,13 +32,13 @@ def _records(tmp_path, n=3):
     return recs
 
 
-class FakeDetector:
+class FakeDetector(StandIn):
     """Detects the labelled hand of images 0 and 1 (image 1 with the wrong side), nothing in image 2."""
 
     def __init__(self, records):
         self.by_value = {int(i): r for i, r in enumerate(records)}
 
-    def detect(self, rgb):
+    def detect(self, rgb, mode=None):
         i = int(rgb[0, 0, 0])
         if i == 2:
             return []
@@ -202,7 +203,7 @@ def test_one_bad_image_is_recorded_and_the_run_goes_on(tmp_path):
     recs.append(Record(tmp_path / "0.png", K, [HandLabel("left", keypoints_3d=_hand(0))], name="again.png"))
 
     class Det(FakeDetector):
-        def detect(self, rgb):
+        def detect(self, rgb, mode=None):
             if int(rgb[0, 0, 0]) == 1:
                 raise RuntimeError("graph failure")
             return super().detect(rgb)

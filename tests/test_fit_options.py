@@ -94,9 +94,9 @@ class _SpyDetector:
     def __init__(self, det, calls):
         self._det, self._calls = det, calls
 
-    def refine(self, rgb, det, views, *a, **kw):
-        self._calls.append(("refine", views))
-        return self._det.refine(rgb, det, views, *a, **kw)
+    def evidence(self, rgb, dets, views, *a, **kw):
+        self._calls.append(("evidence", views))
+        return self._det.evidence(rgb, dets, views, *a, **kw)
 
     def __getattr__(self, name):
         return getattr(self._det, name)
@@ -152,7 +152,7 @@ def test_fit_with_every_documented_option(spy, tmp_path, monkeypatch):
     assert {s[0] for s in steps} == {"keypoints", "dense"}                      # progress
     assert ("keypoints", h.side, 7, 7) in steps
     assert ("detector", "fast") in res.calls and ("detector", "thorough") not in res.calls   # detect
-    assert ("refine", 2) in res.calls                                           # views
+    assert ("evidence", 2) in res.calls                                           # views
     assert ("texture_prior", "none") in res.calls                               # texture_prior
     assert ("render", "cpu", "cpu") in res.calls                                # renderer
     assert {c[2] for c in res.calls if c[0] == "model"} == {"cpu"}              # device

@@ -8,12 +8,13 @@ import time
 import torch
 
 from handfit.fitting.resources import Resources
+from stand_ins import StandIn
 
 
 def test_threads_build_each_resource_once(monkeypatch):
     built = []
 
-    class SlowDetector:
+    class SlowDetector(StandIn):
         def __init__(self, max_hands=None, mode="fast"):
             built.append(mode)
             time.sleep(0.05)  # wide enough for a racing thread to slip in without the lock
@@ -57,8 +58,8 @@ def test_fit_uses_the_resources_it_is_given(monkeypatch, res):
 
     asked = []
 
-    class NoHands:
-        def detect(self, rgb):
+    class NoHands(StandIn):
+        def detect(self, rgb, mode=None):
             return []
 
     monkeypatch.setattr(res, "detector", lambda mode="thorough", max_hands=None: asked.append(mode) or NoHands())

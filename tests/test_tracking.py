@@ -1,10 +1,12 @@
-"""Linking detections into tracks (handfit/batch/tracking.py), on synthetic detection sequences."""
+"""Linking detections into tracks (handfit/detect/tracking.py), on synthetic detection sequences."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from handfit.batch.tracking import TrackerOptions, majority_side, predict, track
+from handfit.detect.evidence import majority_side
+from handfit.detect.tracking import predict, track
+from handfit.options import TrackStage
 from handfit.detect import Detection
 
 W, H = 640, 480
@@ -67,7 +69,7 @@ def test_a_missed_hand_is_found_where_it_went():
     than the gate from where it was last seen: the prediction, scaled by the frames missed,
     still finds it; one frame more and it starts a new track (a hand gone that long is a
     new hand, say one that left the frame and came back)."""
-    k = TrackerOptions().max_missed
+    k = TrackStage().max_missed
     seen = lambda f: hand(100 + 30 * f)  # noqa: E731
     frames = [[seen(f)] for f in range(3)] + [[] for _ in range(k)] + [[seen(3 + k)], [seen(4 + k)]]
     assert [t.frames for t in track(frames)] == [[0, 1, 2, 3 + k, 4 + k]]
@@ -90,7 +92,7 @@ def test_a_side_flip_does_not_split_a_track():
 
 def test_a_hand_leaving_and_coming_back():
     """A hand leaves the frame for longer than max_missed and comes back elsewhere: a new track."""
-    k = TrackerOptions().max_missed
+    k = TrackStage().max_missed
     frames = [[hand(500 + 40 * f)] for f in range(4)] + [[] for _ in range(k + 2)] + [[hand(600 - 40 * f)]
                                                                                       for f in range(4)]
     tracks = track(frames)

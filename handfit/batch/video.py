@@ -1,40 +1,36 @@
-"""Videos: hands tracked across frames, warm-started fits, one shape per track,
-temporal smoothness on pose and translation.
+"""Videos: every hand followed through the clip, one track each, fitted with warm starts,
+one shape, temporal terms and one texture per track: the path ``handfit eval --sequence``
+measures (:mod:`handfit.eval.sequence`).
 
 Per video (``OUT/<video>/``, written to a temporary sibling and renamed whole):
-``frame_000123/`` (the photo layout: result.json, meshes, overlay.png) for
-every fitted frame, ``track<t>_texture.png`` (each track's one texture, which
+``frame_000123/`` (the photo layout: result.json, .obj meshes, parameters, overlay.png; no
+per-frame .glb, which ``track<t>.glb`` replaces) for every fitted frame, ``track<t>_texture.png`` (each track's one texture, which
 its frames' .mtl files refer to as ``../track<t>_texture.png``), ``track<t>.glb``
 (the track as one animated, skinned, textured hand: :mod:`handfit.io.gltf_track`), ``tracks.npz``
 and ``overlay.mp4`` at the source's frame rate divided by ``--every``.
 
-Frames are streamed, never all held in memory: a first decoding detects
-each chosen frame and keeps only its detections; the tracks are fitted; a
-second decoding adds what each frame shows to its tracks' textures (only
-the running sums are kept); a third writes the frames' folders and encodes
-overlay.mp4 one frame at a time. Without the dense stage the second is
-skipped. A video is the unit of resume: its folder is committed whole, and
-a video interrupted part way is redone from its start.
+Frames are streamed, never all held in memory. The video is decoded four times
+(each decoding costs a few milliseconds a frame; holding a frame costs megabytes):
 
-1. Detect every chosen frame (MediaPipe).
-2. Track (:mod:`handfit.batch.tracking`): detections are linked by their
-   keypoints' distance from each track's predicted keypoints (one optimal
-   assignment per frame, not by side); a track survives a few missed chosen
-   frames, and its side is the majority of its detections'.
-3. Fit each track through the one pipeline (:func:`handfit.fitting.pipeline.fit_track`):
-   the side decided once per track (both models fitted when the handedness
-   is unsure, as for photos), then :mod:`handfit.fitting.temporal`: the first
-   frame initialised and fitted in full, each later frame warm-started from
-   the one before, then all frames refined together with one shape and,
-   unless ``--no-smooth`` (``FitOptions.track.smooth`` 0), a penalty on accelerations.
-4. Unless ``--no-dense``, each track's texture is accumulated over its frames
-   (:func:`handfit.fitting.pipeline.observe_track`, :func:`~handfit.fitting.pipeline.track_texture`:
-   visible texels weighted by facing and the photo's hand mask, the learned prior for
-   what no frame showed), then, while the last decoding writes the frames, each
-   frame's hands finish the pipeline against it
-   (:func:`~handfit.fitting.pipeline.finish` with the track's texture: the dense stage with the
-   track's shape and texture fixed). With ``--no-dense`` the frames finish as
-   keypoint fits with the flat skin texture (:func:`~handfit.fitting.pipeline.finish`).
+1. **follow** (:class:`handfit.detect.tracking.Follower`): the detection cascade on the
+   first frame, when a track missed a frame and every ``track.redetect`` frames; in between
+   each tracked hand is looked for where it is predicted to be. Detections are linked to
+   tracks by predicted keypoints, not by side, and every hand gets the evidence step
+   (:mod:`handfit.detect.evidence`: ``views`` views of its crop, for its side and its
+   evidence). Only the detections are kept.
+2. **fit** each track (:func:`handfit.fitting.pipeline.fit_track`): the side decided once per
+   track, then :mod:`handfit.fitting.temporal`: the first frame initialised and fitted in
+   full, each later frame warm-started from the one before, then all frames refined together
+   with one shape and, unless ``--no-smooth`` (``FitOptions.track.smooth`` 0), a penalty on
+   accelerations.
+3. Unless ``--no-dense``, :func:`finish_tracks` (:class:`~handfit.fitting.pipeline.TrackFinish`):
+   a decoding accumulates each track's texture over its frames, a second fits each frame's
+   dense stage against it (the track's shape and texture fixed), and each track is settled.
+4. **write**: a last decoding writes the frames' folders and encodes overlay.mp4 one frame at
+   a time; then the tracks' glTF files and tracks.npz.
+
+A video is the unit of resume: its folder is committed whole, and a video interrupted part
+way is redone from its start.
 """
 
 from __future__ import annotations
@@ -47,10 +43,10 @@ import numpy as np
 
 from ..errors import HandfitError, ImageError
 from . import store
-from .tracking import Track, track  # noqa: F401 - tracks by predicted keypoints
 
 TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
 GLB_NAME = "track{}.glb"              # a track's animated, skinned hand (handfit.io.gltf_track)
+OVERLAY_COMPRESS = 1                  # zlib level of a frame's overlay.png: a video writes hundreds
 
 
 def jitter(points: np.ndarray) -> float:
@@ -61,18 +57,18 @@ def jitter(points: np.ndarray) -> float:
     return float(np.linalg.norm(a, axis=-1).mean())
 
 
-def fit_video_frames(frames: list, dets: list, opts, res=None) -> tuple:
-    """Track the detections and fit every track's keypoint stages (no pixels needed).
+def fit_video_frames(frames: list, tracks: list, opts, res=None) -> list:
+    """Fit every track's keypoint stages (no pixels needed).
 
-    frames: [(index, seconds, rgb or (H, W))], dets: per frame detections; res: a
-    :class:`~handfit.fitting.resources.Resources` (default: a new one).
-    -> (tracks, fits): fits[i] is the :class:`~handfit.fitting.pipeline.SideFit` of tracks[i]
-    """
+    frames: [(index, seconds, rgb or (H, W))] of the chosen frames; tracks: their
+    :class:`~handfit.detect.tracking.Track` objects (:class:`~handfit.detect.tracking.Follower`);
+    res: a :class:`~handfit.fitting.resources.Resources` (default: a new one).
+    -> fits: fits[i] is the :class:`~handfit.fitting.pipeline.SideFit` of tracks[i]; each
+    track's ``side`` and ``dets`` become the fit's."""
     from ..fitting.pipeline import HandItem, fit_track, frame_intrinsics
     from ..fitting.resources import Resources
 
     res = res or Resources()
-    tracks = track(dets)
     fits = []
     for trk in tracks:
         items = [HandItem(frame_intrinsics(_hw(frames[f])[1], _hw(frames[f])[0], opts), d, frame=int(frames[f][0]))
@@ -81,7 +77,7 @@ def fit_video_frames(frames: list, dets: list, opts, res=None) -> tuple:
         trk.side = fit.side
         trk.dets = [it.detection for it in fit.items]
         fits.append(fit)
-    return tracks, fits
+    return fits
 
 
 def _hw(frame) -> tuple:
@@ -94,7 +90,7 @@ def track_outputs(fit, assembled: bool = True) -> dict:
     """Per-frame arrays of a fitted track: keypoints_3d (T,21,3), keypoints_2d (T,21,2),
     keypoints_2d_detected (T,21,2), params name -> (T,·), losses "stage.term" -> (T,),
     dense (T,) bool. ``assembled``: filled with the track's keypoint-stage values; else
-    left empty for :func:`frame_hands` to fill as every frame finishes."""
+    left empty for the finished frames to fill."""
     from ..fitting.pipeline import assemble
 
     T = len(fit.items)
@@ -122,35 +118,6 @@ def _record_frame(out: dict, b: int, h) -> None:
     out["dense"][b] = "dense" in h.losses
 
 
-def _frame_fit(fits, ti: int, b: int, rgb: np.ndarray):
-    """Frame b of track ti as a SideFit of its own, with its photo rgb (H,W,3) uint8."""
-    from dataclasses import replace
-
-    sub = fits[ti].select([b])
-    sub.items = [replace(sub.items[0], rgb=rgb)]
-    return sub
-
-
-def frame_hands(fits, hands: list, rgb: np.ndarray, opts, res, outputs: list, textures: list | None = None) -> list:
-    """The HandResults of one frame: hands [(track index, index in the track)], rgb (H,W,3) uint8.
-
-    Each hand goes through the pipeline's last stages: with ``textures`` (per track a
-    (T,T,3) uint8 texture, :func:`track_textures`), the dense stage against its track's
-    texture; without, :func:`~handfit.fitting.pipeline.finish` (the keypoint fit and
-    flat texture when the dense stage is off). ``outputs[track]`` (:func:`track_outputs`)
-    records the final values."""
-    from ..fitting.pipeline import finish
-
-    results = []
-    for ti, b in hands:
-        sub = _frame_fit(fits, ti, b, rgb)
-        h = finish(sub, opts, res, texture=None if textures is None else textures[ti])[0]
-        h.metrics["track"] = ti
-        _record_frame(outputs[ti], b, h)
-        results.append(h)
-    return results
-
-
 def decode_chosen(path, frames: list, vopts):
     """Decode the chosen frames again, checking they are the ones the first decoding saw.
 
@@ -170,24 +137,28 @@ def decode_chosen(path, frames: list, vopts):
         raise ImageError(f"{path}: a later decoding ended after {f} of {len(frames)} frames")
 
 
-def track_textures(path, frames: list, per_frame: list, fits: list, opts, vopts, res) -> list:
-    """One texture per track, from a decoding of the video that holds one frame at a time.
+def finish_tracks(path, frames: list, per_frame: list, fits: list, opts, vopts, res) -> list:
+    """Every track's dense stage, from two more decodings of the video that each hold one
+    frame at a time (and :class:`~handfit.fitting.pipeline.TrackFinish` at most a chunk of
+    each track's frames): the first adds what each frame shows to its tracks' textures, the
+    second fits each frame's hands against them; then each track is settled and assembled.
 
     per_frame: per chosen frame its hands [(track index, index in the track)] (:func:`_frame_hands`).
-    Each frame's hands add what they show to their track's running accumulation
-    (:func:`~handfit.fitting.pipeline.observe_track`, on the track's keypoint fit);
-    the time is added to each frame's ``seconds``. -> per track (T,T,3) uint8
-    (:func:`~handfit.fitting.pipeline.track_texture`)."""
-    from ..fitting.pipeline import observe_track, track_texture
+    -> per track its T HandResults in frame order (the keypoint fits with the flat texture
+    when the dense stage is off, without decoding)."""
+    from ..fitting.pipeline import TrackFinish
 
-    acc = [None] * len(fits)
-    for f, rgb in decode_chosen(path, frames, vopts):
-        for ti, b in per_frame[f]:
-            sub = _frame_fit(fits, ti, b, rgb)
-            acc[ti] = observe_track(sub, opts, res, acc[ti])
-            if fits[ti].seconds is not None:
-                fits[ti].seconds[b] = sub.seconds[0]
-    return [track_texture(a, opts, res) for a in acc]
+    finishers = [TrackFinish(fit, opts, res) for fit in fits]
+    if opts.dense.enabled and fits:
+        for f, rgb in decode_chosen(path, frames, vopts):
+            for ti, b in per_frame[f]:
+                finishers[ti].observe(b, rgb)
+        for fin in finishers:
+            fin.texture()
+        for f, rgb in decode_chosen(path, frames, vopts):
+            for ti, b in per_frame[f]:
+                finishers[ti].dense(b, rgb)
+    return [fin.results() for fin in finishers]
 
 
 def _frame_hands(n: int, tracks) -> list:
@@ -263,13 +234,16 @@ def write_mp4(path: Path, images, fps: Fraction):
             c.close()
 
 
-def run_video(path, opts, vopts, res=None, progress=None) -> dict:
-    """Read and detect a video frame by frame (keeping only the detections), then track and fit
-    each track's keypoint stages.
+def run_video(path, opts, vopts, res=None) -> dict:
+    """Read a video frame by frame, following its hands (keeping only their detections:
+    :class:`~handfit.detect.tracking.Follower`, with each hand's evidence step), then fit each
+    track's keypoint stages (:func:`fit_video_frames`).
 
     res: a :class:`~handfit.fitting.resources.Resources` (default: a new one, closed after).
     -> dict with ``frames`` [(index, seconds, (H, W))] (no pixels: the caller
-    decodes again to finish and write), ``dets``, ``tracks``, ``fits``, ``seconds``."""
+    decodes again to finish and write), ``tracks``, ``fits``, ``seconds`` and ``passes``
+    (how many frames ran the cascade, how many hands were found where predicted)."""
+    from ..detect.tracking import Follower
     from ..fitting.resources import Resources
     from ..io.media import read_frames, video_info
 
@@ -277,24 +251,25 @@ def run_video(path, opts, vopts, res=None, progress=None) -> dict:
     own = res is None
     res = res or Resources()
     t0 = time.perf_counter()
-    frames, dets, t_detect = [], [], 0.0
+    frames, t_detect = [], 0.0
     try:
-        detector = res.detector(opts.detect, opts.max_hands)
+        follower = Follower.for_options(res.detector(opts.detect, opts.max_hands), opts)
         for idx, sec, rgb in read_frames(path, vopts.every, vopts.start, vopts.end):
-            t = time.perf_counter()
-            dets.append(detector.detect(rgb)[: opts.max_hands])
-            t_detect += time.perf_counter() - t
+            t1 = time.perf_counter()
+            follower.step(rgb)
+            t_detect += time.perf_counter() - t1
             frames.append((idx, sec, tuple(rgb.shape[:2])))
         if not frames:
             raise ImageError(f"{path}: no frame in the chosen range")
+        tracks = follower.finish()
         t_read = time.perf_counter() - t0 - t_detect
         t1 = time.perf_counter()
-        tracks, fits = fit_video_frames(frames, dets, opts, res)
+        fits = fit_video_frames(frames, tracks, opts, res)
         t_fit = time.perf_counter() - t1
     finally:
         if own:
             res.close()
-    return {"info": info, "frames": frames, "dets": dets, "tracks": tracks, "fits": fits,
+    return {"info": info, "frames": frames, "tracks": tracks, "fits": fits, "passes": dict(follower.passes),
             "seconds": {"read": t_read, "detect": t_detect, "fit": t_fit}}
 
 
@@ -349,7 +324,6 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     frames, tracks, fits = run["frames"], run["tracks"], run["fits"]
     per_frame = _frame_hands(len(frames), tracks)
     hands = sum(map(len, per_frame))
-    outputs = [track_outputs(fit, assembled=False) for fit in fits]  # every frame is finished while writing
     fps = Fraction(run["info"].fps).limit_denominator(1001) / vopts.every
     names = [f"frame_{idx:06d}" for idx, _, _ in frames]
     poster = names[len(names) // 2]
@@ -358,33 +332,36 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
               "message": "" if hands else "no hand found in any frame",
               "frames": len(frames), "tracks": len(tracks), "fps": float(fps), "hand_metrics": [],
               "overlay_video": f"{unit.key}/overlay.mp4", "poster": f"{unit.key}/{poster}/overlay.png",
-              "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id}
-    suspects = []  # (frame number, track, reasons) of every suspect frame-hand, for the record
+              "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id,
+              "detection": run["passes"]}
+    # every track finished (dense stage, settled) before any frame is written
+    results = finish_tracks(unit.path, frames, per_frame, fits, opts, vopts, res)
+    outputs = [track_outputs(fit, assembled=False) for fit in fits]
+    for ti, hs in enumerate(results):
+        for b, h in enumerate(hs):
+            h.metrics["track"] = ti
+            _record_frame(outputs[ti], b, h)
+    textures = [hs[0].texture for hs in results] if opts.dense.enabled and results else None
+    suspects = [(frames[trk.frames[b]][0], ti, h.quality_reasons) for ti, (trk, hs) in enumerate(zip(tracks, results))
+                for b, h in enumerate(hs) if h.quality == "suspect"]  # (frame number, track, reasons), for the record
 
-    def overlays(tmp: Path, textures: list | None):
-        """Decode the video again; finish each chosen frame's hands (the dense stage against
-        their tracks' textures) and write its folder; -> its overlay, one at a time."""
-        from PIL import Image
-
+    def overlays(tmp: Path):
+        """Decode the video again and write each chosen frame's folder; -> its overlay, one at a time."""
         for f, rgb in decode_chosen(unit.path, frames, vopts):
-            hands_f = frame_hands(fits, per_frame[f], rgb, opts, res, outputs, textures)
-            suspects.extend((frames[f][0], h.metrics["track"], h.quality_reasons) for h in hands_f
-                            if h.quality == "suspect")
+            hands_f = [results[ti][b] for ti, b in per_frame[f]]
             r = _frame_result(rgb, hands_f, opts)
             r.image_path = f"{unit.path}#frame={frames[f][0]}"
-            shared = None if textures is None else [f"../{TEXTURE_NAME.format(h.metrics['track'])}" for h in hands_f]
-            folder = save_result(r, tmp, names[f], texture_files=shared)
+            shared = None if textures is None else [f"../{TEXTURE_NAME.format(ti)}" for ti, _ in per_frame[f]]
+            save_result(r, tmp, names[f], texture_files=shared, overlay_compress=OVERLAY_COMPRESS, glb=False)
+            yield r.overlay
             del r, rgb
-            yield np.asarray(Image.open(folder / "overlay.png").convert("RGB"))
 
     def fill(tmp: Path):
-        textures = None
-        if opts.dense.enabled and tracks:
-            textures = track_textures(unit.path, frames, per_frame, fits, opts, vopts, res)
+        if textures is not None:
             for t, tex in enumerate(textures):
                 write_png(tmp / TEXTURE_NAME.format(t), tex)
-        write_mp4(tmp / "overlay.mp4", overlays(tmp, textures), fps)
-        for t, (trk, o) in enumerate(zip(tracks, outputs)):   # after the frames: their final params
+        write_mp4(tmp / "overlay.mp4", overlays(tmp), fps)
+        for t, (trk, o) in enumerate(zip(tracks, outputs)):
             write_video_track(tmp / GLB_NAME.format(t), res.model(opts.model, trk.side, opts.mano), o["params"],
                               [frames[f][0] for f in trk.frames], run["info"].fps, None if textures is None else textures[t])
         record["hand_metrics"] = track_metrics(tracks, outputs)

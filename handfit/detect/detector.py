@@ -82,6 +82,10 @@ class Detection:
             confidence: small is sure).
         views: how many views were fused into :attr:`keypoints` (0: none, the
             single landmarker run).
+        candidates: after the evidence step (:func:`handfit.detect.evidence.gather`),
+            ``{side: Detection}``: the views that called the hand each side, fused
+            (this detection's own side is itself); ``None`` before it.
+        votes: ``{side: summed score}`` of those views, or ``None``.
     """
 
     side: str
@@ -97,6 +101,8 @@ class Detection:
     detector_side: str | None = None
     keypoint_spread: np.ndarray | None = None
     views: int = 0
+    candidates: dict | None = None
+    votes: dict | None = None
 
     def __repr__(self) -> str:
         b = ", ".join(f"{v:.1f}" for v in self.box_xyxy)
@@ -384,16 +390,21 @@ class Detector:
         dets.sort(key=lambda d: -d.score)
         dets = dets[: self.max_hands]
         if self.views:
-            dets = [self.refine(rgb, d) for d in dets]
+            dets = self.evidence(rgb, dets)
         return dets
 
-    def refine(self, rgb, det: Detection, views: int | None = None) -> Detection:
-        """``det`` refined with ``views`` (default: the detector's ``views``) views of its
-        crop: :func:`handfit.detect.multiview.refine` with :meth:`landmarks`."""
-        from .multiview import refine
+    def evidence(self, rgb, dets: list, views: int | None = None) -> list:
+        """The evidence step for an image's detections: each hand's crop seen in ``views``
+        (default: the detector's ``views``) views, once, for its side's candidates and its
+        fused evidence (:func:`handfit.detect.evidence.gather` with :meth:`landmarks`)."""
+        from .evidence import gather_all
 
         views = self.views if views is None else int(views)
-        return refine(self.landmarks, _as_rgb8(rgb), det, views, box_margin=self.box_margin)
+        return gather_all(self.landmarks, _as_rgb8(rgb), list(dets), views, box_margin=self.box_margin)
+
+    def refine(self, rgb, det: Detection, views: int | None = None) -> Detection:
+        """One detection through :meth:`evidence`."""
+        return self.evidence(rgb, [det], views)[0]
 
     def detect_in_boxes(self, rgb, boxes) -> list[Detection]:
         """Run the landmarker inside given boxes (your own detector's or annotations).

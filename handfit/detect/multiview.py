@@ -83,13 +83,14 @@ def affine_view(rgb: np.ndarray, centre, side: float, angle: float = 0.0, mirror
     return View(name, np.ascontiguousarray(img), M, bool(mirrored), tag)
 
 
-def hand_views(rgb: np.ndarray, det, views: int, grow: float = CROP_GROW, out: int = VIEW_SIZE) -> list:
-    """The views of ``det``'s crop named by the first ``views`` entries of :data:`VIEW_SET`."""
+def hand_views(rgb: np.ndarray, det, views, grow: float = CROP_GROW, out: int = VIEW_SIZE) -> list:
+    """The views of ``det``'s crop named by the first ``views`` entries of :data:`VIEW_SET`
+    (or by ``views`` itself, a sequence of (angle, scale, mirrored) specs)."""
     box = np.asarray(det.box_xyxy, np.float64)
     centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
     side = max(box[2] - box[0], box[3] - box[1], 8.0) * grow
-    return [affine_view(rgb, centre, side / scale, angle, mirrored, out)
-            for angle, scale, mirrored in view_specs(views)]
+    specs = view_specs(views) if isinstance(views, (int, np.integer)) else tuple(views)
+    return [affine_view(rgb, centre, side / scale, angle, mirrored, out) for angle, scale, mirrored in specs]
 
 
 def fuse(kps: np.ndarray, drop: float = 0.1):

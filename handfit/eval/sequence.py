@@ -1,18 +1,22 @@
 """Sequences with 3D truth: every run of a dataset fitted as one track (``handfit eval --sequence``).
 
 A run is a short clip of one hand (a folder of frames, :func:`handfit.eval.datasets.read_runs`),
-each frame with its own K. :func:`evaluate_sequences` detects every frame once, matches the
-detections to the labels (:func:`handfit.eval.session.detect_record`) and measures, on those same
-detections, some of these variants:
+each frame with its own K. :func:`evaluate_sequences` measures some of these variants:
 
 * ``mediapipe``: MediaPipe's own world landmarks and 2D landmarks;
 * ``keypoint`` / ``dense``: every frame fitted alone, as ``handfit fit`` would (one fit gives
   both: the keypoint result is kept from before the dense stage);
-* ``sequence_keypoint``: the run's matched frames as one track
+* ``sequence_keypoint``: the run's hands followed through its frames exactly as ``handfit batch``
+  follows a video's (:func:`follow_run`: the cascade, then each hand looked for where it is
+  predicted, every hand's evidence step), each track fitted
   (:func:`handfit.fitting.pipeline.fit_track`: side decided once, warm starts, one shape,
   temporal terms), measured before the dense stage;
-* ``sequence_dense``: the same track through the dense stage with the track's texture
-  (:func:`handfit.fitting.pipeline.finish_track`).
+* ``sequence_dense``: the same track through the dense stage with the track's texture and the
+  settling (:func:`handfit.fitting.pipeline.finish_track`), as a video's tracks.
+
+The first three are measured on each frame's own detection (the cascade, matched to the labels,
+:func:`handfit.eval.session.detect_record`); a track's frame counts for the labelled hand its
+detection matches.
 
 So ``--compare`` fits each frame twice in all: once alone, once in its track. Besides the
 per-hand metrics of :func:`handfit.eval.run.score`, every variant gets the acceleration error of
@@ -37,19 +41,16 @@ SEQUENCE_VARIANTS = ("mediapipe", "keypoint", "dense", "sequence_keypoint", "seq
 
 
 def fit_run(items: list, opts, res, dense: bool) -> tuple:
-    """Fit one run's hands as one track through the pipeline.
+    """Fit one track's hands through the pipeline, as ``handfit batch`` fits a video's track.
 
-    items: T :class:`handfit.fitting.pipeline.HandItem` in frame order, each with its K and
-    photo. -> (keypoint, final): T :class:`HandResult` each, ``keypoint`` assembled from the
+    items: T :class:`handfit.fitting.pipeline.HandItem` in frame order, each with its K, photo
+    and detection (with its evidence, :class:`handfit.detect.tracking.Follower`).
+    -> (keypoint, final): T :class:`HandResult` each, ``keypoint`` assembled from the
     track before the dense stage, ``final`` after :func:`finish_track` (None when not ``dense``).
-    Seconds are the pipeline's (each frame's share of the track's optimisation).
+    Seconds are the pipeline's (each frame's share of the track's optimisation)."""
+    from ..fitting.pipeline import assemble, finish_track, fit_track
 
-    The detections are first refined from ``opts.views`` views of each frame's crop, the
-    evidence a single-frame fit of the same frame gets (``fit_hands``' stage 1b; ``fit_track``
-    alone, as for a video, fits the raw detections), so that both variants fit the same keypoints."""
-    from ..fitting.pipeline import assemble, finish_track, fit_track, refine_evidence
-
-    fit = fit_track(refine_evidence(items, opts, res), opts, res)
+    fit = fit_track(items, opts, res)
     keypoint = assemble(fit, 1, opts.quality)   # numpy copies: the dense stage below changes fit.params
     return keypoint, (finish_track(fit, opts, res) if dense else None)
 
@@ -90,21 +91,21 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
         single_opts = with_dense(s.options, "dense" in single)
         seq_opts = with_dense(s.options, "sequence_dense" in sequence)
         for name, frames in runs:
-            done = []  # (record, photo, pairs) per frame of this run
+            done = []  # (record, photo, pairs, its HandEvals) per frame of this run
             for rec in frames:
                 evs, photo, pairs = s.detect(rec)
                 for e in evs:
                     e.run = name
                 hands.extend(evs)
-                done.append((rec, photo, pairs))
-            jobs = [make_job(rec, photo, pairs) for rec, photo, pairs in done if pairs]
+                done.append((rec, photo, pairs, evs))
+            jobs = [make_job(rec, photo, pairs) for rec, photo, pairs, _ in done if pairs]
             if jobs:  # the single-frame fit warms up the track fit too
                 s.warm_up(jobs[0], single_opts)
             if single:
                 for start in range(0, len(jobs), bs):
                     s.fit(jobs[start:start + bs], single, single_opts)
             if sequence:
-                _fit_track_safe(done, sequence, seq_opts, s.use_label_camera, fit_sequence)
+                _fit_track_safe(done, sequence, seq_opts, s, fit_sequence)
             s.advance(len(frames), hands, variants)
             if on_run is not None:
                 on_run(_evaluation(hands, variants))
@@ -119,23 +120,46 @@ def frame_number(rec) -> int | None:
     return int(digits[-1]) if digits else None
 
 
-def _fit_track_safe(done: list, variants: tuple, opts, use_label_camera: bool, fit_sequence: Callable) -> None:
-    """Fit each labelled hand of a run (hand index h of every frame) as one track over the frames
-    where it was matched, and store the sequence variants; a failure is recorded, not raised."""
-    from ..fitting.pipeline import HandItem
+def follow_run(photos: list, opts, detector) -> tuple:
+    """The run's hands followed through its frames as ``handfit batch`` follows a video's
+    (:meth:`handfit.detect.tracking.Follower.for_options`: ``opts.track``'s views and linking).
+    photos: per frame its rgb (H,W,3) uint8, or None (a frame that could not be read).
+    -> (tracks, per frame [(track index, Detection)])"""
+    from ..detect.tracking import Follower
 
-    for h in sorted({e.hand for _, _, pairs in done for e, _ in pairs}):
-        track = [(rec, photo, e, d) for rec, photo, pairs in done for e, d in pairs if e.hand == h]
-        items = [HandItem(rec.K if use_label_camera else _own_camera(photo, opts), d, photo.rgb, frame_number(rec))
-                 for rec, photo, _, d in track]
+    follower = Follower.for_options(detector, opts)
+    steps = [follower.step(rgb) if rgb is not None else follower.skip() for rgb in photos]
+    return follower.finish(), steps
+
+
+def _fit_track_safe(done: list, variants: tuple, opts, s, fit_sequence: Callable) -> None:
+    """Follow the run's hands (:func:`follow_run`), fit each track, and store the sequence
+    variants of every labelled hand a track's frame shows; a failure is recorded, not raised."""
+    from ..fitting.pipeline import HandItem
+    from .session import match_hands
+
+    tracks, _ = follow_run([photo.rgb if photo is not None else None for _, photo, _, _ in done], opts, s.detector)
+    for trk in tracks:
+        items, shown = [], []   # shown: per frame of the track, the labelled hand its detection is, or None
+        for f, d in zip(trk.frames, trk.dets):
+            rec, photo, _, evs = done[f]
+            items.append(HandItem(rec.K if s.use_label_camera else _own_camera(photo, opts), d, photo.rgb,
+                                  frame_number(rec)))
+            j = match_hands([e.gt2d for e in evs], [e.visible for e in evs], [d], s.match_threshold)
+            hit = [e for e, a in zip(evs, j) if a is not None]
+            shown.append(hit[0] if hit and not any(v in hit[0].preds for v in variants) else None)
+        if not any(shown):
+            continue
         try:
             keypoint, final = fit_sequence(items, opts, "sequence_dense" in variants)
-            if len(keypoint) != len(track) or (final is not None and len(final) != len(track)):
-                raise RuntimeError(f"the track fit gave {len(keypoint)} results for {len(track)} frames")
-        except Exception as exc:  # noqa: BLE001 - one bad run must not end the evaluation
-            drop_fits([e for _, _, e, _ in track], variants, "track fit failed", exc)
+            if len(keypoint) != len(items) or (final is not None and len(final) != len(items)):
+                raise RuntimeError(f"the track fit gave {len(keypoint)} results for {len(items)} frames")
+        except Exception as exc:  # noqa: BLE001 - one bad track must not end the evaluation
+            drop_fits([e for e in shown if e is not None], variants, "track fit failed", exc)
             continue
-        for b, (_, _, e, _) in enumerate(track):
+        for b, e in enumerate(shown):
+            if e is None:
+                continue
             if "sequence_keypoint" in variants:
                 e.preds["sequence_keypoint"] = _pred(keypoint[b])
             if final is not None:

@@ -4,9 +4,10 @@ Every caller (``handfit.fit``/``fit_batch``, ``handfit eval``, batch photos
 and batch videos) comes through here, and every hand goes through the same
 stages in this order:
 
+0. **evidence** (before the fit, in :mod:`handfit.detect.evidence`): each hand's crop
+   seen in ``views`` views, once: each side's candidate and the fused evidence;
 1. **side decision** (:mod:`.side`): when MediaPipe's handedness is unsure,
-   both hand models are fitted and the better one is kept; then, with
-   ``views`` > 0, multi-view 2D evidence (:func:`refine_evidence`);
+   both hand models are fitted to their sides' candidates and the better one is kept;
 2. **initialise** (:mod:`.init`): the regressor (or IK) from the world
    landmarks, translation from the 2D keypoints;
 3. **keypoint** (:mod:`.keypoint`): pose, shape and translation against the
@@ -41,7 +42,7 @@ from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
 
 __all__ = ["HandItem", "HandBatch", "SideFit", "to_batch", "fit_hands", "fit_side", "fit_track", "finish",
-           "finish_track", "settle", "observe_track", "track_texture", "assemble", "frame_intrinsics",
+           "finish_track", "TrackFinish", "settle", "observe_track", "track_texture", "assemble", "frame_intrinsics",
            "Resources", "FitResult", "HandResult"]
 
 SIDE_ORDER = ("right", "left")   # the batch order of the sides (results come back in the items' order)
@@ -108,26 +109,15 @@ def _device(opts: FitOptions):
 
 
 def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
-    """Stage 1 for photos: each uncertain detection's side (:func:`.side.resolve_sides`). -> new items"""
+    """Stage 1: each uncertain detection's side (:func:`.side.resolve_sides`), from the side
+    candidates of its evidence step (:mod:`handfit.detect.evidence`, run before the fit).
+    -> new items"""
     from .side import resolve_sides
 
     device, _ = _device(opts)
-    needs_views = any(it.rgb is not None for it in items)
-    detector = res.detector(opts.detect) if needs_views and opts.side_check_below > 0 else None
-    dets = resolve_sides([(it.K, it.detection, it.rgb) for it in items], opts, res, device,
-                         opts.side_check_below, detector, opts.side_check_iters)
+    dets = resolve_sides([(it.K, it.detection) for it in items], opts, res, device, opts.side_check_below,
+                         opts.side_check_iters)
     return [replace(it, detection=d) for it, d in zip(items, dets)]
-
-
-def refine_evidence(items: list, opts: FitOptions, res: Resources) -> list:
-    """Stage 1b: with ``opts.views`` > 0, each photo's hand refined from that many views
-    of its crop (:func:`handfit.detect.multiview.refine`: fused keypoints and world
-    landmarks, ``keypoint_spread``). -> new items"""
-    if not opts.views or not any(it.rgb is not None for it in items):
-        return items
-    detector = res.detector(opts.detect)
-    return [replace(it, detection=detector.refine(it.rgb, it.detection, opts.views)) if it.rgb is not None else it
-            for it in items]
 
 
 def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
@@ -307,40 +297,104 @@ def track_texture(acc: tuple, opts: FitOptions, res: Resources) -> np.ndarray:
     return (tex.cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
+class TrackFinish:
+    """Stages 4-5 for the T frames of one track (a :func:`fit_track` result), fed its frames'
+    photos in two passes, one frame at a time in any order, so that a video need not be held:
+
+    1. :meth:`observe` every frame: what it shows of the track's texture, accumulated
+       (:func:`observe_track`); then :meth:`texture`: the track's one texture (:func:`track_texture`);
+    2. :meth:`dense` every frame: its dense stage against that texture (the track's shape
+       kept; :func:`dense_fit` with ``texture``, ``opts.track.dense_iters`` and
+       ``dense_fine_iters`` iterations on crops ``opts.track.dense_crop`` pixels a side);
+    3. :meth:`results`: all frames settled together (:func:`settle`; ``opts.track.smooth`` 0:
+       not), then assembled. -> T HandResult in frame order, each ``texture`` the track's.
+
+    Frames are processed in chunks of ``opts.track.chunk`` consecutive frames of the track
+    (frames 0-15, 16-31, ...), each once all its photos have come, so that any caller (a
+    video streamed from disk, ``handfit eval --sequence`` holding its photos) gets the same
+    numbers; at most a chunk's photos are held. With ``opts.dense.enabled`` False no pass is
+    needed: :meth:`results` gives the keypoint fits with the flat texture (:func:`finish`)."""
+
+    def __init__(self, fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None):
+        self.fit, self.opts, self.res, self.progress = fit, opts, res, progress
+        T, n = len(fit.items), opts.track.chunk
+        self.dense_on = bool(opts.dense.enabled)
+        self.chunks = [list(range(i, min(T, i + n))) for i in range(0, T, n)]
+        self.chunk_of = {b: k for k, idx in enumerate(self.chunks) for b in idx}
+        if fit.seconds is None:
+            fit.seconds = np.zeros(T)
+        # the track's shape and texture are known and its frames start smooth: a short dense stage
+        t = opts.track
+        small = ({"geometry_downsample": 1, "margin": max(1, round(opts.dense.margin * t.dense_crop / opts.crop_size))}
+                 if t.dense_crop else {})
+        self.dense_opts = replace(opts, crop_size=t.dense_crop or opts.crop_size,
+                                  dense=replace(opts.dense, iters=t.dense_iters, fine_iters=t.dense_fine_iters, **small))
+        self.acc, self.tex = None, None
+        self.parts: dict = {}                       # chunk -> its SideFit after the dense stage
+        self._held = {"observe": {}, "dense": {}}   # pass -> {frame: rgb} of chunks not yet complete
+
+    def _arrive(self, what: str, b: int, rgb: np.ndarray):
+        """Hold frame b's photo; -> the chunk's SideFit with its photos once all have come, else None."""
+        k = self.chunk_of[b]
+        held = self._held[what].setdefault(k, {})
+        held[b] = rgb
+        idx = self.chunks[k]
+        if len(held) < len(idx):
+            return None
+        del self._held[what][k]
+        part = self.fit.select(idx)
+        part.items = [replace(it, rgb=held[i]) for it, i in zip(part.items, idx)]
+        return k, part
+
+    def observe(self, b: int, rgb: np.ndarray) -> None:
+        """Pass 1: frame b's photo (H,W,3) uint8."""
+        got = self._arrive("observe", b, rgb)
+        if got is not None:
+            k, part = got
+            self.acc = observe_track(part, self.opts, self.res, self.acc)
+            self.fit.seconds[self.chunks[k]] = part.seconds
+
+    def texture(self) -> np.ndarray:
+        """After pass 1: the track's texture (T,T,3) uint8."""
+        t0 = time.perf_counter()
+        self.tex = track_texture(self.acc, self.opts, self.res)
+        self.fit.seconds = self.fit.seconds + (time.perf_counter() - t0) / len(self.fit.items)
+        return self.tex
+
+    def dense(self, b: int, rgb: np.ndarray) -> None:
+        """Pass 2: frame b's photo again (after :meth:`texture`)."""
+        got = self._arrive("dense", b, rgb)
+        if got is not None:
+            k, part = got
+            t0 = time.perf_counter()
+            dense_fit(part, self.dense_opts, self.res, self.progress, texture=self.tex)
+            part.seconds = part.seconds + (time.perf_counter() - t0) / len(part.items)
+            part.items = [replace(it, rgb=None) for it in part.items]   # the photos are not kept
+            self.parts[k] = part
+
+    def results(self) -> list[HandResult]:
+        """The T frames' HandResults, settled and assembled, in frame order."""
+        if not self.dense_on:
+            return finish(self.fit, self.opts, self.res, self.progress)
+        parts = [self.parts[k] for k in range(len(self.chunks))]
+        settle(self.fit, parts, self.opts)
+        return [hand for part in parts for hand in assemble(part, self.opts.texture_size, self.opts.quality)]
+
+
 def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
                  ) -> list[HandResult]:
-    """Stages 4-5 for the T frames of one track (a :func:`fit_track` result, every item
-    with its ``rgb``): the track's texture accumulated over all its frames
-    (:func:`observe_track`, :func:`track_texture`), then each frame's dense stage against
-    it (the dense stage with ``texture``), ``opts.track.chunk`` frames at a time, then all
-    frames settled together (:func:`settle`; ``opts.track.smooth`` 0: not).
-    -> T HandResult in frame order, each ``texture`` the one track texture (the same array).
-    With ``opts.dense.enabled`` False: :func:`finish` (keypoint fits, flat texture).
-    Holds every frame; a video that cannot be held calls the three steps itself."""
-    if not (opts.dense.enabled and all(it.rgb is not None for it in fit.items)):
-        return finish(fit, opts, res, progress)
-    T = len(fit.items)
-    if fit.seconds is None:
-        fit.seconds = np.zeros(T)
-    n = opts.track.chunk
-    chunks = [list(range(i, min(T, i + n))) for i in range(0, T, n)]
-    acc = None
-    for idx in chunks:
-        part = fit.select(idx)
-        acc = observe_track(part, opts, res, acc)
-        fit.seconds[idx] = part.seconds
-    t0 = time.perf_counter()
-    texture = track_texture(acc, opts, res)
-    fit.seconds = fit.seconds + (time.perf_counter() - t0) / T
-    parts = []
-    for idx in chunks:
-        part = fit.select(idx)
-        t0 = time.perf_counter()
-        dense_fit(part, opts, res, progress, texture=texture)
-        part.seconds = part.seconds + (time.perf_counter() - t0) / len(idx)
-        parts.append(part)
-    settle(fit, parts, opts)
-    return [hand for part in parts for hand in assemble(part, opts.texture_size, opts.quality)]
+    """Stages 4-5 for the T frames of one track whose items hold their photos: :class:`TrackFinish`
+    fed every frame in each pass. -> T HandResult in frame order."""
+    done = TrackFinish(fit, opts, res, progress)
+    if done.dense_on and all(it.rgb is not None for it in fit.items):
+        for b, it in enumerate(fit.items):
+            done.observe(b, it.rgb)
+        done.texture()
+        for b, it in enumerate(fit.items):
+            done.dense(b, it.rgb)
+    else:
+        done.dense_on = False
+    return done.results()
 
 
 def settle(fit: SideFit, parts: list, opts: FitOptions) -> None:
@@ -377,7 +431,7 @@ def fit_hands(items: list, opts: FitOptions, res: Resources, progress: ProgressF
     """The whole pipeline for detected hands of any photos. items: :class:`HandItem` list.
 
     -> one :class:`HandResult` per item, in the items' order (a side may have changed)."""
-    items = refine_evidence(decide_sides(items, opts, res), opts, res)
+    items = decide_sides(items, opts, res)
     out: list = [None] * len(items)
     for side in SIDE_ORDER:
         idx = [i for i, it in enumerate(items) if it.detection.side == side]
@@ -391,24 +445,22 @@ def fit_track(items: list, opts: FitOptions, res: Resources) -> SideFit:
     """Stages 1-3 for the T frames of one tracked hand (items in frame order, photos not needed).
 
     Side decision once for the whole track (:func:`.side.resolve_track_side`); frames
-    MediaPipe called the other side get landmarks of the track's side from their photos
-    when they have them (:func:`.side.track_landmarks`); then
+    MediaPipe called the other side take the evidence of the views that called them the
+    track's side (:func:`.side.track_evidence`); then
     :func:`.temporal.fit_sequence`: the first frame initialised and fitted in full, each
     later frame warm-started from the one before, then all frames refined together with
     one shape and temporal terms (``opts.track``: :class:`~handfit.options.TrackStage`). Finish the frames with :func:`finish_track` (one texture for the track) or
     :func:`finish` (a texture per frame); the dense stage needs their photos."""
     from .init import initialise
-    from .side import resolve_track_side, track_landmarks
+    from .side import resolve_track_side, track_evidence
     from .temporal import fit_sequence
 
     device, dtype = _device(opts)
     dets = resolve_track_side([(it.K, it.detection) for it in items], opts, res, device, opts.side_check_below,
                               opts.side_check_iters)
     side = dets[0].side
-    if opts.side_check_below > 0 and any(it.rgb is not None and it.detection.side != side for it in items):
-        # frames called the other side: their landmarks again, from views that call the track's side
-        dets = track_landmarks(res.detector(opts.detect), [(it.rgb, it.detection, d) for it, d in zip(items, dets)],
-                               side)
+    # frames called the other side: the evidence of the views that called them the track's side
+    dets = track_evidence(dets, [it.detection for it in items], side)
     items = [replace(it, detection=d) for it, d in zip(items, dets)]
     model = res.model(opts.model, side, opts.mano, device, dtype)
     batch = to_batch(items, device, dtype, opts)

@@ -21,7 +21,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-__all__ = ["side_loss", "resolve_sides", "resolve_track_side", "track_landmarks", "SIDES"]
+from ..detect.evidence import majority_side
+
+__all__ = ["side_loss", "resolve_sides", "resolve_track_side", "track_evidence", "SIDES"]
 
 SIDES = ("left", "right")
 
@@ -50,39 +52,6 @@ def side_loss(model, items: list, device, stage, net=None) -> tuple[torch.Tensor
             raw[name] = report.terms[name].detach() / weight
     loss = sum(raw.values())
     return loss, raw
-
-
-def side_candidates(detector, rgb: np.ndarray, det) -> dict:
-    """The hand in ``det``'s box seen in 8 views (4 rotations x mirror) of a square crop.
-
-    -> {side: Detection in full-image pixels, the best-scored view that
-    called the hand that side}, with ``votes`` {side: summed score}. The
-    full-image pass judges handedness from one view; a mirrored view is an
-    independent second opinion (the model sees the other side's hand)."""
-    from ..detect import passes as dp
-
-    H, W = rgb.shape[:2]
-    base = dp.square_box_view(rgb, det.box_xyxy, det.pass_name)
-    centre = det.keypoints.mean(0)
-    best, votes = {}, {"left": 0.0, "right": 0.0}
-    for k in range(4):
-        for mirrored in (False, True):
-            rv = dp.rotate_view(base.image, k)
-            M = np.vstack([rv.M, [0, 0, 1]]) @ np.vstack([base.M, [0, 0, 1]])
-            img = rv.image
-            if mirrored:
-                mv = dp.mirror_view(img)
-                img, M = mv.image, np.vstack([mv.M, [0, 0, 1]]) @ M
-            view = dp.View(det.pass_name, img, M[:2], mirrored)
-            found = [dp.map_back(e, view, W, H, detector.box_margin) for e in detector.landmarks(img)]
-            found = [e for e in found if dp.same_hand(e, det, 0.35)]
-            if not found:
-                continue
-            e = min(found, key=lambda e: np.linalg.norm(e.keypoints.mean(0) - centre))
-            votes[e.side] += e.score
-            if e.side not in best or e.score > best[e.side].score:
-                best[e.side] = e
-    return best, votes
 
 
 def _given(d) -> bool:
@@ -131,30 +100,30 @@ def _side_losses(items: list, opts, res, device, iters: int, batched: bool = Tru
     return losses
 
 
-def resolve_sides(items: list, opts, res, device, check_below: float, detector=None, iters: int = 120) -> list:
+def side_candidate(det, side: str):
+    """The evidence for ``det``'s hand as a ``side`` hand: the candidate that the evidence step
+    fused from the views that called it that side (:func:`handfit.detect.evidence.gather`),
+    or, when none did (or no evidence step ran), ``det``'s own landmarks."""
+    return (det.candidates or {}).get(side, det)
+
+
+def resolve_sides(items: list, opts, res, device, check_below: float, iters: int = 120) -> list:
     """Decide each detection's side when its handedness is uncertain.
 
-    items: [(K (3,3), Detection, rgb (H,W,3) uint8 or None)]; res: a
-    :class:`~handfit.fitting.resources.Resources`. A detection whose score is
-    below ``check_below`` (1.0: every detection; 0: none) is looked at again
-    in 8 views of its crop (:func:`side_candidates`, needs ``detector`` and
-    the photo); then each side's model is fitted for ``iters`` keypoint
-    iterations to the landmarks of the views that called the hand that side
-    (the original landmarks when none did), and the side with the lower
-    :func:`side_loss` is kept, with its landmarks. -> the detections, each
-    with ``side_source`` (``"detector"`` or ``"fit"``) and, when checked,
-    ``side_losses`` {left, right} and ``detector_side``. A side given with
+    items: [(K (3,3), Detection)]; res: a :class:`~handfit.fitting.resources.Resources`.
+    For a detection whose score is below ``check_below`` (1.0: every detection; 0: none),
+    each side's model is fitted for ``iters`` keypoint iterations to that side's candidate
+    (:func:`side_candidate`: the views of the evidence step that called the hand that side,
+    fused), and the side with the lower :func:`side_loss` is kept, with its candidate as the
+    evidence. -> the detections, each with ``side_source`` (``"detector"`` or ``"fit"``)
+    and, when checked, ``side_losses`` {left, right} and ``detector_side``. A side given with
     a box (``side_source == "user"``) is never changed.
     """
-    dets = [d if _given(d) else replace(d, side_source="detector", side_losses=None) for _, d, _ in items]
+    dets = [d if _given(d) else replace(d, side_source="detector", side_losses=None) for _, d in items]
     todo = [i for i, d in enumerate(dets) if d.score < check_below and not _given(d)]
     if not todo:
         return dets
-    cands = []
-    for i in todo:
-        d, rgb = dets[i], items[i][2]
-        best = side_candidates(detector, rgb, d)[0] if detector is not None and rgb is not None else {}
-        cands.append({s: best.get(s, d) for s in SIDES})
+    cands = [{s: side_candidate(dets[i], s) for s in SIDES} for i in todo]
     losses = _side_losses({s: [(items[i][0], c[s]) for i, c in zip(todo, cands)] for s in SIDES},
                           opts, res, device, iters)
     for b, i in enumerate(todo):
@@ -163,7 +132,8 @@ def resolve_sides(items: list, opts, res, device, check_below: float, detector=N
         side = min(SIDES, key=lambda s: ls[s])
         chosen = cands[b][side]
         dets[i] = replace(chosen, side=side, score=d.score, pass_name=d.pass_name, box_xyxy=chosen.box_xyxy,
-                          side_source="fit", side_losses=ls, detector_side=d.side)
+                          side_source="fit", side_losses=ls, detector_side=d.side, candidates=d.candidates,
+                          votes=d.votes)
     return dets
 
 
@@ -172,43 +142,45 @@ def resolve_track_side(items: list, opts, res, device, check_below: float, iters
     """One side for all T frames of a tracked hand. items: [(K, Detection)] in frame order.
 
     When any frame's handedness score is below ``check_below``, both models
-    are fitted (as in :func:`resolve_sides`, on the frames' own landmarks) to
+    are fitted (as in :func:`resolve_sides`, each to that side's candidates) to
     up to ``frames`` evenly spaced frames, and the side with the lower mean
-    :func:`side_loss` is every frame's. -> the T detections with ``side_source``
+    :func:`side_loss` is every frame's; else the score-weighted majority of the frames'
+    sides (:func:`majority_side`) is. -> the T detections with ``side_source``
     (and, when checked, ``side_losses`` and ``detector_side``)."""
     dets = [d for _, d in items]
     if all(_given(d) for d in dets):
         return dets
     if not any(d.score < check_below for d in dets):
-        return [d if _given(d) else replace(d, side_source="detector", side_losses=None) for d in dets]
+        # every frame sure, but not necessarily of one side: a flip inside a track takes the majority's
+        side = majority_side(dets)
+        return [d if _given(d) else replace(d, side=side, side_source="detector", side_losses=None,
+                                            detector_side=None if d.side == side else d.side) for d in dets]
     pick = sorted(set(np.linspace(0, len(items) - 1, min(frames, len(items))).round().astype(int).tolist()))
     sub = [items[i] for i in pick]
-    losses = _side_losses({s: sub for s in SIDES}, opts, res, device, iters)
+    losses = _side_losses({s: [(K, side_candidate(d, s)) for K, d in sub] for s in SIDES}, opts, res, device, iters)
     ls = {s: float(losses[s].mean()) for s in SIDES}
     side = min(SIDES, key=lambda s: ls[s])
     return [d if _given(d) else replace(d, side=side, side_source="fit", side_losses=ls, detector_side=d.side)
             for d in dets]
 
 
-def track_landmarks(detector, frames: list, side: str) -> list:
-    """The landmarks of a track's frames that MediaPipe called the other side.
+def track_evidence(dets: list, originals: list, side: str) -> list:
+    """The evidence of a track's frames that MediaPipe called the other side.
 
-    A hand called the wrong side comes with landmarks of the other hand's
-    chirality, and relabelling it (:func:`resolve_track_side`) does not change
-    them: fitted as they are, such a frame is mirrored, and a sequence that
-    starts from it starts wrong. frames: [(rgb (H,W,3) uint8 or None, the
-    frame's original Detection, its Detection after the side decision)].
-    Each frame whose original side differs from ``side`` is looked at again in
-    the 8 views of :func:`side_candidates`; the best view that called it
-    ``side`` gives its landmarks. -> one Detection per frame
+    A hand called the wrong side comes with landmarks of the other hand's chirality, and
+    relabelling it (:func:`resolve_track_side`) does not change them: fitted as they are,
+    such a frame is mirrored, and a sequence that starts from it starts wrong. So each
+    frame whose original side (``originals``, the Detections before the side decision)
+    differs from ``side`` takes the candidate that the evidence step fused from the views
+    that called it ``side`` (:func:`side_candidate`), when there is one. -> one Detection per frame
     """
     out = []
-    for rgb, original, det in frames:
-        if rgb is None or original.side == side or detector is None:
+    for original, det in zip(originals, dets):
+        best = (original.candidates or {}).get(side)
+        if original.side == side or best is None:
             out.append(det)
             continue
-        best = side_candidates(detector, rgb, original)[0].get(side)
-        out.append(det if best is None else replace(
-            best, side=side, score=det.score, pass_name=det.pass_name, side_source="fit",
-            side_losses=getattr(det, "side_losses", None), detector_side=original.side))
+        out.append(replace(best, side=side, score=det.score, pass_name=det.pass_name, side_source="fit",
+                           side_losses=getattr(det, "side_losses", None), detector_side=original.side,
+                           candidates=original.candidates, votes=original.votes))
     return out

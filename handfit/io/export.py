@@ -29,14 +29,18 @@ def _to_np(x):
     return np.asarray(x)
 
 
-def write_png(path, image) -> Path:
-    """image: (H,W,3|4) uint8, or float in [0,1]."""
+def write_png(path, image, compress: int | None = None) -> Path:
+    """image: (H,W,3|4) uint8, or float in [0,1]. ``compress``: zlib level 0-9 (None: the
+    encoder's default; 1 writes a video's per-frame overlays several times faster)."""
     import imageio.v3 as iio
 
     img = _to_np(image)
     if img.dtype != np.uint8:
         img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    iio.imwrite(path, img)
+    if compress is None:
+        iio.imwrite(path, img)
+    else:
+        iio.imwrite(path, img, extension=".png", compress_level=int(compress))
     return Path(path)
 
 

@@ -121,7 +121,11 @@ def render_overlay(result, device="cpu", backend: str = "auto") -> np.ndarray:
     return out
 
 
-def write_overlay(path, result, device="cpu", backend: str = "auto"):
+def write_overlay(path, result, device="cpu", backend: str = "auto", compress: int | None = None) -> np.ndarray:
+    """Write :func:`render_overlay`'s panels to ``path`` (PNG, zlib level ``compress``, None:
+    the default). -> the panels (H', 4W', 3) uint8, for a caller that also encodes them."""
     from .export import write_png
 
-    return write_png(path, render_overlay(result, device=device, backend=backend))
+    img = render_overlay(result, device=device, backend=backend)
+    write_png(path, img, compress)
+    return img

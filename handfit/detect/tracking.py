@@ -1,0 +1,198 @@
+"""Linking a video's per-frame detections into tracks, one per hand.
+
+Each live track predicts where its 21 keypoints will be in the next chosen
+frame: constant velocity from its last two observations, per chosen frame,
+times the chosen frames since its last one (so ``--every N`` never
+overshoots: the velocity was measured in the same steps). A detection's cost
+for a track is the mean distance between its keypoints and the track's
+prediction, in the track's hand size (the larger side of its last keypoints'
+box); the hypothesis that the hand stood still (its last keypoints) is
+tried too and the lower cost kept, so a hand that turns back between sparse
+frames is not lost. Pairs above ``gate`` are never linked; within the gate,
+one optimal assignment per frame (:func:`scipy.optimize.linear_sum_assignment`)
+rather than greedy. Comparing all 21 keypoints rather than boxes is what keeps
+two crossing hands apart: where their boxes coincide, their fingers don't.
+
+MediaPipe's side label takes no part in the linking: a track's side is the
+score-weighted majority of its detections' sides, decided once at the end, so
+a frame MediaPipe called the other side stays in its track (the fit then
+decides the side once per track: :func:`handfit.fitting.pipeline.fit_track`).
+A track missing from more than ``max_missed`` chosen frames in a row ends; the
+hand, seen again, starts a new track.
+
+:func:`track` links given detections offline; :class:`Follower` finds them too, frame by
+frame, looking for each tracked hand where it is predicted to be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .evidence import majority_side
+
+BIG = 1e9   # the cost of a pair outside the gate, so the assignment never takes it if it can help it
+
+
+@dataclass
+class Track:
+    side: str
+    frames: list = field(default_factory=list)   # indices into the chosen frames
+    dets: list = field(default_factory=list)     # handfit.detect.Detection per frame
+
+    @property
+    def last_box(self):
+        return self.dets[-1].box_xyxy
+
+
+def hand_size(kp: np.ndarray) -> float:
+    """The larger side of the box of (21,2) keypoints, in pixels (at least 1)."""
+    return max(float(np.ptp(kp, axis=0).max()), 1.0)
+
+
+def predict(trk: Track, f: int) -> np.ndarray:
+    """A track's (21,2) keypoints at chosen frame f: constant velocity from its last two frames."""
+    last = np.asarray(trk.dets[-1].keypoints, np.float64)
+    if len(trk.frames) < 2:
+        return last
+    prev = np.asarray(trk.dets[-2].keypoints, np.float64)
+    v = (last - prev) / (trk.frames[-1] - trk.frames[-2])       # per chosen frame
+    return last + v * (f - trk.frames[-1])
+
+
+def cost(trk: Track, f: int, det) -> float:
+    """Mean keypoint distance of a detection from the track's prediction at frame f (or,
+    if lower, from its last keypoints), in the track's hand sizes."""
+    last = np.asarray(trk.dets[-1].keypoints, np.float64)
+    kp = np.asarray(det.keypoints, np.float64)
+    d = min(np.linalg.norm(kp - guess, axis=-1).mean() for guess in (predict(trk, f), last))
+    return float(d) / hand_size(last)
+
+
+def link(tracks: list, f: int, dets: list, gate: float = 1.0, max_missed: int = 3) -> list:
+    """One frame of linking: each of chosen frame f's detections joins a live track (one
+    optimal assignment of predicted-keypoint costs within ``gate``) or stays unlinked.
+    Updates the linked tracks. -> per detection, its track's index in ``tracks`` or None"""
+    from scipy.optimize import linear_sum_assignment
+
+    live = [i for i, t in enumerate(tracks) if f - t.frames[-1] - 1 <= max_missed]   # frames missed since its last
+    owner = [None] * len(dets)
+    if live and dets:
+        c = np.array([[cost(tracks[i], f, d) for d in dets] for i in live])
+        c = np.where(c <= gate, c, BIG)
+        for ti, di in zip(*linear_sum_assignment(c)):
+            if c[ti, di] < BIG:
+                tracks[live[ti]].frames.append(f)
+                tracks[live[ti]].dets.append(dets[di])
+                owner[di] = live[ti]
+    return owner
+
+
+def track(detections: list, gate: float = 1.0, max_missed: int = 3) -> list[Track]:
+    """Link per-frame detections into tracks by predicted keypoints (not by side), offline.
+
+    detections: one list of Detection per chosen frame. -> tracks, in order of first
+    appearance (new ones within a frame in detection order), each with its majority side
+    """
+    tracks: list[Track] = []
+    for f, dets in enumerate(detections):
+        owner = link(tracks, f, dets, gate, max_missed)
+        tracks += [Track(d.side, [f], [d]) for d, o in zip(dets, owner) if o is None]
+    for t in tracks:
+        t.side = majority_side(t.dets)
+    return tracks
+
+
+class Follower:
+    """Every hand of a clip followed frame by frame, online: :meth:`step` once per chosen frame.
+
+    * The detection cascade (``detector.detect``) runs on the first frame, whenever a live
+      track missed the frame before and on a frame where a tracked hand is not where it was
+      predicted; every ``redetect`` chosen frames, ``detector.detect`` in the ``rescan`` mode
+      (None: the detector's own) looks for new hands.
+    * In between, each live track's hand is looked for where its keypoints are predicted to be
+      (:func:`predict`), with the evidence step run on that crop
+      (:func:`handfit.detect.evidence.look`: the crop upscaled when the hand is small).
+    * Detections are linked to tracks by predicted keypoints (:func:`link`), never by side.
+    * Every hand that joins a track gets the evidence step (:func:`handfit.detect.evidence.gather`,
+      ``views`` views of its crop), so a track carries the same evidence as a photo.
+
+    detector: a :class:`handfit.detect.Detector` (its ``landmarks`` and ``detect``);
+    ``gate``, ``max_missed``: as :func:`link`; ``redetect``: chosen frames between cascade
+    passes (1: every frame). :attr:`tracks` holds the tracks so far (their ``side`` the
+    majority once :meth:`finish` is called)."""
+
+    def __init__(self, detector, views: int, gate: float = 1.0, max_missed: int = 3, redetect: int = 10,
+                 max_hands: int | None = None, rescan: str | None = "fast"):
+        self.detector, self.views, self.rescan = detector, int(views), rescan
+        self.gate, self.max_missed, self.redetect = float(gate), int(max_missed), max(int(redetect), 1)
+        self.max_hands = max_hands
+        self.tracks: list[Track] = []
+        self.f, self.last_full = 0, None
+        self.passes = {"cascade": 0, "look": 0}   # how each frame's hands were found, for reports
+
+    def step(self, rgb: np.ndarray) -> list:
+        """Find and link the hands of the next chosen frame, rgb (H,W,3) uint8.
+        -> [(track index, Detection with its evidence)] for this frame"""
+        from .evidence import gather, look
+        from .passes import same_hand
+
+        f = self.f
+        self.f += 1
+        live = [t for t in self.tracks if f - t.frames[-1] - 1 <= self.max_missed]
+        lost = not live or any(t.frames[-1] != f - 1 for t in live)
+        full = lost or self.last_full is None or f - self.last_full >= self.redetect
+        cands, mode = [], None
+        if full:
+            mode = None if lost or self.rescan is None else self.rescan
+            cands = list(self.detector.detect(rgb, mode=mode) if mode else self.detector.detect(rgb))[: self.max_hands]
+            self.last_full = f
+            self.passes["cascade"] += 1
+        looked, missing = set(), False
+        for t in live:
+            if any(cost(t, f, d) <= self.gate for d in cands):
+                continue
+            d = look(self.detector.landmarks, rgb, predict(t, f), self.views, box_margin=self.detector.box_margin)
+            if d is None:
+                missing = True
+            elif not any(same_hand(d, c) for c in cands):
+                looked.add(len(cands))
+                cands.append(d)
+                self.passes["look"] += 1
+        if missing and (not full or mode is not None):   # a tracked hand is not where predicted: the cascade
+            found = list(self.detector.detect(rgb))[: self.max_hands]
+            self.last_full = f
+            self.passes["cascade"] += 1
+            cands += [d for d in found if not any(same_hand(d, c) for c in cands)]
+        cands = [d if i in looked else gather(self.detector.landmarks, rgb, d, self.views,
+                                              box_margin=self.detector.box_margin) for i, d in enumerate(cands)]
+        owner = link(self.tracks, f, cands, self.gate, self.max_missed)
+        out = []
+        for i, (d, o) in enumerate(zip(cands, owner)):
+            if o is None and i not in looked:   # a hand the cascade found that no track had: a new track
+                self.tracks.append(Track(d.side, [f], [d]))
+                o = len(self.tracks) - 1
+            if o is not None:
+                out.append((o, d))
+        return out
+
+    @classmethod
+    def for_options(cls, detector, opts) -> "Follower":
+        """A Follower with a :class:`handfit.FitOptions`' settings: ``track.views``, ``track.gate``,
+        ``track.max_missed``, ``track.redetect``, ``track.rescan`` and ``max_hands``. Every caller
+        that follows a clip (``handfit batch``, ``handfit eval --sequence``) makes it here."""
+        t = opts.track
+        return cls(detector, t.views, gate=t.gate, max_missed=t.max_missed, redetect=t.redetect,
+                   max_hands=opts.max_hands, rescan=t.rescan)
+
+    def skip(self) -> list:
+        """A chosen frame without its photo (it could not be read): every track misses it. -> []"""
+        self.f += 1
+        return []
+
+    def finish(self) -> list[Track]:
+        """The tracks, each with its majority side. -> :attr:`tracks`"""
+        for t in self.tracks:
+            t.side = majority_side(t.dets)
+        return self.tracks
