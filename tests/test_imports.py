@@ -148,3 +148,15 @@ def test_only_handfit_train_command_imports_train():
             if any(t == "handfit.train" or t.startswith("handfit.train.") for t in targets):
                 bad.append(f"{f.relative_to(ROOT.parent)}:{line}")
     assert not bad, "handfit.train imported outside `handfit train`:\n" + "\n".join(sorted(bad))
+
+
+def test_fitting_never_calls_the_landmark_model():
+    """handfit/fitting/ gets its hands with their evidence (handfit/detect/evidence.py): it never asks
+    for a detector nor runs the landmark model itself, so photos, eval and videos fit the same evidence."""
+    import re
+
+    bad = [f"{f.relative_to(ROOT.parent)}:{i}: {line.strip()}"
+           for f in sorted((ROOT / "fitting").rglob("*.py"))
+           for i, line in enumerate(f.read_text().splitlines(), 1)
+           if re.search(r"\.landmarks\(|\.detector\(|\.detect\(|\.evidence\(", line)]
+    assert not bad, "the landmark model reached from fitting/:\n" + "\n".join(bad)
