@@ -5,7 +5,7 @@ per frame per hand and quality in each way of finishing the frames.
     python bench/video.py [VIDEO] [--every 5] [--end N] [--try track.smooth=0 track.smooth=1]
     python bench/video.py [VIDEO] --every 5 --end 100 --dense track,frame,photo [--set dense.lr_light=0]
 
-Detects the chosen frames once, then fits the tracks once per setting (``--try``:
+Follows the hands through the chosen frames once (as ``handfit batch``), then fits the tracks once per setting (``--try``:
 space-separated FitOptions ``PATH=VALUE``; by default the smoothing weight
 ``track.smooth`` 0, no temporal terms, and 1). Jitter is the mean norm of the second
 difference of the fitted keypoints between consecutive chosen frames: 3D in
@@ -53,6 +53,7 @@ def main():
 
     threads = configure_threads(args.threads)
     from handfit.batch.video import fit_video_frames, track_metrics, track_outputs
+    from handfit.detect.tracking import Follower
     from handfit.fitting.resources import Resources
     from handfit.io.media import read_frames
 
@@ -63,10 +64,13 @@ def main():
     res = Resources()
     det = res.detector(args.detect, opts.max_hands)
     t0 = time.perf_counter()
-    dets = [det.detect(rgb) for _, _, rgb in frames]
+    follower = Follower.for_options(det, opts)
+    for _, _, rgb in frames:
+        follower.step(rgb)
+    base = [(t.frames, t.dets) for t in follower.finish()]
     t_det = time.perf_counter() - t0
-    print(f"{args.video}: {len(frames)} frames (every {args.every}), {sum(map(len, dets))} detections; "
-          f"read {t_read:.1f}s, detect {t_det:.1f}s; torch/numba threads {threads}")
+    print(f"{args.video}: {len(frames)} frames (every {args.every}), {sum(len(f) for f, _ in base)} hands in "
+          f"{len(base)} tracks ({follower.passes}); read {t_read:.1f}s, follow {t_det:.1f}s; torch/numba threads {threads}")
     print("| setting | tracks | frames/s (read+detect+fit) | fit s/frame | 3D jitter mm | 2D jitter px "
           "| detected 2D jitter px | 2D error px |")
     print("|---|---|---|---|---|---|---|---|")
@@ -74,7 +78,8 @@ def main():
         opts = C.fit_options(args.set + [s],
                              {"device": "cpu", "dense.enabled": False})
         t0 = time.perf_counter()
-        tracks, fits = fit_video_frames(frames, dets, opts, res)
+        tracks = tracks_of(base)
+        fits = fit_video_frames(frames, tracks, opts, res)
         t_fit = time.perf_counter() - t0
         m = [x for x in track_metrics(tracks, [track_outputs(f) for f in fits]) if x["frames"] >= 3]
         n = sum(x["frames"] for x in m) or 1
@@ -86,10 +91,17 @@ def main():
               f"| {t_fit / len(frames):.2f} | {avg('jitter_mm'):.2f} | {avg('jitter_px'):.2f} "
               f"| {avg('jitter_detected_px'):.2f} | {avg('kp2d_px'):.2f} |")
     if args.dense:
-        dense_modes(frames, dets, args, res)
+        dense_modes(frames, base, args, res)
 
 
-def finish_modes(mode: str, frames, dets, opts, res) -> list:
+def tracks_of(base: list) -> list:
+    """Fresh Track objects from the followed (frames, detections) of each track (a fit changes its track)."""
+    from handfit.detect.tracking import Track
+
+    return [Track(d[0].side, list(f), list(d)) for f, d in base]
+
+
+def finish_modes(mode: str, frames, base, opts, res) -> list:
     """Fit the frames one way (see the module docstring). -> lists of HandResult per track (or per frame)"""
     from dataclasses import replace
 
@@ -98,12 +110,14 @@ def finish_modes(mode: str, frames, dets, opts, res) -> list:
 
     if mode == "photo":
         out = []
-        for (_, _, rgb), d in zip(frames, dets):
-            if d:
+        for fs, ds in base:
+            for f, d in zip(fs, ds):
+                rgb = frames[f][2]
                 K = frame_intrinsics(rgb.shape[1], rgb.shape[0], opts)
-                out.append(fit_hands([HandItem(K, x, rgb) for x in d], opts, res))
+                out.append(fit_hands([HandItem(K, d, rgb)], opts, res))
         return out
-    tracks, fits = fit_video_frames(frames, dets, opts, res)
+    tracks = tracks_of(base)
+    fits = fit_video_frames(frames, tracks, opts, res)
     out = []
     for trk, fit in zip(tracks, fits):
         fit.items = [replace(it, rgb=frames[f][2]) for it, f in zip(fit.items, trk.frames)]
@@ -130,7 +144,7 @@ def refit_track(fit, opts, res) -> list:
     return finish(fit.select(idx), opts, res, texture=track_texture(observe_track(aligned, opts, res), opts, res))
 
 
-def dense_modes(frames, dets, args, res):
+def dense_modes(frames, base, args, res):
     """The ``--dense`` table: per mode, seconds per frame per hand and the dense stage's measures."""
     import numpy as np
 
@@ -143,7 +157,7 @@ def dense_modes(frames, dets, args, res):
     for mode in args.dense.split(","):
         opts = C.fit_options(args.set, {"device": "cpu", "detect": args.detect})
         t0 = time.perf_counter()
-        groups = finish_modes(mode, frames, dets, opts, res)
+        groups = finish_modes(mode, frames, base, opts, res)
         wall = time.perf_counter() - t0
         hands = [h for g in groups for h in g]
         m = lambda k: float(np.mean([h.metrics[k] for h in hands]))  # noqa: E731

@@ -107,6 +107,9 @@ class TrackStage:
     # its neighbouring frames add their evidence through the temporal terms
     views: int = opt(4, min=0)
     warm_iters: int = opt(60, min=1)        # keypoint iterations of a warm-started frame (times its gap)
+    # Frames warm-started together, each from the last frame fitted before them (1: one at a
+    # time, each from the one before)
+    warm_batch: int = opt(1, min=1)
     # A warm-started frame whose joint ends this many box sides from its evidence (gross) is
     # fitted again from its own start: its neighbours may be far away in a sparse track. Lower,
     # refits replace warm fits that were only a little off, and the track jitters (dev3d_seq at

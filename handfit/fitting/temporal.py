@@ -3,8 +3,8 @@
 :func:`fit_sequence` fits the T frames of one tracked hand:
 
 1. the first frame from the initialiser with the full keypoint stage;
-2. each later frame warm-started from the previous frame's pose and
-   translation, ``warm_iters`` iterations, shape fixed;
+2. the later frames warm-started, ``warm_batch`` at a time, from the pose and translation
+   of the last frame fitted before them, ``warm_iters`` iterations, shape fixed;
 3. all frames refined together: one shape shared by the track, the keypoint
    terms per frame and, when ``TrackStage.smooth`` > 0, a penalty on the second
    differences (accelerations) of orientation, pose and translation.
@@ -125,27 +125,33 @@ def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStag
         rep = fit_keypoints(model, params, one, stage)
         return params, method, rep.iters
 
-    # Sequential pass: the first frame from its own start, each later one warm-started.
+    # Sequential pass: the first frame from its own start, then the later ones warm-started,
+    # track.warm_batch at a time, all from the last frame fitted before them.
     params, method, n = own_fit(0)
     per_frame, iters, methods, refit = [{k: v.detach() for k, v in params.items()}], [n], [method], [False]
-    for t in range(1, T):
-        one = batch.select([t])
-        params = {k: v.detach().clone() for k, v in per_frame[-1].items()}
+    step = max(1, int(track.warm_batch))
+    for s in range(1, T, step):
+        idx = list(range(s, min(T, s + step)))
+        some = batch.select(idx)
+        params = {k: v.detach()[-1:].expand(len(idx), *v.shape[1:]).clone() for k, v in per_frame[-1].items()}
         # a frame N source frames on has moved about N times as far: more iterations to get there
-        gap = int(round(float(gaps[t - 1])))
+        gap = int(round(float(gaps[s - 1:idx[-1]].sum())))
         warm = track.warm_iters if gap <= 1 else min(max(stage.iters, track.warm_iters), track.warm_iters * gap)
-        rep = run_adam(params, warm_lrs, keypoint_terms(model, one, stage.weights), max_iters=warm, tol=stage.tol,
+        rep = run_adam(params, warm_lrs, keypoint_terms(model, some, stage.weights), max_iters=warm, tol=stage.tol,
                        patience=stage.patience)
-        n, how, again = rep.iters, "warm", False
-        if sparse and float(frame_error(model, params, one)[0]) > track.refit_rel:
-            own, method, k = own_fit(t)
-            n, again = n + k, True
-            if float(frame_error(model, own, one)[0]) < float(frame_error(model, params, one)[0]):
-                params, how = own, f"{method}+refit"
-        per_frame.append({k: v.detach() for k, v in params.items()})
-        iters.append(n)
-        methods.append(how)
-        refit.append(again)
+        for b, t in enumerate(idx):
+            one = batch.select([t])
+            mine = {k: v.detach()[b:b + 1] for k, v in params.items()}
+            n, how, again = rep.iters, "warm", False
+            if sparse and float(frame_error(model, mine, one)[0]) > track.refit_rel:
+                own, method, k = own_fit(t)
+                n, again = n + k, True
+                if float(frame_error(model, own, one)[0]) < float(frame_error(model, mine, one)[0]):
+                    mine, how = own, f"{method}+refit"
+            per_frame.append({k: v.detach() for k, v in mine.items()})
+            iters.append(n)
+            methods.append(how)
+            refit.append(again)
     seq = {k: torch.cat([p[k] for p in per_frame]) for k in per_frame[0]}
 
     # Joint refinement: one shape for the track, smoothness across its frames.
