@@ -177,7 +177,7 @@ DENSE_ONLY = ("dense", "texture_prior", "texture_size", "crop_size", "renderer",
 
 class StagedFit:
     """:func:`handfit.fit_batch`'s pipeline composed from the public stages of
-    :mod:`handfit.fitting.pipeline` (``decide_sides``, ``refine_evidence``, ``keypoint_fit``,
+    :mod:`handfit.fitting.pipeline` (the evidence step, ``decide_sides``, ``keypoint_fit``,
     ``finish``): the same numbers, with two things a benchmark needs.
 
     * ``cache``: side decisions, multi-view evidence and keypoint fits are kept, keyed by the
