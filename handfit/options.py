@@ -100,6 +100,9 @@ class TrackStage:
     gate: float = opt(1.0, min=0, min_open=True)
     max_missed: int = opt(3, min=0)
     redetect: int = opt(10, min=1)
+    # A hand that leaves and comes back within this many chosen frames continues its track (the
+    # same side, no other hand of that side seen in between); 0: it starts a new one
+    relink: int = opt(50, min=0)
     # The detection mode of those periodic runs (the first frame and a lost track's get
     # FitOptions.detect): they only look for new hands, the tracked ones are looked for anyway
     rescan: str = opt("fast", choices=("fast", "thorough"))

@@ -124,3 +124,20 @@ def test_mirrored_two_hand_layout():
     tracks = track(frames)
     assert _owners(tracks, truth) == [["a"], ["b"]] and [t.side for t in tracks] == ["right", "left"]
     assert len(tracks[0].frames) == 40 and len(tracks[1].frames) == 40 - 40 // 7
+
+
+def test_a_hand_that_comes_back_continues_its_track():
+    """relink: a track that starts after another of its side ended joins it, unless another hand of
+    that side was seen in between or it came back too late."""
+    from handfit.detect.tracking import Track, relink
+
+    def t(side, frames):
+        return Track(side, list(frames), [hand(100.0 + f, side=side) for f in frames])
+
+    left_out, back, other = t("left", range(0, 5)), t("left", range(25, 30)), t("right", range(0, 30))
+    got = relink([left_out, other, back], 50)
+    assert [(x.side, x.frames[0], len(x.frames)) for x in got] == [("left", 0, 10), ("right", 0, 30)]
+    assert len(relink([t("left", range(5)), t("left", range(25, 30))], 10)) == 2              # too late
+    busy = [t("left", range(0, 10)), t("left", range(5, 40)), t("left", range(25, 30))]   # a second left hand
+    assert [len(x.frames) for x in relink(busy, 50)] == [10, 35, 5]                        # was seen meanwhile
+    assert relink([t("left", range(5)), t("left", range(25, 30))], 0)[1].frames[0] == 25      # 0: never

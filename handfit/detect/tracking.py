@@ -104,6 +104,29 @@ def track(detections: list, gate: float = 1.0, max_missed: int = 3) -> list[Trac
     return tracks
 
 
+def relink(tracks: list, within: int) -> list:
+    """Tracks with a hand that left and came back joined into one: a track that starts at most
+    ``within`` chosen frames after another of the same side ended, while no other track of that
+    side was seen in between, continues it (the most recently ended one; 0: none joined).
+    Tracks are taken in order of their first frame. -> the tracks left, in order of first frame"""
+    if within <= 0:
+        return tracks
+    out: list[Track] = []
+    for t in sorted(tracks, key=lambda t: t.frames[0]):
+        start = t.frames[0]
+        ended = [u for u in out if u.side == t.side and u.frames[-1] < start and start - u.frames[-1] <= within]
+        if ended:
+            u = max(ended, key=lambda u: u.frames[-1])
+            busy = any(v is not u and v.side == t.side and any(u.frames[-1] < f < start for f in v.frames)
+                       for v in out)
+            if not busy:
+                u.frames += t.frames
+                u.dets += t.dets
+                continue
+        out.append(t)
+    return out
+
+
 class Follower:
     """Every hand of a clip followed frame by frame, online: :meth:`step` once per chosen frame.
 
@@ -124,8 +147,8 @@ class Follower:
     majority once :meth:`finish` is called)."""
 
     def __init__(self, detector, views: int, gate: float = 1.0, max_missed: int = 3, redetect: int = 10,
-                 max_hands: int | None = None, rescan: str | None = "fast"):
-        self.detector, self.views, self.rescan = detector, int(views), rescan
+                 max_hands: int | None = None, rescan: str | None = "fast", relink: int = 0):
+        self.detector, self.views, self.rescan, self.relink = detector, int(views), rescan, int(relink)
         self.gate, self.max_missed, self.redetect = float(gate), int(max_missed), max(int(redetect), 1)
         self.max_hands = max_hands
         self.tracks: list[Track] = []
@@ -180,11 +203,11 @@ class Follower:
     @classmethod
     def for_options(cls, detector, opts) -> "Follower":
         """A Follower with a :class:`handfit.FitOptions`' settings: ``track.views``, ``track.gate``,
-        ``track.max_missed``, ``track.redetect``, ``track.rescan`` and ``max_hands``. Every caller
+        ``track.max_missed``, ``track.redetect``, ``track.rescan``, ``track.relink`` and ``max_hands``. Every caller
         that follows a clip (``handfit batch``, ``handfit eval --sequence``) makes it here."""
         t = opts.track
         return cls(detector, t.views, gate=t.gate, max_missed=t.max_missed, redetect=t.redetect,
-                   max_hands=opts.max_hands, rescan=t.rescan)
+                   max_hands=opts.max_hands, rescan=t.rescan, relink=t.relink)
 
     def skip(self) -> list:
         """A chosen frame without its photo (it could not be read): every track misses it. -> []"""
@@ -192,7 +215,9 @@ class Follower:
         return []
 
     def finish(self) -> list[Track]:
-        """The tracks, each with its majority side. -> :attr:`tracks`"""
+        """The tracks, each with its majority side, a hand that came back joined to its track
+        (:func:`relink`). -> :attr:`tracks`"""
         for t in self.tracks:
             t.side = majority_side(t.dets)
+        self.tracks = relink(self.tracks, self.relink)
         return self.tracks

@@ -4,7 +4,9 @@
 
 1. the first frame from the initialiser with the full keypoint stage;
 2. the later frames warm-started, ``warm_batch`` at a time, from the pose and translation
-   of the last frame fitted before them, ``warm_iters`` iterations, shape fixed;
+   of the last frame fitted before them, ``warm_iters`` iterations, shape fixed (a frame
+   more than ``max_missed`` + 1 spacings after the one before, a hand come back, from its
+   own start);
 3. all frames refined together: one shape shared by the track, the keypoint
    terms per frame and, when ``TrackStage.smooth`` > 0, a penalty on the second
    differences (accelerations) of orientation, pose and translation.
@@ -130,12 +132,27 @@ def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStag
     params, method, n = own_fit(0)
     per_frame, iters, methods, refit = [{k: v.detach() for k, v in params.items()}], [n], [method], [False]
     step = max(1, int(track.warm_batch))
-    for s in range(1, T, step):
-        idx = list(range(s, min(T, s + step)))
+    # a hand back after more frames than a track may miss (a relinked track) starts afresh
+    raw = batch.gaps()
+    away = [False] + [bool(len(gaps)) and float(g) > (track.max_missed + 1) * float(gaps[0]) for g in raw]
+    s = 1
+    while s < T:
+        if away[s]:
+            mine, method, n = own_fit(s)
+            per_frame.append({k: v.detach() for k, v in mine.items()})
+            iters.append(n)
+            methods.append(f"{method}+back")
+            refit.append(False)
+            s += 1
+            continue
+        idx = [s]
+        while len(idx) < step and idx[-1] + 1 < T and not away[idx[-1] + 1]:
+            idx.append(idx[-1] + 1)
+        s = idx[-1] + 1
         some = batch.select(idx)
         params = {k: v.detach()[-1:].expand(len(idx), *v.shape[1:]).clone() for k, v in per_frame[-1].items()}
         # a frame N source frames on has moved about N times as far: more iterations to get there
-        gap = int(round(float(gaps[s - 1:idx[-1]].sum())))
+        gap = int(round(float(gaps[idx[0] - 1:idx[-1]].sum())))
         warm = track.warm_iters if gap <= 1 else min(max(stage.iters, track.warm_iters), track.warm_iters * gap)
         rep = run_adam(params, warm_lrs, keypoint_terms(model, some, stage.weights), max_iters=warm, tol=stage.tol,
                        patience=stage.patience)
