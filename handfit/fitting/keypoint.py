@@ -24,8 +24,8 @@ def keypoint_terms(model, batch: HandBatch, w: KeypointWeights, kp2d_weight: flo
     has_depth = None if depth_ref is None else torch.isfinite(depth_ref).flatten(1).all(-1)   # (B,)
 
     def terms(p):
-        out = model(p["global_orient"], p["pose"], p["shape"], p["transl"])
-        uv = project(out.keypoints, K)
+        kp = model.keypoints(p["global_orient"], p["pose"], p["shape"], p["transl"])
+        uv = project(kp, K)
         t = {
             "kp2d": w2d * L.keypoint_2d_loss(uv, kp2d, scale, kp_weight),
             "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),
@@ -33,11 +33,11 @@ def keypoint_terms(model, batch: HandBatch, w: KeypointWeights, kp2d_weight: flo
             "shape": w.shape * L.shape_loss(p["shape"]),
         }
         if world is not None and w.kp3d > 0:
-            t["kp3d"] = w.kp3d * L.keypoint_3d_loss(out.keypoints, world)
+            t["kp3d"] = w.kp3d * L.keypoint_3d_loss(kp, world)
         if depth_ref is not None and w.depth > 0:
             # a hand without depths is its own reference: no term, and no NaN in the gradient
-            ref = torch.where(has_depth[:, None, None], depth_ref, out.keypoints.detach())
-            t["depth"] = w.depth * L.relative_depth_loss(out.keypoints, ref) * has_depth
+            ref = torch.where(has_depth[:, None, None], depth_ref, kp.detach())
+            t["depth"] = w.depth * L.relative_depth_loss(kp, ref) * has_depth
         return t
 
     return terms

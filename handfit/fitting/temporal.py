@@ -181,7 +181,7 @@ def fit_sequence(model, batch: HandBatch, stage: KeypointStage, track: TrackStag
         t = kterms(full)
         t["smooth"] = smooth_terms(full, track, gaps)
         if track.refine_joint > 0:
-            kp = model(full["global_orient"], full["pose"], full["shape"], full["transl"]).keypoints
+            kp = model.keypoints(full["global_orient"], full["pose"], full["shape"], full["transl"])
             t["joint_accel"] = joint_accel_terms(kp, track.smooth * track.refine_joint, track, gaps)
         return t
 
@@ -227,7 +227,7 @@ def settle_track(model, params: dict, batch: HandBatch, stage: KeypointStage, tr
     w = stage.weights
 
     def terms(p):
-        kp = model(p["global_orient"], p["pose"], params["shape"], p["transl"]).keypoints
+        kp = model.keypoints(p["global_orient"], p["pose"], params["shape"], p["transl"])
         return {"hold_2d": track.settle_2d * L.keypoint_2d_loss(project(kp, K), ref_uv, scale),
                 "hold_3d": track.settle_3d * ((rel(kp) - ref_rel) / palm).square().sum(-1).mean(-1),
                 "pose_limit": w.pose_limit * L.pose_limit_loss(p["pose"], model.pose_lower, model.pose_upper),

@@ -202,6 +202,13 @@ class AnnyHand(HandModel):
         b = self._kp_bones
         return ModelOutput(vertices=v, keypoints=lbs.transform_points(rot[:, b], transl[:, b], pts))
 
+    def _keypoints_right(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        verts, joints, frames = self.rest(shape)
+        local = lbs.conjugate_rotations(frames, self.pose_rotmats(pose))
+        rot, transl = lbs.rigid_chain(local, joints, self.parents)
+        b = self._kp_bones
+        return lbs.transform_points(rot[:, b], transl[:, b], self.keypoint_rest_points(verts, joints))
+
     def keypoint_rest_points(self, verts: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """Where the 21 keypoints sit on the shaped rest hand, each rigidly attached
         to one bone (``KEYPOINT_POSE_BONES``).

@@ -74,6 +74,11 @@ class HandModel(nn.Module):
         """
         raise NotImplementedError
 
+    def _keypoints_right(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """The keypoints of :meth:`_forward_right` alone, (B,21,3); a model whose keypoints do
+        not need the skinned vertices overrides it to skip the skinning."""
+        return self._forward_right(pose, shape).keypoints
+
     # -- shared -----------------------------------------------------------------
     @property
     def num_vertices(self) -> int:
@@ -108,6 +113,19 @@ class HandModel(nn.Module):
         R = axis_angle_to_matrix(global_orient)  # (B,3,3)
         t = transl[:, None, :]
         return ModelOutput(vertices=v @ R.transpose(1, 2) + t, keypoints=k @ R.transpose(1, 2) + t)
+
+    def keypoints(self, global_orient: torch.Tensor, pose: torch.Tensor, shape: torch.Tensor,
+                  transl: torch.Tensor) -> torch.Tensor:
+        """The posed hand's keypoints (B,21,3) alone: :meth:`forward`'s, to the bit, without
+        its vertices (the keypoint and temporal stages never look at them)."""
+        from ..geometry import axis_angle_to_matrix
+
+        k = self._keypoints_right(pose, shape)
+        k = k - k[:, :1]
+        if self.mirror:
+            k = k * k.new_tensor([-1.0, 1.0, 1.0])
+        R = axis_angle_to_matrix(global_orient)
+        return k @ R.transpose(1, 2) + transl[:, None, :]
 
     def export_params(self, params: dict) -> dict:
         """Parameters of ONE hand as float32 numpy arrays for NPZ/JSON export.
