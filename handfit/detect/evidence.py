@@ -65,10 +65,11 @@ def view_hands(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views, agree: flo
 
 def _views_of(landmarks_fn, rgb, det, views: int, min_views: int, agree: float, box_margin: float) -> dict:
     """:func:`view_hands` with ``views`` views, and the :data:`TURNED` views too when fewer
-    than ``min_views`` of them saw the hand at all."""
+    than ``min_views`` of them (or than all, when fewer are looked at) saw the hand at all."""
     found = view_hands(landmarks_fn, rgb, det, views, agree, box_margin)
-    seen = sum(any(found[s][v] is not None for s in SIDES) for v in range(len(found[SIDES[0]])))
-    if seen < min_views:
+    n = len(found[SIDES[0]])
+    seen = sum(any(found[s][v] is not None for s in SIDES) for v in range(n))
+    if seen < min(min_views, n):
         more = view_hands(landmarks_fn, rgb, det, TURNED, agree, box_margin)
         found = {s: found[s] + more[s] for s in SIDES}
     return found
