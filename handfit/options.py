@@ -137,7 +137,8 @@ class TrackStage:
     plane_ratio: float = opt(0.0, min=0)
     settle_iters: int = opt(150, min=0)     # iterations of the settling after the dense stage (0: none)
     # its hold on each root-relative joint (squared change, palm lengths); after the short dense
-    # stage of dense_iters on dense_crop, 4 holds best on dev3d_seq (7.936 mm / 9.81 mm/frame²; 1: 7.944 / 9.91)
+    # stage of dense_iters on dense_crop, 4 holds best on dev3d_seq (64-pixel crops: 7.951 mm /
+    # 9.87 mm/frame², 1: 7.962 / 9.97; 128-pixel crops: 7.936 / 9.81, at a fifth more time a frame)
     settle_3d: float = opt(4.0, min=0)
     settle_2d: float = opt(1.0, min=0)      # its hold on each keypoint's 2D position
     chunk: int = opt(16, min=1)             # frames per dense batch of a track (bounds memory, not results)
@@ -147,7 +148,7 @@ class TrackStage:
     dense_fine_iters: int = opt(0, min=0)
     # ... and the side of its crop, rendered at that size (no downsampling; 0: crop_size and
     # dense.geometry_downsample as a photo's). The track's texture is still observed at crop_size.
-    dense_crop: int = opt(128, min=0)
+    dense_crop: int = opt(64, min=0)
     # A frame whose joint is this many box sides from its evidence gives its track's texture
     # no texels: it would paint its fingers where they are not
     texture_rel: float = opt(0.25, min=0, min_open=True)
