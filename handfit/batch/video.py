@@ -335,13 +335,17 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
               "overlay": f"{unit.key}/{poster}/overlay.png", "run": run_id,
               "detection": run["passes"]}
     # every track finished (dense stage, settled) before any frame is written
+    t1 = time.perf_counter()
     results = finish_tracks(unit.path, frames, per_frame, fits, opts, vopts, res)
+    record["stage_seconds"] = {"follow": round(run["seconds"]["detect"] + run["seconds"]["read"], 2),
+                               "fit": round(run["seconds"]["fit"], 2), "finish": round(time.perf_counter() - t1, 2)}
     outputs = [track_outputs(fit, assembled=False) for fit in fits]
     for ti, hs in enumerate(results):
         for b, h in enumerate(hs):
             h.metrics["track"] = ti
             _record_frame(outputs[ti], b, h)
     textures = [hs[0].texture for hs in results] if opts.dense.enabled and results else None
+    t2 = 0.0
     suspects = [(frames[trk.frames[b]][0], ti, h.quality_reasons) for ti, (trk, hs) in enumerate(zip(tracks, results))
                 for b, h in enumerate(hs) if h.quality == "suspect"]  # (frame number, track, reasons), for the record
 
@@ -357,6 +361,8 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
             del r, rgb
 
     def fill(tmp: Path):
+        nonlocal t2
+        t2 = time.perf_counter()
         if textures is not None:
             for t, tex in enumerate(textures):
                 write_png(tmp / TEXTURE_NAME.format(t), tex)
@@ -364,6 +370,7 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
         for t, (trk, o) in enumerate(zip(tracks, outputs)):
             write_video_track(tmp / GLB_NAME.format(t), res.model(opts.model, trk.side, opts.mano), o["params"],
                               [frames[f][0] for f in trk.frames], run["info"].fps, None if textures is None else textures[t])
+        record["stage_seconds"]["write"] = round(time.perf_counter() - t2, 2)
         record["hand_metrics"] = track_metrics(tracks, outputs)
         record["suspect"] = video_quality(suspects, record["hand_metrics"])
         np.savez_compressed(tmp / "tracks.npz", fps=float(fps), source_fps=run["info"].fps, every=vopts.every,
