@@ -179,9 +179,10 @@ class Follower:
             # the evidence step on the predicted crop: centring its views on a found hand instead
             # costs a view more and made dev3d_seq's tracks jitter more (10.15 mm/frame² against 10.10)
             d = look(self.detector.landmarks, rgb, predict(t, f), self.views, box_margin=self.detector.box_margin)
-            if d is None:
+            if d is None or any(same_hand(d, c) for c in cands):
+                # not there, or another tracked hand in its place (two hands crossing): the cascade
                 missing = True
-            elif not any(same_hand(d, c) for c in cands):
+            else:
                 looked.add(len(cands))
                 cands.append(d)
                 self.passes["look"] += 1
