@@ -146,28 +146,21 @@ def test_fit_hands_returns_results_in_item_order_with_keypoint_stage_only(res):
 
 
 @pytest.mark.slow
-def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(monkeypatch, res):
+def test_a_track_frame_called_the_other_side_gets_landmarks_of_the_tracks_side(res):
     """Three frames of a left hand, the first called right (unsure): the track is left, and
-    the first frame's landmarks come from the views that called it left, not its own."""
+    the first frame's landmarks are the candidate that its evidence step fused from the views
+    that called it left (handfit/detect/evidence.py), not its own; fitting/ looks at no view."""
     from dataclasses import replace
-
-    from handfit.fitting import side as S
 
     items = [_truth_item("left", 20 + i, score=0.6)[0] for i in range(3)]
     wrong = items[0].detection
     mirrored = replace(wrong, side="right", keypoints=wrong.keypoints[::-1].copy())  # other-chirality landmarks
+    mirrored = replace(mirrored, candidates={"left": wrong, "right": mirrored}, votes={"left": 1.0, "right": 0.5})
     items[0] = P.HandItem(items[0].K, mirrored, items[0].rgb)
-    seen = []
-
-    def views(detector, rgb, det):
-        seen.append(det.side)
-        return {"left": wrong, "right": mirrored}, {"left": 1.0, "right": 0.5}
-
-    monkeypatch.setattr(S, "side_candidates", views)
     opts = FitOptions.from_values({"views": 0, "keypoint.iters": 10, "side_check_iters": 10, "device": "cpu",
                                    "track.warm_iters": 5, "track.smooth": 0.0})
     fit = P.fit_track(items, opts, res)
-    assert fit.side == "left" and seen == ["right"]        # only the frame called the other side is looked at
+    assert fit.side == "left"
     d = fit.items[0].detection
     assert d.side == "left" and d.detector_side == "right" and d.side_source == "fit"
     assert np.array_equal(d.keypoints, wrong.keypoints)
