@@ -23,44 +23,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .multiview import combine, hand_views
-from .passes import LandmarkFn, hand_box, map_back, same_hand
+from .multiview import SIDES, combine, view_hands
+from .passes import LandmarkFn, hand_box
 
 __all__ = ["SIDES", "view_hands", "gather", "gather_all", "look", "majority_side"]
-
-SIDES = ("left", "right")
-
 
 #: Views looked at when fewer than ``min_views`` of the usual ones see the hand (a hand
 #: turned far from upright, which the landmark model reads best turned back): right-angle
 #: turns of the crop, each also mirrored, as (degrees counter-clockwise, scale, mirrored).
 TURNED = tuple((a, 1.0, m) for a in (90.0, 180.0, 270.0) for m in (False, True))
-
-
-#: The agreement (hand sizes) a view's hand of the side other than the detection's needs.
-OTHER_AGREE = 0.35
-
-
-def view_hands(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views, agree: float = 0.25,
-               box_margin: float = 0.1) -> dict:
-    """Per side, per view of ``det``'s crop: the hand of that side (after un-mirroring)
-    nearest ``det`` that is :func:`same_hand` within ``agree`` hand sizes (the side other than
-    ``det``'s: at least :data:`OTHER_AGREE`), in full-image
-    pixels, or None. views: how many of :data:`~handfit.detect.multiview.VIEW_SET`, or
-    (angle, scale, mirrored) specs. -> {side: [Detection | None] * views}"""
-    H, W = rgb.shape[:2]
-    out = {s: [] for s in SIDES}
-    own = getattr(det, "side", None)
-    for view in hand_views(rgb, det, views):
-        found = [map_back(d, view, W, H, box_margin) for d in landmarks_fn(view.image)]
-        for s in SIDES:
-            # the other side's hand is the mirror image of what was detected: its keypoints
-            # can lie further from the detection's, so it is given more room
-            room = agree if s == own else max(agree, OTHER_AGREE)
-            mine = [c for c in found if c.side == s and same_hand(c, det, room)]
-            out[s].append(min(mine, key=lambda c: np.linalg.norm(c.keypoints - det.keypoints, axis=1).mean())
-                          if mine else None)
-    return out
 
 
 def _views_of(landmarks_fn, rgb, det, views: int, min_views: int, agree: float, box_margin: float) -> dict:
@@ -73,6 +44,22 @@ def _views_of(landmarks_fn, rgb, det, views: int, min_views: int, agree: float, 
         more = view_hands(landmarks_fn, rgb, det, TURNED, agree, box_margin)
         found = {s: found[s] + more[s] for s in SIDES}
     return found
+
+
+def _sides(found: dict, pass_name: str, image_size: tuple, min_views: int, box_margin: float, det=None) -> tuple:
+    """Each side's candidate from the views that called the hand that side (``found``, as
+    :func:`view_hands` gives): ``det``'s own side fused onto ``det``, any other onto its
+    best-scored view (a side no view called has none). -> ({side: Detection}, {side: summed score})"""
+    cands, votes = {}, {}
+    for s in SIDES:
+        seen = [f for f in found[s] if f is not None]
+        votes[s] = float(sum(f.score for f in seen))
+        if det is not None and s == det.side:
+            cands[s] = combine(det, found[s], min_views, True, box_margin)
+        elif seen:
+            best = replace(max(seen, key=lambda f: f.score), pass_name=pass_name, image_size=image_size)
+            cands[s] = combine(best, found[s], min_views, True, box_margin)
+    return cands, votes
 
 
 def gather(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views: int, min_views: int = 2, agree: float = 0.25,
@@ -90,18 +77,8 @@ def gather(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views: int, min_views
     if not det.image_size or not det.image_size[0]:
         det = replace(det, image_size=(rgb.shape[1], rgb.shape[0]))
     found = _views_of(landmarks_fn, rgb, det, views, min_views, agree, box_margin)
-    votes, cands = {}, {}
-    for s in SIDES:
-        seen = [f for f in found[s] if f is not None]
-        votes[s] = float(sum(f.score for f in seen))
-        if s == det.side:
-            cands[s] = combine(det, found[s], min_views, True, box_margin)
-        elif seen:
-            best = max(seen, key=lambda f: f.score)
-            best = replace(best, pass_name=det.pass_name, image_size=det.image_size)
-            cands[s] = combine(best, found[s], min_views, True, box_margin)
-    own = cands[det.side]
-    return replace(own, candidates=cands, votes=votes)
+    cands, votes = _sides(found, det.pass_name, det.image_size, min_views, box_margin, det)
+    return replace(cands[det.side], candidates=cands, votes=votes)
 
 
 def look(landmarks_fn: LandmarkFn, rgb: np.ndarray, keypoints: np.ndarray, views: int, agree: float = 0.5,
@@ -119,13 +96,7 @@ def look(landmarks_fn: LandmarkFn, rgb: np.ndarray, keypoints: np.ndarray, views
     kp = np.asarray(keypoints, np.float64)
     guess = SimpleNamespace(keypoints=kp, box_xyxy=hand_box(kp, box_margin, W, H))  # where, not what: no side
     found = _views_of(landmarks_fn, rgb, guess, max(int(views), 1), min_views, agree, box_margin)
-    votes = {s: float(sum(f.score for f in found[s] if f is not None)) for s in SIDES}
-    cands = {}
-    for s in SIDES:
-        seen = [f for f in found[s] if f is not None]
-        if seen:
-            best = replace(max(seen, key=lambda f: f.score), pass_name="track", image_size=(W, H))
-            cands[s] = combine(best, found[s], min_views, True, box_margin)
+    cands, votes = _sides(found, "track", (W, H), min_views, box_margin)
     if not cands:
         return None
     side = max(cands, key=lambda s: votes[s])

@@ -24,7 +24,7 @@ import numpy as np
 
 from .passes import LandmarkFn, View, hand_box, hand_size, map_back, same_hand
 
-__all__ = ["VIEW_SET", "DEFAULT_VIEWS", "view_specs", "affine_view", "hand_views", "fuse", "view_detections", "combine", "refine",
+__all__ = ["VIEW_SET", "DEFAULT_VIEWS", "view_specs", "affine_view", "hand_views", "fuse", "view_hands", "view_detections", "combine", "refine",
            "spread_weight"]
 
 #: (rotation in degrees counter-clockwise, scale of the hand in the view, mirrored),
@@ -120,19 +120,38 @@ def fuse(kps: np.ndarray, drop: float = 0.1):
     return med, spread, keep
 
 
+#: The agreement (hand sizes) a view's hand of the side other than the detection's needs.
+OTHER_AGREE = 0.35
+SIDES = ("left", "right")
+
+
+def view_hands(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views, agree: float = 0.25,
+               box_margin: float = 0.1) -> dict:
+    """Per side, per view of ``det``'s crop (:func:`hand_views`): the hand of that side (after
+    un-mirroring) nearest ``det`` that is :func:`same_hand` within ``agree`` hand sizes (the
+    side other than ``det``'s, or both when ``det`` has none: at least :data:`OTHER_AGREE`),
+    in full-image pixels, or None. -> {side: [Detection | None] * views}"""
+    H, W = rgb.shape[:2]
+    out = {s: [] for s in SIDES}
+    own = getattr(det, "side", None)
+    for view in hand_views(rgb, det, views):
+        found = [map_back(d, view, W, H, box_margin) for d in landmarks_fn(view.image)]
+        for s in SIDES:
+            # the other side's hand is the mirror image of what was detected: its keypoints
+            # can lie further from the detection's, so it is given more room
+            room = agree if s == own else max(agree, OTHER_AGREE)
+            mine = [c for c in found if c.side == s and same_hand(c, det, room)]
+            out[s].append(min(mine, key=lambda c: np.linalg.norm(c.keypoints - det.keypoints, axis=1).mean())
+                          if mine else None)
+    return out
+
+
 def view_detections(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views: int, agree: float = 0.25,
                     box_margin: float = 0.1) -> list:
     """Per view of :func:`hand_views`: the hand nearest ``det`` that is :func:`same_hand`
     (within ``agree`` of the hand size) and, after un-mirroring, of ``det``'s side,
-    in full-image pixels; ``None`` where the view has none."""
-    H, W = rgb.shape[:2]
-    out = []
-    for view in hand_views(rgb, det, views):
-        cands = [map_back(d, view, W, H, box_margin) for d in landmarks_fn(view.image)]
-        cands = [c for c in cands if c.side == det.side and same_hand(c, det, agree)]
-        out.append(min(cands, key=lambda c: np.linalg.norm(c.keypoints - det.keypoints, axis=1).mean())
-                   if cands else None)
-    return out
+    in full-image pixels; ``None`` where the view has none (:func:`view_hands`' own side)."""
+    return view_hands(landmarks_fn, rgb, det, views, agree, box_margin)[det.side]
 
 
 def combine(det, found: list, min_views: int = 2, fuse_world: bool = True, box_margin: float = 0.1):

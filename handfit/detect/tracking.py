@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import passes
 from .evidence import majority_side
 
 BIG = 1e9   # the cost of a pair outside the gate, so the assignment never takes it if it can help it
@@ -48,7 +49,7 @@ class Track:
 
 def hand_size(kp: np.ndarray) -> float:
     """The larger side of the box of (21,2) keypoints, in pixels (at least 1)."""
-    return max(float(np.ptp(kp, axis=0).max()), 1.0)
+    return max(passes.hand_size(kp), 1.0)
 
 
 def predict(trk: Track, f: int) -> np.ndarray:
