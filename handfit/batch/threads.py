@@ -15,25 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads() -> int:
-    env = os.environ.get("HANDFIT_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    omp = os.environ.get("OMP_NUM_THREADS")
-    if omp and omp.isdigit():
-        return max(1, int(omp))
-    return available_cores()
+from ..parallel import default_threads
 
 
 def _pool_environment(n: int) -> None:

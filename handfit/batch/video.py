@@ -35,6 +35,7 @@ way is redone from its start.
 
 from __future__ import annotations
 
+import itertools
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -42,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HandfitError, ImageError
+from ..parallel import each, workers
 from . import store
 
 TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
@@ -349,16 +351,24 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
     suspects = [(frames[trk.frames[b]][0], ti, h.quality_reasons) for ti, (trk, hs) in enumerate(zip(tracks, results))
                 for b, h in enumerate(hs) if h.quality == "suspect"]  # (frame number, track, reasons), for the record
 
+    def save(tmp: Path, f: int, rgb):
+        """Write chosen frame f's folder. -> its overlay"""
+        r = _frame_result(rgb, [results[ti][b] for ti, b in per_frame[f]], opts)
+        r.image_path = f"{unit.path}#frame={frames[f][0]}"
+        shared = None if textures is None else [f"../{TEXTURE_NAME.format(ti)}" for ti, _ in per_frame[f]]
+        save_result(r, tmp, names[f], texture_files=shared, overlay_compress=OVERLAY_COMPRESS, glb=False)
+        return r.overlay
+
     def overlays(tmp: Path):
-        """Decode the video again and write each chosen frame's folder; -> its overlay, one at a time."""
-        for f, rgb in decode_chosen(unit.path, frames, vopts):
-            hands_f = [results[ti][b] for ti, b in per_frame[f]]
-            r = _frame_result(rgb, hands_f, opts)
-            r.image_path = f"{unit.path}#frame={frames[f][0]}"
-            shared = None if textures is None else [f"../{TEXTURE_NAME.format(ti)}" for ti, _ in per_frame[f]]
-            save_result(r, tmp, names[f], texture_files=shared, overlay_compress=OVERLAY_COMPRESS, glb=False)
-            yield r.overlay
-            del r, rgb
+        """Decode the video again and write each chosen frame's folder, a few frames side by
+        side (:func:`handfit.parallel.each`); -> their overlays in frame order, one at a time."""
+        group = []
+        for f, rgb in itertools.chain(decode_chosen(unit.path, frames, vopts), [(None, None)]):
+            if f is not None:
+                group.append((f, rgb))
+            if group and (f is None or len(group) == 2 * workers()):
+                yield from each(lambda fr: save(tmp, *fr), group)
+                group = []
 
     def fill(tmp: Path):
         nonlocal t2

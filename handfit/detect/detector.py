@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, UsageError
+from ..parallel import each, workers
 from . import passes as dp
 from .bundle import task_file
 from .passes import downscale, hand_box
@@ -201,6 +202,7 @@ class Detector:
             raise BackendError(f"{self.task_path}: no such .task file")
         self._pose = None
         self._strict = None
+        self._twins = []   # [(lock, landmarker)]: more full-pass landmarkers for landmarks_each
         self._conf = (float(min_detection_confidence), float(min_presence_confidence))
         self._strict_conf = float(strict_confidence)
 
@@ -241,6 +243,11 @@ class Detector:
                 if obj is not None:
                     with quiet_stderr(self.quiet):
                         obj.close()
+        with self._lock:
+            twins, self._twins = getattr(self, "_twins", []), []
+        for lock, lm in twins:
+            with lock, quiet_stderr(self.quiet):
+                lm.close()
 
     def __enter__(self) -> "Detector":
         return self
@@ -271,7 +278,6 @@ class Detector:
             its ``(W, H)``), unsorted, not deduplicated, ``pass_name == "full"``.
         """
         rgb = _as_rgb8(rgb)
-        H, W = rgb.shape[:2]
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         with self._lock:
             if self._landmarker is None:
@@ -282,7 +288,44 @@ class Detector:
             lm = self._strict if strict else self._landmarker
             with quiet_stderr(self.quiet):
                 result = lm.detect(image)
+        return self._detections(result, *rgb.shape[:2])
 
+    def landmarks_each(self, images: list) -> list:
+        """:meth:`landmarks` on each image (the full pass's landmarker), the calls spread over
+        :func:`handfit.parallel.workers` landmarkers in threads: each call is independent
+        (IMAGE mode), so the detections are those of one call after another.
+
+        -> per image its list of :class:`Detection`."""
+        images = [_as_rgb8(im) for im in images]
+        n = min(workers(), len(images))
+        if n < 2:
+            return [self.landmarks(im) for im in images]
+        with self._lock:
+            if self._landmarker is None:
+                raise BackendError("the detector is closed")
+            while len(self._twins) < n - 1:   # the full pass's landmarker, once more per extra worker
+                with quiet_stderr(self.quiet):
+                    self._twins.append((threading.Lock(), self._create(max(self.max_hands, 2), *self._conf)))
+            pool = [(self._lock, self._landmarker)] + self._twins[: n - 1]
+
+        def run(k):
+            lock, lm = pool[k]
+            out = []
+            for im in images[k::n]:
+                image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(im))
+                with lock:
+                    if self._landmarker is None:
+                        raise BackendError("the detector is closed")
+                    with quiet_stderr(self.quiet):
+                        result = lm.detect(image)
+                out.append(self._detections(result, *im.shape[:2]))
+            return out
+
+        parts = each(run, range(n))
+        return [parts[i % n][i // n] for i in range(len(images))]
+
+    def _detections(self, result, H: int, W: int) -> list:
+        """A landmarker result on an (H, W) image as :class:`Detection` objects."""
         dets = []
         for lms, world, handed in zip(result.hand_landmarks, result.hand_world_landmarks, result.handedness):
             norm = np.array([[p.x, p.y, p.z] for p in lms], dtype=np.float64)  # (21,3)

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .passes import LandmarkFn, View, hand_box, hand_size, map_back, same_hand
+from .passes import LandmarkFn, View, hand_box, hand_size, landmarks_each, map_back, same_hand
 
 __all__ = ["VIEW_SET", "DEFAULT_VIEWS", "view_specs", "affine_view", "hand_views", "fuse", "view_hands", "view_detections", "combine", "refine",
            "spread_weight"]
@@ -134,8 +134,9 @@ def view_hands(landmarks_fn: LandmarkFn, rgb: np.ndarray, det, views, agree: flo
     H, W = rgb.shape[:2]
     out = {s: [] for s in SIDES}
     own = getattr(det, "side", None)
-    for view in hand_views(rgb, det, views):
-        found = [map_back(d, view, W, H, box_margin) for d in landmarks_fn(view.image)]
+    vs = hand_views(rgb, det, views)
+    for view, dets in zip(vs, landmarks_each(landmarks_fn, [v.image for v in vs])):
+        found = [map_back(d, view, W, H, box_margin) for d in dets]
         for s in SIDES:
             # the other side's hand is the mirror image of what was detected: its keypoints
             # can lie further from the detection's, so it is given more room

@@ -38,7 +38,7 @@ from ..keypoints import TREE_BONES
 __all__ = ["View", "PASSES", "FAST_PASSES", "LandmarkFn", "PoseFn", "views_for", "crop_view", "tile_views",
            "rotate_view", "mirror_view", "contrast_view", "square_box_view", "map_back", "hand_box",
            "hand_size", "downscale", "same_hand", "plausible", "box_inside", "merge", "run_extra_passes",
-           "detect_in_box", "pose_hand_boxes"]
+           "detect_in_box", "pose_hand_boxes", "landmarks_each"]
 
 #: ``landmarks(image, strict=False) -> list[Detection]``: one landmarker run on
 #: ``image`` as is, detections in its pixels (:meth:`handfit.detect.Detector.landmarks`).
@@ -46,6 +46,17 @@ LandmarkFn = Callable[..., list]
 #: ``pose_landmarks(rgb) -> (33, 3) [u, v, visibility] or None``: MediaPipe Pose
 #: in ``rgb``'s pixels (:meth:`handfit.detect.Detector.pose_landmarks`).
 PoseFn = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+def landmarks_each(landmarks_fn: LandmarkFn, images: list) -> list:
+    """``landmarks_fn`` on each image (the full pass's landmarker) -> per image its detections.
+    A :class:`~handfit.detect.Detector`'s own ``landmarks`` runs them side by side
+    (:meth:`~handfit.detect.Detector.landmarks_each`), with the same detections."""
+    owner = getattr(landmarks_fn, "__self__", None)
+    if getattr(landmarks_fn, "__name__", "") == "landmarks" and hasattr(owner, "landmarks_each"):
+        return owner.landmarks_each(images)
+    return [landmarks_fn(im) for im in images]
+
 
 #: Pass names in the order the thorough cascade runs them.
 PASSES = ("full", "tiles", "rotate", "mirror", "contrast", "pose")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..camera import to_crop
 from ..options import DenseStage
+from ..parallel import each
 
 if TYPE_CHECKING:
     from .scene import CropScene
@@ -130,22 +131,24 @@ def hand_probability_grabcut(photo: torch.Tensor, render_mask: torch.Tensor, val
     m = torch.from_numpy(seeds | (bones > 0)).float()
     band = (dilate(m, near) > 0.5).numpy()   # near the mesh or the skeleton
     img8 = (photo.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-    out = np.zeros((B, H, W), np.float32)
-    for b in range(B):
+    inv = None if valid is None else ~valid.cpu().numpy()
+
+    def cut(b):
         lab = np.full((H, W), cv2.GC_BGD, np.uint8)
         lab[band[b]] = cv2.GC_PR_BGD
         lab[seeds[b]] = cv2.GC_PR_FGD
-        if valid is not None:  # left-out pixels (off the photo, up the forearm): no constraint
-            inv = ~valid[b].cpu().numpy()
-            lab[inv & (lab == cv2.GC_BGD)] = cv2.GC_PR_BGD
+        if inv is not None:  # left-out pixels (off the photo, up the forearm): no constraint
+            lab[inv[b] & (lab == cv2.GC_BGD)] = cv2.GC_PR_BGD
         lab[bones[b] > 0] = cv2.GC_FGD
         hand = (lab == cv2.GC_PR_FGD) | (lab == cv2.GC_FGD)
         if not hand.any() or hand.all():
-            continue
-        cv2.setRNGSeed(0)  # GrabCut's k-means initialisation: the same mask on every run
+            return np.zeros((H, W), np.float32)
+        cv2.setRNGSeed(0)  # GrabCut's k-means initialisation (a per-thread RNG): the same mask on every run
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.grabCut(np.ascontiguousarray(img8[b][..., ::-1]), lab, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
-        out[b] = ((lab == cv2.GC_FGD) | (lab == cv2.GC_PR_FGD)).astype(np.float32)
+        return ((lab == cv2.GC_FGD) | (lab == cv2.GC_PR_FGD)).astype(np.float32)
+
+    out = np.stack(each(cut, range(B))) if B else np.zeros((0, H, W), np.float32)  # the crops side by side
     p = torch.from_numpy(out).to(photo)
     p = F.avg_pool2d(p[:, None], 3, 1, 1, count_include_pad=False)[:, 0]  # boundary pixels are less sure
     p = (1 - sure) + (2 * sure - 1) * p

@@ -1,0 +1,59 @@
+"""Independent calls side by side: :func:`each`, and the process's thread count.
+
+The landmark model (one MediaPipe graph per call), GrabCut and PNG encoding each use one
+core and release the GIL. Where a step makes several such calls that do not depend on one
+another (the views of a hand's crop, the frames of a chunk), :func:`each` runs them in a
+small pool of threads, one per core this process may use. Each call gives what it would
+alone, so the results are identical with one thread or many.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+__all__ = ["available_cores", "default_threads", "each", "workers"]
+
+_PREFIX = "handfit-each"
+_pool: dict = {}
+_pool_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """``HANDFIT_THREADS``, else ``OMP_NUM_THREADS``, else :func:`available_cores`."""
+    for name in ("HANDFIT_THREADS", "OMP_NUM_THREADS"):
+        env = os.environ.get(name, "")
+        if env.strip().isdigit():
+            return max(1, int(env))
+    return available_cores()
+
+
+def workers() -> int:
+    """Threads :func:`each` uses: :func:`default_threads`, at most 4 (beyond that the
+    calls it runs are too few to gain)."""
+    return max(1, min(4, default_threads()))
+
+
+def each(fn, items) -> list:
+    """``[fn(x) for x in items]``, the calls spread over :func:`workers` threads.
+
+    In one thread when there is one worker or one item, or when called from inside
+    another :func:`each` call (a nested call never waits on its own pool)."""
+    items = list(items)
+    n = workers()
+    if n < 2 or len(items) < 2 or threading.current_thread().name.startswith(_PREFIX):
+        return [fn(x) for x in items]
+    with _pool_lock:
+        pool = _pool.get(n)
+        if pool is None:
+            pool = _pool[n] = ThreadPoolExecutor(n, thread_name_prefix=_PREFIX)
+    return list(pool.map(fn, items))
