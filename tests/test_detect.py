@@ -176,6 +176,26 @@ def test_tfjs_reference_keypoints(detector, dev_data):
 
 
 @pytest.mark.devdata
+def test_landmarks_each_matches_one_call_after_another(task, dev_data, monkeypatch):
+    """Several landmarkers in threads give each view what one landmarker gives it alone."""
+    monkeypatch.setenv("HANDFIT_THREADS", "2")
+    rgb = load_image(dev_data / "tfjs_models" / "hands.jpg").rgb
+    views = [rgb, rgb[:, ::-1], cv2.resize(rgb, None, fx=0.5, fy=0.5), np.zeros((64, 64, 3), np.uint8), rgb[::2, ::2]]
+    with Detector(max_hands=2, task_path=task) as det:
+        alone = [det.landmarks(v) for v in views]
+        together = det.landmarks_each(views)
+        assert len(det._twins) == 1
+    assert [len(d) for d in alone] == [len(d) for d in together] and sum(map(len, alone)) >= 3
+    for a, b in zip(alone, together):
+        for x, y in zip(a, b):
+            assert x.side == y.side and x.score == y.score
+            np.testing.assert_array_equal(x.keypoints, y.keypoints)
+            np.testing.assert_array_equal(x.world, y.world)
+    with pytest.raises(BackendError):
+        det.landmarks_each(views)
+
+
+@pytest.mark.devdata
 def test_large_image_is_downscaled_and_mapped_back(detector, dev_data):
     rgb = load_image(dev_data / "hamer" / "test5.jpg").rgb
     s = 2.5

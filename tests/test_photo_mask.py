@@ -76,6 +76,16 @@ def test_grabcut_is_deterministic_and_respects_valid(scenes):
     assert (a[~valid] == 0).all()
 
 
+def test_grabcut_of_a_batch_is_each_crop_alone_in_any_thread_count(scenes, monkeypatch):
+    """The crops of a batch are cut side by side (handfit.parallel.each): the same masks as one by one."""
+    photo = torch.stack([torch.from_numpy(sc.image).float() / 255 for sc in scenes[:3]])
+    seed = torch.stack([torch.from_numpy(sc.mask) for sc in scenes[:3]])
+    alone = torch.cat([hand_probability_grabcut(photo[b:b + 1], seed[b:b + 1]) for b in range(3)])
+    for threads in ("1", "2"):
+        monkeypatch.setenv("HANDFIT_THREADS", threads)
+        assert torch.equal(hand_probability_grabcut(photo, seed), alone)
+
+
 @pytest.mark.parametrize("radius", [0, 1, 4, 8, 13])
 def test_dilate_and_erode_match_square_max_pooling(radius):
     """The box-sum dilation is the square max-pool it replaced, borders included."""
