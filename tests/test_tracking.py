@@ -141,3 +141,40 @@ def test_a_hand_that_comes_back_continues_its_track():
     busy = [t("left", range(0, 10)), t("left", range(5, 40)), t("left", range(25, 30))]   # a second left hand
     assert [len(x.frames) for x in relink(busy, 50)] == [10, 35, 5]                        # was seen meanwhile
     assert relink([t("left", range(5)), t("left", range(25, 30))], 0)[1].frames[0] == 25      # 0: never
+
+
+def test_the_follower_looks_for_a_hand_whose_neighbour_is_within_its_gate(monkeypatch):
+    """Two hands 0.7 hand sizes apart: the cascade finds both on the first frame; after that
+    each is looked for where it is predicted. A hand's look is not skipped because the other
+    hand's find lies within its gate: both tracks keep every frame (the crossing clip's
+    every-other-frame gaps came from that)."""
+    import handfit.detect.evidence as E
+    from handfit.detect.tracking import Follower
+
+    from stand_ins import StandIn
+
+    def at(f):   # the two hands drift right together
+        return [hand(300 + 4 * f, label="right", size=100), hand(370 + 4 * f, side="left", size=100)]
+
+    frame = {"f": 0}
+
+    def look(landmarks_fn, rgb, keypoints, views, **kw):   # the true hand nearest the predicted keypoints
+        return min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
+
+    class Cascade(StandIn):
+        calls = 0
+
+        def detect(self, rgb, mode=None):
+            Cascade.calls += 1
+            return at(frame["f"]) if frame["f"] == 0 else []
+
+    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
+    fol = Follower(Cascade(), views=4, redetect=100)
+    for f in range(8):
+        frame["f"] = f
+        assert len(fol.step(np.zeros((H, W, 3), np.uint8))) == 2, f
+    tracks = fol.finish()
+    assert [t.frames for t in tracks] == [list(range(8))] * 2
+    assert sorted(t.side for t in tracks) == ["left", "right"]
+    assert Cascade.calls == 1 and fol.passes == {"cascade": 1, "look": 14}

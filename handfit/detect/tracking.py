@@ -71,22 +71,28 @@ def cost(trk: Track, f: int, det) -> float:
     return float(d) / hand_size(last)
 
 
-def link(tracks: list, f: int, dets: list, gate: float = 1.0, max_missed: int = 3) -> list:
-    """One frame of linking: each of chosen frame f's detections joins a live track (one
-    optimal assignment of predicted-keypoint costs within ``gate``) or stays unlinked.
-    Updates the linked tracks. -> per detection, its track's index in ``tracks`` or None"""
+def assign(tracks: list, f: int, dets: list, gate: float = 1.0) -> list:
+    """One optimal assignment of chosen frame f's detections to ``tracks`` by their
+    predicted-keypoint costs, pairs above ``gate`` never. -> [(track's index, detection's index)]"""
     from scipy.optimize import linear_sum_assignment
 
+    if not tracks or not dets:
+        return []
+    c = np.array([[cost(t, f, d) for d in dets] for t in tracks])
+    c = np.where(c <= gate, c, BIG)
+    return [(int(ti), int(di)) for ti, di in zip(*linear_sum_assignment(c)) if c[ti, di] < BIG]
+
+
+def link(tracks: list, f: int, dets: list, gate: float = 1.0, max_missed: int = 3) -> list:
+    """One frame of linking: each of chosen frame f's detections joins a live track (one
+    optimal assignment of predicted-keypoint costs within ``gate``, :func:`assign`) or stays
+    unlinked. Updates the linked tracks. -> per detection, its track's index in ``tracks`` or None"""
     live = [i for i, t in enumerate(tracks) if f - t.frames[-1] - 1 <= max_missed]   # frames missed since its last
     owner = [None] * len(dets)
-    if live and dets:
-        c = np.array([[cost(tracks[i], f, d) for d in dets] for i in live])
-        c = np.where(c <= gate, c, BIG)
-        for ti, di in zip(*linear_sum_assignment(c)):
-            if c[ti, di] < BIG:
-                tracks[live[ti]].frames.append(f)
-                tracks[live[ti]].dets.append(dets[di])
-                owner[di] = live[ti]
+    for ti, di in assign([tracks[i] for i in live], f, dets, gate):
+        tracks[live[ti]].frames.append(f)
+        tracks[live[ti]].dets.append(dets[di])
+        owner[di] = live[ti]
     return owner
 
 
@@ -164,8 +170,8 @@ class Follower:
 
         f = self.f
         self.f += 1
-        live = [t for t in self.tracks if f - t.frames[-1] - 1 <= self.max_missed]
-        lost = not live or any(t.frames[-1] != f - 1 for t in live)
+        live = [i for i, t in enumerate(self.tracks) if f - t.frames[-1] - 1 <= self.max_missed]
+        lost = not live or any(self.tracks[i].frames[-1] != f - 1 for i in live)
         full = lost or self.last_full is None or f - self.last_full >= self.redetect
         cands, mode = [], None
         if full:
@@ -174,8 +180,12 @@ class Follower:
             self.last_full = f
             self.passes["cascade"] += 1
         looked, missing = set(), False
-        for t in live:
-            if any(cost(t, f, d) <= self.gate for d in cands):
+        # a track the cascade's hands are assigned to needs no look; a hand within the gate of a
+        # track may still be another track's (two hands a hand size apart)
+        found = {live[ti] for ti, _ in assign([self.tracks[i] for i in live], f, cands, self.gate)}
+        for i in live:
+            t = self.tracks[i]
+            if i in found:
                 continue
             # the evidence step on the predicted crop: centring its views on a found hand instead
             # costs a view more and made dev3d_seq's tracks jitter more (10.15 mm/frame² against 10.10)
