@@ -13,7 +13,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["available_cores", "default_threads", "each", "workers"]
+__all__ = ["available_cores", "default_threads", "each", "submit", "workers"]
 
 _PREFIX = "handfit-each"
 _pool: dict = {}
@@ -52,8 +52,29 @@ def each(fn, items) -> list:
     n = workers()
     if n < 2 or len(items) < 2 or threading.current_thread().name.startswith(_PREFIX):
         return [fn(x) for x in items]
+    return list(_get_pool(n).map(fn, items))
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
     with _pool_lock:
         pool = _pool.get(n)
         if pool is None:
             pool = _pool[n] = ThreadPoolExecutor(n, thread_name_prefix=_PREFIX)
-    return list(pool.map(fn, items))
+    return pool
+
+
+def submit(fn, *args):
+    """``fn(*args)`` on one of :func:`each`'s threads -> a :class:`concurrent.futures.Future`
+    (with one worker, or from inside a worker, run now and returned done). The caller bounds
+    how many it keeps pending."""
+    from concurrent.futures import Future
+
+    n = workers()
+    if n < 2 or threading.current_thread().name.startswith(_PREFIX):
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(exc)
+        return fut
+    return _get_pool(n).submit(fn, *args)

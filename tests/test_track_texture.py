@@ -209,6 +209,29 @@ def test_finish_track_renders_one_texture_for_every_frame(model, res):
         assert "dense" not in a.losses
 
 
+@pytest.mark.slow
+def test_finish_track_chunks_side_by_side_give_the_same_numbers(model, res, monkeypatch):
+    """A track's chunks observed and fitted on 2 threads (handfit.parallel) or one after
+    another give bit-identical textures, meshes and losses."""
+    from handfit.fitting.pipeline import finish_track, fit_track
+    from handfit.options import FitOptions
+
+    verts, K, kps = turning_hand(model, n=5, degrees=60.0, keypoints=True)
+    img, _ = photos(model, verts, K, true_texture())
+    items = _items(kps, K, img)
+    opts = FitOptions.from_values({"device": "cpu", "keypoint.iters": 20, "crop_size": 96, "texture_size": T,
+                                   "side_check_below": 0.0, "track.warm_iters": 8, "track.chunk": 2,
+                                   "track.dense_iters": 3, "track.settle_iters": 5})
+    fit = fit_track(items, opts, res)
+    outs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("HANDFIT_THREADS", threads)
+        outs.append(finish_track(fit.select(list(range(5))), opts, res))
+    for a, b in zip(*outs):
+        assert np.array_equal(a.texture, b.texture) and np.array_equal(a.vertices, b.vertices)
+        assert a.losses["dense"] == b.losses["dense"]
+
+
 def test_meshes_refer_to_a_shared_texture(tmp_path):
     """A frame's OBJ can point at its track's texture instead of a copy of its own."""
     from handfit.io.export import write_obj

@@ -269,6 +269,13 @@ def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | N
     of the time is added to ``fit.seconds``.
     -> acc: (colour (T,T,3) in [0,1], weight (T,T,1)) tensors"""
     from ..texture.track import merge
+
+    return merge(acc, *observe_frames(fit, opts, res))
+
+
+def observe_frames(fit: SideFit, opts: FitOptions, res: Resources) -> tuple:
+    """What each of B frames shows of the track's texture (:func:`observe_track` before the
+    merge). -> colour (B,T,T,3), weight (B,T,T,1)"""
     from .dense import observe_texture
     from .starts import frame_error
 
@@ -279,10 +286,9 @@ def observe_track(fit: SideFit, opts: FitOptions, res: Resources, acc: tuple | N
     # a frame whose fit is still off its evidence would paint its fingers where they are not
     off = frame_error(fit.model, fit.params, batch) > opts.track.texture_rel
     weight = weight * (~off).to(weight.dtype)[:, None, None, None]
-    acc = merge(acc, colour, weight)
     if fit.seconds is not None:
         fit.seconds = fit.seconds + (time.perf_counter() - t0) / len(fit.items)
-    return acc
+    return colour, weight
 
 
 def track_texture(acc: tuple, opts: FitOptions, res: Resources) -> np.ndarray:
@@ -312,8 +318,11 @@ class TrackFinish:
     Frames are processed in chunks of ``opts.track.chunk`` consecutive frames of the track
     (frames 0-15, 16-31, ...), each once all its photos have come, so that any caller (a
     video streamed from disk, ``handfit eval --sequence`` holding its photos) gets the same
-    numbers; at most a chunk's photos are held. With ``opts.dense.enabled`` False no pass is
-    needed: :meth:`results` gives the keypoint fits with the flat texture (:func:`finish`)."""
+    numbers. Complete chunks run side by side on :mod:`handfit.parallel`'s threads (their
+    observations merged in chunk order, so the numbers do not depend on it); at most
+    :func:`~handfit.parallel.workers` chunks' photos are held beyond the one being filled.
+    With ``opts.dense.enabled`` False no pass is needed: :meth:`results` gives the keypoint
+    fits with the flat texture (:func:`finish`)."""
 
     def __init__(self, fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None):
         self.fit, self.opts, self.res, self.progress = fit, opts, res, progress
@@ -332,6 +341,9 @@ class TrackFinish:
         self.acc, self.tex = None, None
         self.parts: dict = {}                       # chunk -> its SideFit after the dense stage
         self._held = {"observe": {}, "dense": {}}   # pass -> {frame: rgb} of chunks not yet complete
+        self._running: dict = {}                    # chunk -> Future of its observations or dense stage
+        self._seen: dict = {}                       # chunk -> its observations, until merged in order
+        self._merged = 0                            # chunks merged into acc so far
 
     def _arrive(self, what: str, b: int, rgb: np.ndarray):
         """Hold frame b's photo; -> the chunk's SideFit with its photos once all have come, else None."""
@@ -346,16 +358,47 @@ class TrackFinish:
         part.items = [replace(it, rgb=held[i]) for it, i in zip(part.items, idx)]
         return k, part
 
+    def _start(self, k: int, fn, *args) -> None:
+        """Run chunk k's ``fn(*args)`` on a worker thread, once fewer than
+        :func:`~handfit.parallel.workers` chunks are running (bounding the photos held)."""
+        from ..parallel import submit, workers
+
+        while len(self._running) >= workers():
+            self._collect(next(iter(self._running)))
+        self._running[k] = submit(fn, *args)
+
+    def _collect(self, k: int) -> None:
+        """Wait for chunk k's work (its errors raised here, in the caller's thread) and keep its result:
+        pass 1's observations merged in chunk order, as they come; pass 2's SideFit."""
+        from ..texture.track import merge
+
+        out = self._running.pop(k).result()
+        if self.tex is not None:
+            self.parts[k] = out
+            return
+        self._seen[k] = out
+        while self._merged in self._seen:
+            self.acc = merge(self.acc, *self._seen.pop(self._merged))
+            self._merged += 1
+
+    def _drain(self) -> None:
+        while self._running:
+            self._collect(next(iter(self._running)))
+
     def observe(self, b: int, rgb: np.ndarray) -> None:
         """Pass 1: frame b's photo (H,W,3) uint8."""
         got = self._arrive("observe", b, rgb)
         if got is not None:
-            k, part = got
-            self.acc = observe_track(part, self.opts, self.res, self.acc)
-            self.fit.seconds[self.chunks[k]] = part.seconds
+            self._start(got[0], self._observe_chunk, *got)
+
+    def _observe_chunk(self, k: int, part: SideFit) -> tuple:
+        colour_weight = observe_frames(part, self.opts, self.res)
+        self.fit.seconds[self.chunks[k]] = part.seconds
+        return colour_weight
 
     def texture(self) -> np.ndarray:
         """After pass 1: the track's texture (T,T,3) uint8."""
+        self._drain()
         t0 = time.perf_counter()
         self.tex = track_texture(self.acc, self.opts, self.res)
         self.fit.seconds = self.fit.seconds + (time.perf_counter() - t0) / len(self.fit.items)
@@ -365,17 +408,20 @@ class TrackFinish:
         """Pass 2: frame b's photo again (after :meth:`texture`)."""
         got = self._arrive("dense", b, rgb)
         if got is not None:
-            k, part = got
-            t0 = time.perf_counter()
-            dense_fit(part, self.dense_opts, self.res, self.progress, texture=self.tex)
-            part.seconds = part.seconds + (time.perf_counter() - t0) / len(part.items)
-            part.items = [replace(it, rgb=None) for it in part.items]   # the photos are not kept
-            self.parts[k] = part
+            self._start(got[0], self._dense_chunk, got[1])
+
+    def _dense_chunk(self, part: SideFit) -> SideFit:
+        t0 = time.perf_counter()
+        dense_fit(part, self.dense_opts, self.res, self.progress, texture=self.tex)
+        part.seconds = part.seconds + (time.perf_counter() - t0) / len(part.items)
+        part.items = [replace(it, rgb=None) for it in part.items]   # the photos are not kept
+        return part
 
     def results(self) -> list[HandResult]:
         """The T frames' HandResults, settled and assembled, in frame order."""
         if not self.dense_on:
             return finish(self.fit, self.opts, self.res, self.progress)
+        self._drain()
         parts = [self.parts[k] for k in range(len(self.chunks))]
         settle(self.fit, parts, self.opts)
         return [hand for part in parts for hand in assemble(part, self.opts.texture_size, self.opts.quality)]
