@@ -178,3 +178,44 @@ def test_the_follower_looks_for_a_hand_whose_neighbour_is_within_its_gate(monkey
     assert [t.frames for t in tracks] == [list(range(8))] * 2
     assert sorted(t.side for t in tracks) == ["left", "right"]
     assert Cascade.calls == 1 and fol.passes == {"cascade": 1, "look": 14}
+
+
+def test_a_hand_that_comes_out_from_behind_another_is_found_beside_it(monkeypatch):
+    """A hand hidden for a while (its track ended) comes out beside the hand that hid it,
+    where the pass over the whole frame does not see it: while its track waits to be
+    continued, the crop around the found hand is looked in, and the hand continues its track."""
+    import handfit.detect.evidence as E
+    from handfit.detect import passes
+    from handfit.detect.tracking import Follower
+
+    from stand_ins import StandIn
+
+    frame = {"f": 0}
+
+    def at(f):   # A stays; B is hidden in frames 3-9
+        return [hand(300, label="right")] + ([hand(400, side="left")] if not 3 <= f <= 9 else [])
+
+    def look(landmarks_fn, rgb, keypoints, views, **kw):
+        d = min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
+        return d if np.linalg.norm(d.keypoints - keypoints, axis=-1).mean() < 40 else None
+
+    class Hands(StandIn):
+        def detect(self, rgb, mode=None):           # the whole frame: B not seen once it was hidden
+            return at(frame["f"]) if frame["f"] < 3 else at(frame["f"])[:1]
+
+        def landmarks(self, rgb, strict=False):     # a crop's view (here the frame itself) shows both
+            return at(frame["f"])
+
+    whole = lambda rgb, box, name, grow=1.6, tag="": passes.View(name, rgb, np.eye(3)[:2], False, "frame")  # noqa: E731
+    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
+    monkeypatch.setattr(passes, "square_box_view", whole)
+    fol = Follower(Hands(), views=4, redetect=100, relink=50)
+    for f in range(14):
+        frame["f"] = f
+        fol.step(np.zeros((H, W, 3), np.uint8))
+    tracks = fol.finish()
+    assert sorted((t.frames for t in tracks), key=len) == [[0, 1, 2, 10, 11, 12, 13], list(range(14))]
+    assert fol.passes["beside"] == 1
+    fol.relink = 0                                 # without a track waiting, nothing is looked for beside
+    assert fol._beside(np.zeros((H, W, 3), np.uint8), 14, at(14)[:1]) == []

@@ -34,6 +34,7 @@ from . import passes
 from .evidence import majority_side
 
 BIG = 1e9   # the cost of a pair outside the gate, so the assignment never takes it if it can help it
+BESIDE = 2.5   # the square looked in around a found hand, while a track waits, in its box's longer sides
 
 
 @dataclass
@@ -144,6 +145,9 @@ class Follower:
     * In between, each live track's hand is looked for where its keypoints are predicted to be
       (:func:`predict`), with the evidence step run on that crop
       (:func:`handfit.detect.evidence.look`: the crop upscaled when the hand is small).
+    * While a track that ended waits to be continued (``relink``), the crops around the hands
+      found are looked in too (:meth:`_beside`): a hand that was hidden behind another comes
+      out beside it.
     * Detections are linked to tracks by predicted keypoints (:func:`link`), never by side.
     * Every hand that joins a track gets the evidence step (:func:`handfit.detect.evidence.gather`,
       ``views`` views of its crop), so a track carries the same evidence as a photo.
@@ -202,6 +206,7 @@ class Follower:
             self.last_full = f
             self.passes["cascade"] += 1
             cands += [d for d in found if not any(same_hand(d, c) for c in cands)]
+        cands += self._beside(rgb, f, cands)
         cands = [d if i in looked else gather(self.detector.landmarks, rgb, d, self.views,
                                               box_margin=self.detector.box_margin) for i, d in enumerate(cands)]
         owner = link(self.tracks, f, cands, self.gate, self.max_missed)
@@ -213,6 +218,29 @@ class Follower:
             if o is not None:
                 out.append((o, d))
         return out
+
+    def _beside(self, rgb: np.ndarray, f: int, cands: list) -> list:
+        """While a hand's track waits to be continued (it ended within ``relink`` chosen frames),
+        the hands found so far are looked around, ``BESIDE`` times their box: a hand that went
+        behind another comes out beside it, where the pass over the whole frame may not see it
+        yet. -> hands of a waiting track's side that are none of ``cands`` (each starts a track
+        that :func:`relink` joins to the waiting one)"""
+        from .passes import map_back, same_hand, square_box_view
+
+        waiting = {majority_side(t.dets) for t in self.tracks
+                   if self.max_missed < f - t.frames[-1] - 1 and f - t.frames[-1] <= self.relink}
+        if not waiting or not cands:
+            return []
+        H, W = rgb.shape[:2]
+        views = [square_box_view(rgb, c.box_xyxy, "beside", grow=BESIDE) for c in cands]
+        new: list = []
+        for view, dets in zip(views, passes.landmarks_each(self.detector.landmarks, [v.image for v in views])):
+            for d in dets:
+                d = map_back(d, view, W, H, self.detector.box_margin)
+                if d.side in waiting and not any(same_hand(d, c) for c in cands + new):
+                    new.append(d)
+        self.passes["beside"] = self.passes.get("beside", 0) + len(new)
+        return new
 
     @classmethod
     def for_options(cls, detector, opts) -> "Follower":
