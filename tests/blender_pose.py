@@ -79,8 +79,11 @@ def render(frame: float, png: str, camera: list) -> None:
     cam.data.clip_start = 0.01
     scene.camera = cam
     scene.render.engine = "BLENDER_WORKBENCH"
-    scene.display.shading.light = "STUDIO"
+    # the texture as stored: flat light, and no film-like tone curve (Blender's default AgX
+    # darkens and desaturates), so the render compares with overlay.png's textured panel
+    scene.display.shading.light = "FLAT"
     scene.display.shading.color_type = "TEXTURE"
+    scene.view_settings.view_transform = "Standard"
     scene.render.resolution_x, scene.render.resolution_y = int(W), int(H)
     scene.render.pixel_aspect_y = fx / fy
     scene.render.filepath = png
