@@ -186,10 +186,10 @@ class Follower:
         looked, missing = set(), False
         # a track the cascade's hands are assigned to needs no look; a hand within the gate of a
         # track may still be another track's (two hands a hand size apart)
-        found = {live[ti] for ti, _ in assign([self.tracks[i] for i in live], f, cands, self.gate)}
+        assigned = {live[ti] for ti, _ in assign([self.tracks[i] for i in live], f, cands, self.gate)}
         for i in live:
             t = self.tracks[i]
-            if i in found:
+            if i in assigned:
                 continue
             # the evidence step on the predicted crop: centring its views on a found hand instead
             # costs a view more and made dev3d_seq's tracks jitter more (10.15 mm/frame² against 10.10)
