@@ -87,6 +87,23 @@ def test_forward_shapes_and_gradients(side, device):
     torch.testing.assert_close(one.vertices[0], out.vertices[1].detach(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keypoints_alone_are_forwards_to_the_bit(side, dtype, device):
+    """model.keypoints (no skinning) gives forward's keypoints exactly, and the same gradients."""
+    m = load_model("anny", side=side, device=device, dtype=dtype)
+    p = random_params(m, 4, dtype=dtype, device=device)
+    a = {k: v.clone().requires_grad_() for k, v in p.items()}
+    b = {k: v.clone().requires_grad_() for k, v in p.items()}
+    kp_full, kp_alone = m(**a).keypoints, m.keypoints(**b)
+    assert kp_alone.shape == (4, 21, 3) and kp_alone.dtype == dtype and kp_alone.device.type == device.type
+    assert torch.equal(kp_full, kp_alone)
+    kp_full.square().sum().backward()
+    kp_alone.square().sum().backward()
+    for k in p:
+        torch.testing.assert_close(a[k].grad, b[k].grad, atol=0, rtol=1e-6)
+
+
 def test_zero_pose_gradients_finite(anny):
     m = anny["right"]
     p = {k: v.requires_grad_() for k, v in m.zero_params(2, dtype=torch.float64).items()}

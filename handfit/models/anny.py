@@ -194,18 +194,23 @@ class AnnyHand(HandModel):
         return axis_angle_to_matrix(aa)
 
     def _forward_right(self, pose: torch.Tensor, shape: torch.Tensor) -> ModelOutput:
+        verts, joints, rot, transl = self._posed_bones(pose, shape)
+        v = lbs.skin(verts, self.weights, rot, transl)                      # (B,V,3)
+        return ModelOutput(vertices=v, keypoints=self._posed_keypoints(verts, joints, rot, transl))
+
+    def _keypoints_right(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return self._posed_keypoints(*self._posed_bones(pose, shape))
+
+    def _posed_bones(self, pose: torch.Tensor, shape: torch.Tensor) -> tuple:
+        """-> the shaped rest hand (verts (B,V,3), joints (B,21,3)) and each bone's posed
+        rotation (B,21,3,3) and translation (B,21,3)."""
         verts, joints, frames = self.rest(shape)
         local = lbs.conjugate_rotations(frames, self.pose_rotmats(pose))   # (B,21,3,3)
         rot, transl = lbs.rigid_chain(local, joints, self.parents)          # (B,21,3,3), (B,21,3)
-        v = lbs.skin(verts, self.weights, rot, transl)                      # (B,V,3)
-        pts = self.keypoint_rest_points(verts, joints)                      # (B,21,3)
-        b = self._kp_bones
-        return ModelOutput(vertices=v, keypoints=lbs.transform_points(rot[:, b], transl[:, b], pts))
+        return verts, joints, rot, transl
 
-    def _keypoints_right(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-        verts, joints, frames = self.rest(shape)
-        local = lbs.conjugate_rotations(frames, self.pose_rotmats(pose))
-        rot, transl = lbs.rigid_chain(local, joints, self.parents)
+    def _posed_keypoints(self, verts, joints, rot, transl) -> torch.Tensor:
+        """The 21 keypoints (B,21,3), each moved rigidly with its bone."""
         b = self._kp_bones
         return lbs.transform_points(rot[:, b], transl[:, b], self.keypoint_rest_points(verts, joints))
 

@@ -104,15 +104,9 @@ class HandModel(nn.Module):
         from ..geometry import axis_angle_to_matrix
 
         out = self._forward_right(pose, shape)
-        v, k = out.vertices, out.keypoints
-        root = k[:, :1]
-        v, k = v - root, k - root  # (B,V,3), (B,21,3): wrist at origin
-        if self.mirror:
-            flip = v.new_tensor([-1.0, 1.0, 1.0])
-            v, k = v * flip, k * flip
-        R = axis_angle_to_matrix(global_orient)  # (B,3,3)
-        t = transl[:, None, :]
-        return ModelOutput(vertices=v @ R.transpose(1, 2) + t, keypoints=k @ R.transpose(1, 2) + t)
+        root, R = out.keypoints[:, :1], axis_angle_to_matrix(global_orient)   # (B,1,3), (B,3,3)
+        return ModelOutput(vertices=self._place(out.vertices, root, R, transl),
+                           keypoints=self._place(out.keypoints, root, R, transl))
 
     def keypoints(self, global_orient: torch.Tensor, pose: torch.Tensor, shape: torch.Tensor,
                   transl: torch.Tensor) -> torch.Tensor:
@@ -121,11 +115,16 @@ class HandModel(nn.Module):
         from ..geometry import axis_angle_to_matrix
 
         k = self._keypoints_right(pose, shape)
-        k = k - k[:, :1]
+        return self._place(k, k[:, :1], axis_angle_to_matrix(global_orient), transl)
+
+    def _place(self, x: torch.Tensor, root: torch.Tensor, R: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """Points (B,N,3) of the right hand's posed rest frame in the camera frame: the wrist
+        (root (B,1,3)) at the origin, mirrored for a left hand, turned by R (B,3,3), moved by
+        transl (B,3)."""
+        x = x - root
         if self.mirror:
-            k = k * k.new_tensor([-1.0, 1.0, 1.0])
-        R = axis_angle_to_matrix(global_orient)
-        return k @ R.transpose(1, 2) + transl[:, None, :]
+            x = x * x.new_tensor([-1.0, 1.0, 1.0])
+        return x @ R.transpose(1, 2) + transl[:, None, :]
 
     def export_params(self, params: dict) -> dict:
         """Parameters of ONE hand as float32 numpy arrays for NPZ/JSON export.
