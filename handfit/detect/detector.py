@@ -277,15 +277,22 @@ class Detector:
             :class:`Detection` objects in ``rgb``'s pixels (``image_size`` is
             its ``(W, H)``), unsorted, not deduplicated, ``pass_name == "full"``.
         """
-        rgb = _as_rgb8(rgb)
-        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        with self._lock:
-            if self._landmarker is None:
-                raise BackendError("the detector is closed")
+        def pick():
             if strict and self._strict is None:
                 with quiet_stderr(self.quiet):
                     self._strict = self._create(4, self._strict_conf, self._strict_conf)
-            lm = self._strict if strict else self._landmarker
+            return self._strict if strict else self._landmarker
+
+        return self._run(self._lock, pick, _as_rgb8(rgb))
+
+    def _run(self, lock, pick, rgb: np.ndarray) -> list:
+        """One landmarker call on uint8 ``rgb`` under ``lock``, the landmarker ``pick()``'s
+        (called under the lock). -> its :class:`Detection` objects"""
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        with lock:
+            if self._landmarker is None:
+                raise BackendError("the detector is closed")
+            lm = pick()
             with quiet_stderr(self.quiet):
                 result = lm.detect(image)
         return self._detections(result, *rgb.shape[:2])
@@ -310,16 +317,7 @@ class Detector:
 
         def run(k):
             lock, lm = pool[k]
-            out = []
-            for im in images[k::n]:
-                image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(im))
-                with lock:
-                    if self._landmarker is None:
-                        raise BackendError("the detector is closed")
-                    with quiet_stderr(self.quiet):
-                        result = lm.detect(image)
-                out.append(self._detections(result, *im.shape[:2]))
-            return out
+            return [self._run(lock, lambda: lm, im) for im in images[k::n]]
 
         parts = each(run, range(n))
         return [parts[i % n][i // n] for i in range(len(images))]
