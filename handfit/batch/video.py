@@ -347,7 +347,6 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
             h.metrics["track"] = ti
             _record_frame(outputs[ti], b, h)
     textures = [hs[0].texture for hs in results] if opts.dense.enabled and results else None
-    t2 = 0.0
     suspects = [(frames[trk.frames[b]][0], ti, h.quality_reasons) for ti, (trk, hs) in enumerate(zip(tracks, results))
                 for b, h in enumerate(hs) if h.quality == "suspect"]  # (frame number, track, reasons), for the record
 
@@ -371,7 +370,6 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
                 group = []
 
     def fill(tmp: Path):
-        nonlocal t2
         t2 = time.perf_counter()
         if textures is not None:
             for t, tex in enumerate(textures):
