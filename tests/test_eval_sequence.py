@@ -317,6 +317,20 @@ def test_cli_sequence_compare_in_process(tmp_path, monkeypatch):
     assert doc["mediapipe"]["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6)
     assert doc["mediapipe"]["accel_mm"] == pytest.approx(0, abs=1e-9)
     assert "sequence_dense" in r.output and "accel" in r.output
+    # texture scores: seen for both texture variants, leave-one-out for the track; runs of 3 and 2
+    # frames have no pair 4 frames apart (--texture-gap 1 has, below)
+    assert 0 < doc["dense"]["tex_seen"] < 0.2 and doc["dense"]["tex_pairs"] == 0
+    assert 0 < doc["sequence_dense"]["tex_seen"] < doc["sequence_dense"]["tex_loo"] < 0.3
+    assert "tex_seen" not in doc["keypoint"] and "| dense |" in r.output.split("novel/flat")[1]
+    assert all(float(r["dense_tex_seen"]) > 0 for r in rows)
+    r = CliRunner().invoke(main, ["eval", str(root), "--sequence", "--compare", "--views", "0", "--device", "cpu",
+                                  "--kp-iters", "10", "--dense-iters", "2", "--texture-iters", "1",
+                                  "--texture-prior", "none", "--photo-mask", "colour", "-q", "--texture-gap", "1",
+                                  "--limit", "1", "-o", str(tmp_path / "out1")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "out1" / "metrics.json").read_text())
+    assert doc["dense"]["tex_pairs"] == 4 and 0 < doc["dense"]["tex_novel"] < 1
+    assert doc["sequence_dense"]["tex_pairs"] == 0                    # one texture per track: no novel pairs
 
 
 def test_cli_help_and_bad_layouts(tmp_path):

@@ -173,9 +173,10 @@ def _items(kps, K, img):
 def test_finish_track_renders_one_texture_for_every_frame(model, res):
     """The whole of finish_track on the turning hand (small iteration caps): one texture
     array shared by every frame, each frame's dense losses and metrics, and on what the
-    first frame cannot see a lower error than that frame's own photo texture; with the
-    dense stage off it is finish (flat texture)."""
-    from handfit.fitting.pipeline import finish, finish_track, fit_track
+    first frame cannot see a lower error than that frame's own photo texture; its
+    leave-one-out textures those of the other frames' observations; with the dense stage
+    off it is finish (flat texture)."""
+    from handfit.fitting.pipeline import finish, finish_track, fit_track, observe_frames, track_texture
     from handfit.options import FitOptions
 
     tex = true_texture()
@@ -201,6 +202,15 @@ def test_finish_track_renders_one_texture_for_every_frame(model, res):
     hidden = atlas(model) & (weight[0, ..., 0] == 0) & (total[..., 0] > 0)
     err = lambda t: float((torch.from_numpy(t).float()[hidden] / 255 - tex[hidden]).abs().mean())  # noqa: E731
     assert hidden.sum() > 100 and err(out[0].texture) < 0.7 * err(own), (err(out[0].texture), err(own))
+    # Leave one out (handfit eval): the same results, and per frame the texture of the others alone.
+    fit2 = fit_track(items, opts, res)
+    obs = observe_frames(fit2.select(list(range(4))), opts, res)
+    out2, loo = finish_track(fit2, opts, res, leave_one_out=True)
+    assert all(np.array_equal(a.vertices, b.vertices) for a, b in zip(out, out2)) and len(loo) == 4
+    for b in range(4):
+        keep = [f for f in range(4) if f != b]
+        want = track_texture(accumulate(obs[0][keep], obs[1][keep]), opts, res)
+        assert np.abs(loo[b].astype(int) - want.astype(int)).max() <= 1 and not np.array_equal(loo[b], out[0].texture)
     opts.dense.enabled = False
     plain = finish_track(fit_track(items, opts, res), opts, res)
     again = finish(fit_track(items, opts, res), opts, res)

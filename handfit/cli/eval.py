@@ -39,7 +39,11 @@ EVAL_OUT_HELP = "Output folder for metrics.json, per_image.csv, pck.json, predic
               help="Images fitted together. 1 fits each image alone, as `handfit fit` does; larger is "
                    "faster on a GPU and changes results slightly (a batch converges as a whole).")
 @click.option("--save-fits", is_flag=True, help="Also write every fit's files (meshes, overlay) to OUT/fits/.")
-def eval_command(data, outdir, quiet, compare, sequence, limit, every, fmt, split, batch_size, save_fits, **params):
+@click.option("--texture-gap", default=4, show_default=True, type=click.IntRange(min=0),
+              help="With --sequence: score each texture on the frames this many source frames away "
+                   "(tex_novel; counted in source frames, also with --every); 0: no texture scores.")
+def eval_command(data, outdir, quiet, compare, sequence, limit, every, fmt, split, batch_size, save_fits,
+                 texture_gap, **params):
     """Measure 3D accuracy on labelled photos: fit every image of DATA with its own camera.
 
     DATA is a folder of images with `<image>.gt.json` labels (the dev3d format:
@@ -55,7 +59,12 @@ def eval_command(data, outdir, quiet, compare, sequence, limit, every, fmt, spli
     0-50 mm, 2D error (px), detection recall, wrong-side fits and seconds per
     hand. With --sequence, each subfolder of DATA is a run fitted as one
     track (frames in name order), and the acceleration error of the
-    root-relative keypoints (accel_mm, mm/frame²) is reported too.
+    root-relative keypoints (accel_mm, mm/frame²) is reported too, and so are
+    texture scores of the variants that make textures: each texture's albedo
+    render against the photo (0-1, a least-squares gain per colour channel, then
+    the mean absolute error inside the eroded silhouette) on its own frame
+    (tex_seen), on the frames --texture-gap away (tex_novel), built without the
+    frame (a track's, tex_loo), and one flat colour on the same frames (tex_flat).
     Writes OUT/metrics.json, OUT/per_image.csv, OUT/pck.json,
     OUT/predictions.json (each hand's truth and every variant's 2D and 3D
     keypoints, for other metrics) and OUT/pck.png (all but the plot are
@@ -63,7 +72,7 @@ def eval_command(data, outdir, quiet, compare, sequence, limit, every, fmt, spli
     leaves the results of the batches done).
     """
     from ..errors import HandfitError, UsageError
-    from ..eval import summary_table, write_report
+    from ..eval import summary_table, texture_table, write_report
 
     try:
         # --focal/--intrinsics replace every label's camera
@@ -75,13 +84,16 @@ def eval_command(data, outdir, quiet, compare, sequence, limit, every, fmt, spli
             raise UsageError("--save-fits does not apply to --sequence (its fits are not written)")
         shared = {"batch_size": batch_size, "use_label_camera": not own_camera, "progress": not quiet}
         if sequence:
-            ev, counts = _eval_sequences(data, opts, compare, limit, every, fmt, split, outdir, shared)
+            ev, counts = _eval_sequences(data, opts, compare, limit, every, fmt, split, outdir,
+                                         {**shared, "texture_gap": texture_gap})
         else:
             ev, counts = _eval_images(data, opts, compare, limit, every, fmt, split, outdir, save_fits, shared)
         paths = write_report(ev, outdir)
     except HandfitError as exc:
         fail(exc)
     click.echo(summary_table(ev.summary))
+    if any("tex_seen" in m for m in ev.summary.values()):
+        click.echo(texture_table(ev.summary))
     click.echo(f"{counts}, {len(ev.hands)} labelled hands -> {', '.join(str(p) for p in paths.values())}", err=True)
     if not any(e.detected for e in ev.hands):
         sys.exit(3)

@@ -7,7 +7,9 @@
   detector, fitting function, warm-up, progress bar, teardown), detecting once and fitting the matches;
 * :mod:`~handfit.eval.run`: :func:`evaluate` (detect once, fit, measure every variant);
 * :mod:`~handfit.eval.sequence`: :func:`evaluate_sequences` (runs of frames, each fitted as one track,
-  and the acceleration error);
+  the acceleration error and the texture scores);
+* :mod:`~handfit.eval.texture`: texture scores: a texture's albedo render against a photo (seen, novel,
+  flat, leave-one-out);
 * :mod:`~handfit.eval.report`: ``metrics.json``, ``per_image.csv``, ``pck.json``, ``predictions.json``, ``pck.png``.
 
 Example::
@@ -21,9 +23,10 @@ Example::
 _EXPORTS = {
     "FORMATS": "datasets", "DatasetError": "datasets", "open_dataset": "datasets", "select": "datasets",
     "read_runs": "datasets", "evaluate_sequences": "sequence", "SEQUENCE_VARIANTS": "sequence",
+    "texture_scores": "texture", "run_scores": "texture",
     "HandLabel": "records", "Record": "records",
     "evaluate": "run", "Evaluation": "run", "VARIANTS": "run", "EvalSession": "session",
-    "write_report": "report", "summary_table": "report",
+    "write_report": "report", "summary_table": "report", "texture_table": "report",
 }
 __all__ = list(_EXPORTS)
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..io import jsonfile
 from .run import SUMMARY_KEYS
 
-__all__ = ["write_report", "metrics_document", "predictions_document", "summary_table"]
+__all__ = ["write_report", "metrics_document", "predictions_document", "summary_table", "texture_table"]
 
 _LABELS = {"mediapipe": "MediaPipe world landmarks", "keypoint": "keypoint fit", "dense": "dense fit",
            "sequence_keypoint": "sequence keypoint fit", "sequence_dense": "sequence dense fit"}
@@ -158,4 +158,24 @@ def summary_table(summary: dict) -> str:
                      f"{f(m['auc_0_50'], '.3f')} | {f(m['kp2d_px'], '.2f')} | "
                      + (f"{f(m.get('accel_mm'), '.2f')} | " if accel else "") + f"{f(m['recall'], '.3f')} | "
                      f"{m['wrong_side']} | {f(m['s_per_hand'], '.2f')} | {m['n']} | {f(m.get('suspect'), 'd')} |")
+    return "\n".join(lines)
+
+
+def texture_table(summary: dict) -> str:
+    """The texture scores of the variants that have them as a Markdown table
+    (:func:`handfit.eval.sequence.texture_summary`; 0-1, lower is better)."""
+    lines = ["| variant | seen | novel | flat | novel/flat | loses to flat | leave-one-out | its flat | loo/flat |"
+             " loo loses | pairs |", "|" + "---|" * 11]
+
+    def f(x, fmt=".4f"):
+        x = _clean(x)
+        return "–" if x is None else format(x, fmt)
+
+    for v, m in summary.items():
+        if "tex_seen" not in m:
+            continue
+        lines.append(f"| {v} | {f(m['tex_seen'])} | {f(m['tex_novel'])} | {f(m['tex_flat'])} | "
+                     f"{f(m['tex_novel_vs_flat'], '.3f')} | {f(m['tex_novel_loses'], '.1%')} | "
+                     f"{f(m.get('tex_loo'))} | {f(m.get('tex_loo_flat'))} | {f(m.get('tex_loo_vs_flat'), '.3f')} | "
+                     f"{f(m.get('tex_loo_loses'), '.1%')} | {m['tex_pairs']} |")
     return "\n".join(lines)

@@ -22,42 +22,58 @@ So ``--compare`` fits each frame twice in all: once alone, once in its track. Be
 per-hand metrics of :func:`handfit.eval.run.score`, every variant gets the acceleration error of
 its root-relative keypoints against the truth (:func:`handfit.eval.metrics.accel_errors`,
 ``accel_mm``, mm/frame²), over the frames whose neighbours were fitted too.
+
+The variants that make textures (``dense``: a texture per frame; ``sequence_dense``: one per
+track) also get texture scores (:mod:`handfit.eval.texture`, ``texture_gap`` > 0): ``tex_seen``
+(a frame's texture on its own photo), ``tex_novel`` (a frame's texture on the frames
+``texture_gap`` source frames away), ``tex_loo`` (a track's texture built without the frame, on
+it) and ``tex_flat`` / ``tex_loo_flat`` (one flat colour on the same frames), with the
+fraction of pairs where the texture loses to the flat colour (``tex_novel_loses``,
+``tex_loo_loses``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
 
 from . import metrics as M
 from .run import Evaluation, score
-from .session import EvalSession, drop_fits, known_variants, make_job, verdict_of, with_dense
+from .session import EvalSession, drop_fits, known_variants, make_job, mesh_of, verdict_of, with_dense
+from .texture import TEXTURE_KEYS, run_scores
 
-__all__ = ["SEQUENCE_VARIANTS", "evaluate_sequences", "fit_run", "accel_scores"]
+__all__ = ["SEQUENCE_VARIANTS", "TEXTURE_VARIANTS", "evaluate_sequences", "fit_run", "accel_scores",
+           "texture_summary"]
 
 #: Every variant :func:`evaluate_sequences` can measure, in report order.
 SEQUENCE_VARIANTS = ("mediapipe", "keypoint", "dense", "sequence_keypoint", "sequence_dense")
 
 
-def fit_run(items: list, opts, res, dense: bool) -> tuple:
+def fit_run(items: list, opts, res, dense: bool, leave_one_out: bool = False) -> tuple:
     """Fit one track's hands through the pipeline, as ``handfit batch`` fits a video's track.
 
     items: T :class:`handfit.fitting.pipeline.HandItem` in frame order, each with its K, photo
     and detection (with its evidence, :class:`handfit.detect.tracking.Follower`).
-    -> (keypoint, final): T :class:`HandResult` each, ``keypoint`` assembled from the
-    track before the dense stage, ``final`` after :func:`finish_track` (None when not ``dense``).
+    -> (keypoint, final, loo): T :class:`HandResult` each, ``keypoint`` assembled from the
+    track before the dense stage, ``final`` after :func:`finish_track` (None when not ``dense``),
+    and with ``leave_one_out`` per frame the track's texture built without it (else None).
     Seconds are the pipeline's (each frame's share of the track's optimisation)."""
     from ..fitting.pipeline import assemble, finish_track, fit_track
 
     fit = fit_track(items, opts, res)
     keypoint = assemble(fit, 1, opts.quality)   # numpy copies: the dense stage below changes fit.params
-    return keypoint, (finish_track(fit, opts, res) if dense else None)
+    if not dense:
+        return keypoint, None, None
+    if not leave_one_out:
+        return keypoint, finish_track(fit, opts, res), None
+    return (keypoint, *finish_track(fit, opts, res, leave_one_out=True))
 
 
 def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, batch_size: int = 1,
                        fit_sequence: Callable | None = None, on_run: Callable | None = None,
-                       **session) -> Evaluation:
+                       texture_gap: int = 4, on_textures: Callable | None = None, **session) -> Evaluation:
     """Fit and measure every run.
 
     Args:
@@ -66,9 +82,15 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
         variants: some of :data:`SEQUENCE_VARIANTS`.
         batch_size: frames fitted together by the single-frame variants (see
             :func:`handfit.eval.run.evaluate`).
-        fit_sequence: ``fit_sequence(items, opts, dense) -> (keypoint, final)`` as
-            :func:`fit_run` (default: :func:`fit_run` with the session's ``resources``).
+        fit_sequence: ``fit_sequence(items, opts, dense) -> (keypoint, final[, loo])`` as
+            :func:`fit_run` (default: :func:`fit_run` with the session's ``resources``, and
+            the leave-one-out textures when the texture scores are on).
         on_run: called as ``on_run(Evaluation)`` with the runs done so far after each run.
+        texture_gap: the source frames between a texture's frame and the frames it is scored on
+            (``tex_novel``); 0: no texture scores.
+        on_textures: called as ``on_textures(run name, variant, frames, rows)`` with the frames
+            (meshes, textures and photos) and rows of :func:`handfit.eval.texture.run_scores` of
+            each labelled hand, before the meshes are dropped (``bench/texture_strips.py`` draws them).
         session: the keyword arguments of :class:`~handfit.eval.session.EvalSession`:
             ``use_label_camera`` (fit with each frame's K, else the options' camera),
             ``match_threshold``, ``progress``, ``detector``, ``fit_batch`` (the
@@ -83,11 +105,12 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
     single = tuple(v for v in ("keypoint", "dense") if v in variants)
     sequence = tuple(v for v in ("sequence_keypoint", "sequence_dense") if v in variants)
     bs = max(1, int(batch_size))
+    gap = max(0, int(texture_gap))
     hands: list = []
-    with EvalSession(options, sum(len(frames) for _, frames in runs), **session) as s:
+    with EvalSession(options, sum(len(frames) for _, frames in runs), keep_meshes=gap > 0, **session) as s:
         if fit_sequence is None:
             def fit_sequence(items, opts, dense):
-                return fit_run(items, opts, s.resources, dense)
+                return fit_run(items, opts, s.resources, dense, leave_one_out=gap > 0)
         single_opts = with_dense(s.options, "dense" in single)
         seq_opts = with_dense(s.options, "sequence_dense" in sequence)
         for name, frames in runs:
@@ -106,6 +129,7 @@ def evaluate_sequences(runs: list, options=None, variants=SEQUENCE_VARIANTS, bat
                     s.fit(jobs[start:start + bs], single, single_opts)
             if sequence:
                 _fit_track_safe(done, sequence, seq_opts, s, fit_sequence)
+            _score_textures(done, gap, None if on_textures is None else functools.partial(on_textures, name))
             s.advance(len(frames), hands, variants)
             if on_run is not None:
                 on_run(_evaluation(hands, variants))
@@ -151,7 +175,8 @@ def _fit_track_safe(done: list, variants: tuple, opts, s, fit_sequence: Callable
         if not any(shown):
             continue
         try:
-            keypoint, final = fit_sequence(items, opts, "sequence_dense" in variants)
+            keypoint, final, *extra = fit_sequence(items, opts, "sequence_dense" in variants)
+            loo = extra[0] if extra else None
             if len(keypoint) != len(items) or (final is not None and len(final) != len(items)):
                 raise RuntimeError(f"the track fit gave {len(keypoint)} results for {len(items)} frames")
         except Exception as exc:  # noqa: BLE001 - one bad track must not end the evaluation
@@ -164,6 +189,40 @@ def _fit_track_safe(done: list, variants: tuple, opts, s, fit_sequence: Callable
                 e.preds["sequence_keypoint"] = _pred(keypoint[b])
             if final is not None:
                 e.preds["sequence_dense"] = _pred(final[b])
+                mesh = mesh_of(final[b], items[b].K) if s.keep_meshes else None
+                if mesh is not None:
+                    e.preds["sequence_dense"]["mesh"] = {**mesh, "loo": None if loo is None else loo[b]}
+
+
+#: The variants whose textures are scored: a texture per frame, and one per track.
+TEXTURE_VARIANTS = ("dense", "sequence_dense")
+
+
+def _score_textures(done: list, gap: int, show: Callable | None) -> None:
+    """Score the textures of one run's fitted hands (:func:`handfit.eval.texture.run_scores`),
+    each labelled hand along the run and each texture variant alone, show them
+    (``show(variant, frames, rows)``) and drop their meshes.
+    done: per frame (record, photo, pairs, its HandEvals), in frame order."""
+    chains: dict = {}
+    for rec, photo, _, evs in done:
+        for e in evs:
+            chains.setdefault(e.hand, []).append((rec, photo, e))
+    for chain in chains.values():
+        for v in TEXTURE_VARIANTS:
+            frames = []
+            for rec, photo, e in chain:
+                mesh = e.preds.get(v, {}).pop("mesh", None)
+                ok = mesh is not None and gap > 0 and photo is not None
+                frames.append({**mesh, "photo": photo.rgb, "number": frame_number(rec)} if ok else None)
+            if not any(f is not None for f in frames):
+                continue
+            # a track has one texture: only a texture per frame is scored on other frames
+            rows = run_scores(frames, gap if v == "dense" else 0)
+            if show is not None:
+                show(v, frames, rows)
+            for (_, _, e), row in zip(chain, rows):
+                if v in e.preds:
+                    e.preds[v]["texture"] = row
 
 
 def _own_camera(photo, opts) -> np.ndarray:
@@ -206,11 +265,40 @@ def accel_scores(hands: list, variants) -> tuple:
     return per_hand, mean
 
 
+def texture_summary(rows: list) -> dict:
+    """The texture scores of a variant's hands (rows of :func:`handfit.eval.texture.run_scores`)
+    -> ``tex_seen``; ``tex_novel``, ``tex_flat`` (the flat colour on the same targets), their
+    ratio ``tex_novel_vs_flat``, ``tex_novel_loses`` (the fraction of pairs where the texture
+    scores worse than flat) and ``tex_pairs``; ``tex_loo`` likewise, when there is one. Means
+    over the hands or pairs that have the score; NaN without any."""
+    def mean(xs):
+        xs = [x for x in xs if np.isfinite(x)]
+        return float(np.mean(xs)) if xs else float("nan")
+
+    pairs = np.array([p for r in rows for p in r.get("pairs", [])], np.float64).reshape(-1, 2)
+    out = {"tex_seen": mean([r["tex_seen"] for r in rows]), "tex_novel": mean(pairs[:, 0]),
+           "tex_flat": mean(pairs[:, 1]), "tex_pairs": int(len(pairs))}
+    out["tex_novel_vs_flat"] = out["tex_novel"] / out["tex_flat"] if len(pairs) else float("nan")
+    out["tex_novel_loses"] = float((pairs[:, 0] > pairs[:, 1]).mean()) if len(pairs) else float("nan")
+    loo = np.array([(r["tex_loo"], r["tex_loo_flat"]) for r in rows if np.isfinite(r["tex_loo"])
+                    and np.isfinite(r["tex_loo_flat"])], np.float64).reshape(-1, 2)
+    if len(loo):
+        out.update({"tex_loo": float(loo[:, 0].mean()), "tex_loo_flat": float(loo[:, 1].mean()),
+                    "tex_loo_vs_flat": float(loo[:, 0].mean() / loo[:, 1].mean()),
+                    "tex_loo_loses": float((loo[:, 0] > loo[:, 1]).mean())})
+    return out
+
+
 def _evaluation(hands: list, variants: tuple) -> Evaluation:
     rows, summary, curves = score(hands, variants)
     per_hand, mean = accel_scores(hands, variants)
-    rows = [{"run": e.run or "", **r, **{f"{v}_accel_mm": per_hand[v][i] for v in variants}}
+    scored = [v for v in TEXTURE_VARIANTS if v in variants and any("texture" in e.preds.get(v, {}) for e in hands)]
+    rows = [{"run": e.run or "", **r, **{f"{v}_accel_mm": per_hand[v][i] for v in variants},
+             **{f"{v}_{k}": e.preds.get(v, {}).get("texture", {}).get(k, float("nan"))
+                for v in scored for k in TEXTURE_KEYS}}
             for i, (e, r) in enumerate(zip(hands, rows))]
     for v in variants:
         summary[v]["accel_mm"] = mean[v]
+    for v in scored:
+        summary[v].update(texture_summary([e.preds[v]["texture"] for e in hands if "texture" in e.preds.get(v, {})]))
     return Evaluation(variants, hands, rows, summary, curves, M.PCK_THRESHOLDS_MM.copy())

@@ -18,7 +18,7 @@ from . import metrics as M
 from .records import Record
 
 __all__ = ["EvalSession", "HandEval", "match_hands", "detect_record", "known_variants", "make_job", "with_dense",
-           "drop_fits", "verdict_of", "stage_verdict"]
+           "drop_fits", "verdict_of", "stage_verdict", "mesh_of"]
 
 
 @dataclass
@@ -98,11 +98,13 @@ class EvalSession:
             pools) do not land in the first hand's seconds.
         resources: the :class:`handfit.fitting.resources.Resources` detection and
             fitting use (default: a new one, closed with the session).
+        keep_meshes: the dense variant's predictions also keep each hand's ``mesh``
+            (:func:`mesh_of`), for the texture scores; whoever sets it drops them when done.
     """
 
     def __init__(self, options=None, total: int = 0, *, use_label_camera: bool = True, match_threshold: float = 0.5,
                  progress: bool = False, detector=None, fit_batch: Callable | None = None, warmup: bool = True,
-                 resources=None):
+                 resources=None, keep_meshes: bool = False):
         if options is None:
             from ..api import FitOptions
 
@@ -111,6 +113,7 @@ class EvalSession:
         self.use_label_camera = use_label_camera
         self.match_threshold = match_threshold
         self.warmup = warmup
+        self.keep_meshes = keep_meshes
         self.own_resources = resources is None
         if self.own_resources:
             from ..fitting.resources import Resources
@@ -205,6 +208,8 @@ class EvalSession:
                 if opts.dense.enabled:
                     e.preds["dense"] = {"kp3d": h.keypoints_3d, "kp2d": h.keypoints_2d_fitted, "seconds": h.seconds,
                                         "side": h.side, **verdict_of(h)}
+                    if self.keep_meshes:
+                        e.preds["dense"]["mesh"] = mesh_of(h, getattr(res, "K", None))
                     kp = getattr(h, "stages", {}).get("keypoint")
                     if "keypoint" in fitted:
                         if kp is None:
@@ -238,6 +243,16 @@ class EvalSession:
             if errs:
                 parts[{"sequence_keypoint": "sk", "sequence_dense": "sd"}.get(v, v[:2])] = f"{np.mean(errs):.2f}"
         self.bar.set_postfix(parts, refresh=False)
+
+
+def mesh_of(h, K) -> dict:
+    """A fitted hand's textured mesh in its photo, as :func:`handfit.eval.texture.run_scores`
+    reads it: ``K`` (3,3), ``vertices`` (V,3) metres, ``faces``, ``uv``, ``uv_faces``, ``texture``
+    (T,T,3) uint8; None for a hand without them (a stand-in fitting function's)."""
+    if K is None or getattr(h, "vertices", None) is None or getattr(h, "texture", None) is None:
+        return None
+    return {"K": np.asarray(K, np.float64), "vertices": h.vertices, "faces": h.faces, "uv": h.uv_coords,
+            "uv_faces": h.uv_faces, "texture": h.texture}
 
 
 def verdict_of(h) -> dict:

@@ -324,7 +324,8 @@ class TrackFinish:
     With ``opts.dense.enabled`` False no pass is needed: :meth:`results` gives the keypoint
     fits with the flat texture (:func:`finish`)."""
 
-    def __init__(self, fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None):
+    def __init__(self, fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
+                 keep_observations: bool = False):
         self.fit, self.opts, self.res, self.progress = fit, opts, res, progress
         T, n = len(fit.items), opts.track.chunk
         self.dense_on = bool(opts.dense.enabled)
@@ -344,6 +345,8 @@ class TrackFinish:
         self._running: dict = {}                    # chunk -> Future of its observations or dense stage
         self._seen: dict = {}                       # chunk -> its observations, until merged in order
         self._merged = 0                            # chunks merged into acc so far
+        # chunk -> its observations, kept for leave_one_out (handfit eval): they grow with the track
+        self.kept: dict | None = {} if keep_observations else None
 
     def _arrive(self, what: str, b: int, rgb: np.ndarray):
         """Hold frame b's photo; -> the chunk's SideFit with its photos once all have come, else None."""
@@ -377,6 +380,8 @@ class TrackFinish:
             self.parts[k] = out
             return
         self._seen[k] = out
+        if self.kept is not None:
+            self.kept[k] = out
         while self._merged in self._seen:
             self.acc = merge(self.acc, *self._seen.pop(self._merged))
             self._merged += 1
@@ -404,6 +409,20 @@ class TrackFinish:
         self.fit.seconds = self.fit.seconds + (time.perf_counter() - t0) / len(self.fit.items)
         return self.tex
 
+    def leave_one_out(self) -> list[np.ndarray]:
+        """After :meth:`texture`, with ``keep_observations``: per frame b the track's texture
+        (T,T,3) uint8 built as :meth:`texture` without frame b's observation, to measure how
+        well a track's texture predicts a frame it was not painted from (``handfit eval``)."""
+        from ..texture.track import accumulate
+
+        if self.kept is None:
+            raise RuntimeError("TrackFinish.leave_one_out needs keep_observations=True")
+        self._drain()
+        colour = torch.cat([self.kept[k][0] for k in range(len(self.chunks))])
+        weight = torch.cat([self.kept[k][1] for k in range(len(self.chunks))])
+        others = ~torch.eye(len(colour), dtype=torch.bool)
+        return [track_texture(accumulate(colour[keep], weight[keep]), self.opts, self.res) for keep in others]
+
     def dense(self, b: int, rgb: np.ndarray) -> None:
         """Pass 2: frame b's photo again (after :meth:`texture`)."""
         got = self._arrive("dense", b, rgb)
@@ -427,20 +446,25 @@ class TrackFinish:
         return [hand for part in parts for hand in assemble(part, self.opts.texture_size, self.opts.quality)]
 
 
-def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None
-                 ) -> list[HandResult]:
+def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
+                 leave_one_out: bool = False):
     """Stages 4-5 for the T frames of one track whose items hold their photos: :class:`TrackFinish`
-    fed every frame in each pass. -> T HandResult in frame order."""
-    done = TrackFinish(fit, opts, res, progress)
+    fed every frame in each pass. -> T HandResult in frame order; with ``leave_one_out``,
+    (those, per frame the track's texture without it (:meth:`TrackFinish.leave_one_out`), or
+    None without the dense stage)."""
+    done = TrackFinish(fit, opts, res, progress, keep_observations=leave_one_out)
+    loo = None
     if done.dense_on and all(it.rgb is not None for it in fit.items):
         for b, it in enumerate(fit.items):
             done.observe(b, it.rgb)
         done.texture()
+        if leave_one_out:
+            loo = done.leave_one_out()
         for b, it in enumerate(fit.items):
             done.dense(b, it.rgb)
     else:
         done.dense_on = False
-    return done.results()
+    return (done.results(), loo) if leave_one_out else done.results()
 
 
 def settle(fit: SideFit, parts: list, opts: FitOptions) -> None:
