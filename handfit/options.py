@@ -198,7 +198,18 @@ class DenseStage:
     # dev3d against 40 + 5 and save about a tenth of the default fit's time
     # (docs/history/fitting-defaults.md).
     iters: int = opt(32, min=1)
-    texture_iters: int = opt(10, min=0)   # texture phase, geometry fixed
+    texture_iters: int = opt(10, min=0)   # texture phase, geometry fixed ("fitted" textures only)
+    # The texture a photo's hand gets (docs/fitting.md, "Textures"). "observed": the photo
+    # unwrapped onto the final mesh as a video track's frames are, each texel the mean of the
+    # pixels that see it squarely and that the photo's hand mask is sure of, the texels it does
+    # not show filled (texture_fill); no texture phase. "fitted": the texture phase's, fitted
+    # to every pixel under the silhouette, which paints occluders, sleeves and background where
+    # the mesh is off. On dev3d_seq "observed" predicts the hand 4 frames away better
+    # (handfit eval --sequence, tex_novel; docs/history/issue-32-textures.md).
+    texture_from: str = opt("observed", choices=("observed", "fitted"))
+    # How "observed" fills the texels the photo does not show: push-pull towards the observed
+    # mean colour ("mean"), or the learned texture prior's prediction ("prior")
+    texture_fill: str = opt("mean", choices=("mean", "prior"))
     lr_orient: float = opt(0.005, min=0)
     lr_pose: float = opt(0.01, min=0)
     lr_shape: float = opt(0.02, min=0)

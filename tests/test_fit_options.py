@@ -131,7 +131,8 @@ def test_fit_with_every_documented_option(spy, tmp_path, monkeypatch):
     kw = dict(progress=lambda *a: steps.append(a), boxes=None, intrinsics=CAM4, resources=spy,
               device="cpu", max_hands=1, detect="fast", side_check_below=1.0, side_check_iters=3, model="anny",
               focal=900.0, renderer="cpu", crop_size=65, texture_size=32, texture_prior="none", views=2,
-              spread_sigma=0.05, keypoint=KeypointStage(iters=7), dense=DenseStage(iters=2, texture_iters=1))
+              spread_sigma=0.05, keypoint=KeypointStage(iters=7),
+              dense=DenseStage(iters=2, texture_iters=1, texture_from="fitted"))
     documented = _documented()
     assert documented >= {"intrinsics", "boxes", "max_hands", "keypoint", "dense"}   # the docstring was read
     missing = documented - set(kw) - {"mano"}           # mano: its own fit below, it needs a MANO file

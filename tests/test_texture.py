@@ -287,7 +287,7 @@ def test_coarse_to_fine_runs_both_resolutions(model):
     out = {}
     for fine in (0, 4):
         stage = DenseStage(iters=6, fine_iters=fine, texture_iters=2, geometry_downsample=2, photo_mask="colour",
-                           tol=0)
+                           tol=0, texture_from="fitted")
         params = {k: v.clone() for k, v in start.items()}
         steps = []
         report, _ = fit_dense(model, params, _batch(scene.K, kp2d), [photo], _opts(stage, 16, 96),
@@ -296,6 +296,42 @@ def test_coarse_to_fine_runs_both_resolutions(model):
     assert out[0][0].iters == 6 and out[4][0].iters == 10
     assert out[4][2] == list(range(1, 13))  # 6 coarse + 4 fine + 2 texture
     assert not torch.equal(out[0][1], out[4][1])
+
+
+def test_an_observed_texture_is_the_photo_where_it_is_sure_and_skips_the_texture_phase(model, monkeypatch):
+    """texture_from="observed": no texture-phase step; the texels the photo shows squarely keep
+    its colour; a stripe of the photo that the hand mask calls background (a sleeve, an object
+    in front) gives its colour to no texel, where the fitted texture paints it in."""
+    import handfit.fitting.dense as D
+
+    scene, photo, kp2d, start = _small_dense_problem(model)
+    photo = photo.copy()
+    photo[:, : S // 3] = (0, 0, 255)                                       # a blue "sleeve" over the hand
+    real = D.photo_hand_mask
+
+    def mask(scene_, *a, **k):                                            # the mask knows the sleeve is not hand
+        p = real(scene_, *a, **k).clone()
+        t = scene_.target
+        p[(t[..., 2] - t[..., :2].max(-1).values) > 0.3] = 0.0
+        return p
+
+    monkeypatch.setattr(D, "photo_hand_mask", mask)
+    out = {}
+    for mode in ("observed", "fitted"):
+        stage = DenseStage(iters=3, fine_iters=0, texture_iters=30, photo_mask="colour", tol=0, texture_from=mode,
+                           lr_texture=0.05)
+        params = {k: v.clone() for k, v in start.items()}
+        steps = []
+        report, tex = fit_dense(model, params, _batch(scene.K, kp2d), [photo], _opts(stage, 32, S),
+                                on_step=lambda it, t: steps.append(it))
+        out[mode] = (tex[0], steps, report)
+    tex, steps, report = out["observed"]
+    assert steps == [1, 2, 3] and report.metrics["texture_iters"] == 0 and tex.shape == (32, 32, 3)
+    assert out["fitted"][1] == list(range(1, 34))
+    blue = lambda t: ((t[..., 2] - t[..., :2].max(-1).values) > 0.1).float().mean()  # noqa: E731
+    assert blue(tex) == 0 and blue(out["fitted"][0]) > 0.01, (float(blue(tex)), float(blue(out["fitted"][0])))
+    grey_hand = (tex - 0.6).abs().max(-1).values < 0.1                   # the true albedo is 0.6 grey
+    assert grey_hand.float().mean() > 0.5
 
 
 def test_reference_is_the_start_unless_given(model):

@@ -159,14 +159,16 @@ def test_texture_summary_and_table():
 
     rows = [{"tex_seen": 0.02, "tex_loo": 0.05, "tex_loo_flat": 0.1, "pairs": [(0.06, 0.1), (0.12, 0.1)]},
             {"tex_seen": float("nan"), "tex_loo": float("nan"), "tex_loo_flat": float("nan"), "pairs": []},
-            {"tex_seen": 0.04, "tex_loo": 0.07, "tex_loo_flat": 0.1, "pairs": [(0.03, 0.1)]}]
+            {"tex_seen": 0.04, "tex_loo": 0.07, "tex_loo_flat": 0.1, "pairs": [(0.03, 0.1)]},
+            {"tex_seen": float("nan"), "tex_loo": float("nan"), "tex_loo_flat": float("nan"),
+             "pairs": [(0.1 + 1e-9, 0.1)]}]                                # a tie (a flat texture): no loss
     s = texture_summary(rows)
-    assert s["tex_seen"] == pytest.approx(0.03) and s["tex_pairs"] == 3
-    assert s["tex_novel"] == pytest.approx(0.07) and s["tex_flat"] == pytest.approx(0.1)
-    assert s["tex_novel_vs_flat"] == pytest.approx(0.7) and s["tex_novel_loses"] == pytest.approx(1 / 3)
+    assert s["tex_seen"] == pytest.approx(0.03) and s["tex_pairs"] == 4
+    assert s["tex_novel"] == pytest.approx(0.31 / 4) and s["tex_flat"] == pytest.approx(0.1)
+    assert s["tex_novel_vs_flat"] == pytest.approx(0.775) and s["tex_novel_loses"] == pytest.approx(1 / 4)
     assert s["tex_loo"] == pytest.approx(0.06) and s["tex_loo_vs_flat"] == pytest.approx(0.6)
     assert s["tex_loo_loses"] == 0.0
     none = texture_summary([rows[1]])
     assert none["tex_pairs"] == 0 and np.isnan(none["tex_novel"]) and "tex_loo" not in none
     table = texture_table({"dense": s, "keypoint": {"pa_mpjpe_mm": 1.0}})
-    assert "| dense | 0.0300 | 0.0700 | 0.1000 | 0.700 | 33.3% |" in table and "keypoint" not in table
+    assert "| dense | 0.0300 | 0.0775 | 0.1000 | 0.775 | 25.0% |" in table and "keypoint" not in table

@@ -45,10 +45,18 @@ FIT_FLAGS = {
     "--dense-iters": ("dense.iters", "Maximum iterations of the dense stage's geometry phase on half-size crops: "
                                      "pose, shape, light and a coarse albedo against the photo (it stops earlier "
                                      "on convergence); a few more at full size follow (docs/fitting.md)."),
-    "--texture-iters": ("dense.texture_iters", "Iterations of the dense stage's texture phase: the full UV "
-                                               "texture and light fitted to the photo on the final mesh."),
-    "--texture-prior": ("texture_prior", "Texels the photo does not show, in the texture phase: 'default' (the "
-                                         "shipped learned texture prior), 'none' (the coarse albedo), or a prior "
+    "--texture": ("dense.texture_from", "The texture a hand gets: 'observed' (the photo unwrapped onto the "
+                                        "final mesh, only pixels that see the surface squarely and that the hand "
+                                        "mask is sure of, the rest filled per --texture-fill) or 'fitted' (a "
+                                        "texture fitted to every pixel under the silhouette, occluders and all)."),
+    "--texture-fill": ("dense.texture_fill", "How an observed texture fills what the photo does not show: 'mean' "
+                                             "(towards the observed skin colour) or 'prior' (the learned texture "
+                                             "prior, --texture-prior)."),
+    "--texture-iters": ("dense.texture_iters", "Iterations of the dense stage's texture phase (--texture fitted): "
+                                               "the full UV texture and light fitted to the photo on the final mesh."),
+    "--texture-prior": ("texture_prior", "The learned texture prior, which fills the texels no photo shows "
+                                         "(--texture-fill prior, --texture fitted, video tracks): 'default' (the "
+                                         "shipped one), 'none' (a push-pull fill, or the coarse albedo), or a prior "
                                          "file from `handfit train`."),
     "--geometry-albedo": ("dense.geometry_albedo", "The dense stage's appearance model while the geometry moves: "
                                                    "'coarse' (a 4×4 albedo optimised with it) or 'prior' (the "

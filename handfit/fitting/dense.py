@@ -55,7 +55,7 @@ from .. import render as R
 from ..camera import project
 from ..options import DenseStage, FitOptions
 from ..texture.init import coarse, initial_texture, prior_texture, resize_texture
-from ..texture.track import frame_observation
+from ..texture.track import fill_track, frame_observation
 from ..texture.unwrap import fill_push_pull
 from . import losses as L
 from .adam import LinearSchedule, run_adam
@@ -197,11 +197,22 @@ def geometry_factor(stage: DenseStage, crop_size: int) -> int:
     return stage.geometry_downsample if crop_size % stage.geometry_downsample == 0 else 1
 
 
+def observed_texture(scene: CropScene, g: R.MeshBuffers, skin_p, size: int, prior=None) -> torch.Tensor:
+    """The texture (B,T,T,3) in [0,1] the photo crops show on the mesh buffers ``g`` (made with
+    ``points=True``): what a video track's frame adds to its texture
+    (:func:`handfit.texture.track.frame_observation`: squarely seen pixels the hand mask
+    ``skin_p`` (B,S,S) is sure of), then filled as a track's texture is
+    (:func:`handfit.texture.track.fill_track`: push-pull towards the observed mean colour, or
+    the learned ``prior``'s prediction)."""
+    colour, weight = frame_observation(scene.target, g, scene.valid, skin_p, size)
+    return torch.stack([fill_track(c, w, prior) for c, w in zip(colour, weight)])
+
+
 def iteration_caps(stage: DenseStage, crop_size: int, given_texture: bool = False) -> tuple[int, int, int]:
     """(coarse, fine, texture) iteration caps of the dense stage's phases; their sum is
     what a progress bar counts to."""
     fine = stage.fine_iters if geometry_factor(stage, crop_size) > 1 else 0
-    return stage.iters, fine, 0 if given_texture else stage.texture_iters
+    return stage.iters, fine, 0 if given_texture or stage.texture_from == "observed" else stage.texture_iters
 
 
 def geometry_schedules(stage: DenseStage, fine_iters: int) -> tuple[LinearSchedule, LinearSchedule]:
@@ -330,6 +341,12 @@ def fit_dense(model, params: dict, batch: HandBatch, photos, opts: FitOptions, *
         with torch.no_grad():
             g = scene.rasterize(model(**params).vertices, points=True)
         tex, sh, texture_iters = appearance.texture, state["sh"].detach(), 0
+    elif stage.texture_from == "observed":
+        with torch.no_grad():
+            g = scene.rasterize(model(**params).vertices, points=True)
+            tex = observed_texture(scene, g, skin_p, opts.texture_size,
+                                   texture_prior if stage.texture_fill == "prior" else None)
+        sh, texture_iters = sh0, 0   # the photo's own colours, shading and all: no light of its own
     else:
         done = report.iters
         tex, sh, tex_report, g = texture_phase(
