@@ -1,8 +1,14 @@
 """Why a single photo's texture predicts the hand in another frame badly: other textures on the
 same fitted meshes, scored as ``handfit eval --sequence`` scores the dense variant.
 
-    python bench/research/texture_causes.py ../shared/data/dev3d_seq [--limit N] [--gap 4]
-        [--set PATH=VALUE ...]
+    python bench/research/texture_causes.py ../shared/data/dev3d_seq --set dense.texture_from=fitted
+        [--limit N] [--gap 4] [--cache FILE [--only NAMES]] [--set PATH=VALUE ...]
+
+(``dense.texture_from=fitted``: the texture phase's texture as ``dense``, the default before
+issue 32; the table in docs/history/issue-32-textures.md was made so.) With ``--cache FILE``
+the first run keeps every hand's observation and texture there and prints nothing else; a
+second run with the same ``--cache`` scores the offline variants of :data:`VARIANTS` from it
+(fills, facing thresholds, blur, shrinking towards the mean) in minutes instead of hours.
 
 Each frame is fitted alone (the default fit, ``C.StagedFit``); on its final mesh these
 textures are made and each is scored on the frames ``--gap`` source frames away (novel), on
