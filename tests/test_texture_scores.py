@@ -111,6 +111,9 @@ def test_a_known_texture_predicts_the_hand_at_another_pose(model):
                                   [a["texture"], scrambled.reshape(tex.shape)])
     assert scores.shape == (2,)
     assert scores[0] < 0.01, scores
+    alone, flat_alone = texture_scores(b["photo"], b["K"], b["vertices"], b["faces"], b["uv"], b["uv_faces"],
+                                       [a["texture"]])
+    assert alone[0] == scores[0] and flat_alone == flat          # whatever else is scored beside it
     assert flat > 5 * scores[0] and scores[1] > flat, (scores, flat)
     # pairs: frame 0's texture on frame 4 and back; gap 2 finds none
     rows = run_scores([a, b], gap=4)
@@ -129,6 +132,7 @@ def test_run_scores_pair_frames_by_their_source_numbers(model):
     rows = run_scores(frames, gap=4)
     assert len(rows) == 4 and rows[1]["pairs"] == [] and np.isnan(rows[1]["tex_seen"])
     assert len(rows[0]["pairs"]) == 1 and len(rows[2]["pairs"]) == 1    # 10 <-> 14 (6 and 18 absent)
+    assert rows[0]["targets"] == [14] and rows[2]["targets"] == [10] and rows[1]["targets"] == []
     assert len(rows[3]["pairs"]) == 0                                    # 12 not fitted, 20 absent
     assert rows[2]["tex_novel"] == pytest.approx(rows[2]["tex_novel_flat"], rel=1e-4)   # flat on frame 10
     assert rows[2]["tex_seen"] == pytest.approx(rows[2]["tex_seen_flat"], rel=1e-4)

@@ -124,8 +124,9 @@ def texture_scores(photo: np.ndarray, K: np.ndarray, vertices: np.ndarray, faces
     r = render_albedo(photo, K, vertices, faces, uv, uv_faces, textures, erode_px) if len(textures) else None
     if r is None or not bool(r["mask"].any()):
         return nan
-    n, mask = len(textures), r["mask"]
-    scores = gain_errors(r["albedo"], r["photo"].expand(n, -1, -1, -1), mask.expand(n, -1, -1))
+    mask = r["mask"]
+    # one texture at a time: a texture's score does not depend on the others scored with it
+    scores = torch.cat([gain_errors(a[None], r["photo"], mask) for a in r["albedo"]])
     flat = gain_errors(mask[..., None].float().expand(-1, -1, -1, 3), r["photo"], mask)
     return scores.numpy().astype(np.float64), float(flat[0])
 
@@ -139,33 +140,43 @@ def run_scores(frames: list, gap: int = 4, erode_px: int = 4) -> list[dict]:
     built without it.
     -> per frame a dict of :data:`TEXTURE_KEYS` (``tex_novel``: the mean over the frames
     exactly ``gap`` source frames away of this frame's texture rendered there; ``*_flat``: the
-    flat colour on the same targets) and ``pairs``: [(novel, flat)] of each target
-    (empty for a frame not fitted)."""
+    flat colour on the same targets), ``pairs``: [(novel, flat)] of each target and
+    ``targets``: their source frame numbers (both empty for a frame not fitted).
+    Each frame's mesh is rendered once, with its own textures and those of the frames that
+    are scored on it."""
     by_number = {f["number"]: i for i, f in enumerate(frames) if f is not None and f.get("number") is not None}
-    out = []
-    for f in frames:
-        row = {k: float("nan") for k in TEXTURE_KEYS}
-        row["pairs"] = []
-        if f is None:
-            out.append(row)
-            continue
-        own = [f["texture"]] + ([f["loo"]] if f.get("loo") is not None else [])
-        s, flat = texture_scores(f["photo"], f["K"], f["vertices"], f["faces"], f["uv"], f["uv_faces"], own, erode_px)
-        row["tex_seen"], row["tex_seen_flat"] = float(s[0]), flat
-        if f.get("loo") is not None:
-            row["tex_loo"], row["tex_loo_flat"] = float(s[1]), flat
+
+    def near(f) -> list:
+        """The frames ``gap`` source frames before and after f, those there are."""
         n = f.get("number")
-        for other in ((n - gap, n + gap) if n is not None and gap > 0 else ()):
-            j = by_number.get(other)
-            if j is None:
-                continue
-            t = frames[j]
-            s, flat = texture_scores(t["photo"], t["K"], t["vertices"], t["faces"], t["uv"], t["uv_faces"],
-                                     [f["texture"]], erode_px)
-            if np.isfinite(s[0]) and np.isfinite(flat):
-                row["pairs"].append((float(s[0]), flat))
+        if n is None or gap <= 0:
+            return []
+        return [by_number[o] for o in (n - gap, n + gap) if o in by_number]
+
+    rows = [{**{k: float("nan") for k in TEXTURE_KEYS}, "pairs": [], "targets": []} for _ in frames]
+    novel: dict = {}   # (source, target) -> (source texture's score on the target, flat's there)
+    for j, t in enumerate(frames):
+        if t is None:
+            continue
+        own = [t["texture"]] + ([t["loo"]] if t.get("loo") is not None else [])
+        sources = near(t)
+        s, flat = texture_scores(t["photo"], t["K"], t["vertices"], t["faces"], t["uv"], t["uv_faces"],
+                                 own + [frames[i]["texture"] for i in sources], erode_px)
+        rows[j]["tex_seen"], rows[j]["tex_seen_flat"] = float(s[0]), flat
+        if len(own) > 1:
+            rows[j]["tex_loo"], rows[j]["tex_loo_flat"] = float(s[1]), flat
+        for i, score in zip(sources, s[len(own):]):
+            if np.isfinite(score) and np.isfinite(flat):
+                novel[(i, j)] = (float(score), flat)
+    for i, f in enumerate(frames):
+        if f is None:
+            continue
+        row = rows[i]
+        for j in near(f):
+            if (i, j) in novel:
+                row["pairs"].append(novel[(i, j)])
+                row["targets"].append(frames[j]["number"])
         if row["pairs"]:
             row["tex_novel"] = float(np.mean([p[0] for p in row["pairs"]]))
             row["tex_novel_flat"] = float(np.mean([p[1] for p in row["pairs"]]))
-        out.append(row)
-    return out
+    return rows
