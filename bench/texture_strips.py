@@ -63,20 +63,23 @@ def strip(target: dict, textures: list, names: list, erode_px: int = 4) -> tuple
 
 
 def draw(frames: list, rows: list, variant: str) -> tuple[np.ndarray | None, float]:
-    """The strip of one run's worst pair for a variant -> (image, its novel (or loo) score)."""
+    """The strip of one run's worst pair for a variant -> (image, its novel (or loo) score).
+    dense: the frame whose texture does worst on one of its targets, on that target; a track:
+    the frame its leave-one-out texture does worst on."""
     from handfit.eval.texture import median_colour
 
-    worst, key = None, "tex_novel" if variant == "dense" else "tex_loo"
-    for i, (f, r) in enumerate(zip(frames, rows)):
-        if f is None or not np.isfinite(r.get(key, np.nan)):
+    by_number = {f["number"]: f for f in frames if f is not None}
+    worst = None   # (score, target frame, the texture scored on it)
+    for f, r in zip(frames, rows):
+        if f is None:
             continue
-        if variant == "dense":   # the target its texture does worst on
-            for other in (f["number"] - 4, f["number"] + 4):
-                j = next((j for j, g in enumerate(frames) if g is not None and g["number"] == other), None)
-                if j is not None and (worst is None or r[key] > worst[0]):
-                    worst = (r[key], frames[j], f["texture"])
-        elif worst is None or r[key] > worst[0]:
-            worst = (r[key], f, f["loo"])
+        if variant == "dense":
+            pairs = [(s, by_number[n], f["texture"]) for (s, _), n in zip(r["pairs"], r["targets"])]
+        else:
+            pairs = [(r["tex_loo"], f, f["loo"])] if np.isfinite(r["tex_loo"]) else []
+        for p in pairs:
+            if worst is None or p[0] > worst[0]:
+                worst = p
     if worst is None:
         return None, float("nan")
     _, target, other = worst
