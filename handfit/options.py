@@ -199,7 +199,7 @@ class DenseStage:
     # (docs/history/fitting-defaults.md).
     iters: int = opt(32, min=1)
     texture_iters: int = opt(10, min=0)   # texture phase, geometry fixed ("fitted" textures only)
-    # The texture a photo's hand gets (docs/fitting.md, "Textures"). "observed": the photo
+    # The texture a photo's hand gets (docs/fitting.md, "The exported texture"). "observed": the photo
     # unwrapped onto the final mesh as a video track's frames are, each texel the mean of the
     # pixels that see it squarely and that the photo's hand mask is sure of, the texels it does
     # not show filled (texture_fill); no texture phase. "fitted": the texture phase's, fitted

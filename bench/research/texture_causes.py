@@ -72,7 +72,8 @@ class Probe(C.StagedFit):
                 self.raw[id(h.vertices)] = {"colour": colour[b].half().numpy(), "weight": weight[b, ..., 0].half().numpy(),
                                             "weight50": strict[1][b, ..., 0].half().numpy(), "dense": h.texture}
             if self.lean:
-                out = [h if i not in idx else hands[idx.index(i)] for i, h in enumerate(out)]
+                for i, h in zip(idx, hands):
+                    out[i] = h
                 continue
             u8 = lambda t: (t.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
             for b, (i, h) in enumerate(zip(idx, hands)):
@@ -207,8 +208,6 @@ def offline(args) -> int:
     """Score texture variants made from the cached observations (no fitting)."""
     import pickle
 
-    import torch
-
     from handfit.eval.datasets import read_runs
     from handfit.eval.report import texture_table
     from handfit.eval.sequence import frame_number, texture_summary
@@ -234,7 +233,6 @@ def offline(args) -> int:
             rows[name].extend(run_scores(frames, args.gap))
         print(run, file=sys.stderr, flush=True)
     print(texture_table({n: texture_summary(r) for n, r in rows.items()}))
-    _ = torch
     return 0
 
 

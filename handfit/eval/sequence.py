@@ -203,6 +203,8 @@ def _score_textures(done: list, gap: int, show: Callable | None) -> None:
     each labelled hand along the run and each texture variant alone, show them
     (``show(variant, frames, rows)``) and drop their meshes.
     done: per frame (record, photo, pairs, its HandEvals), in frame order."""
+    if gap <= 0:   # no meshes were kept
+        return
     chains: dict = {}
     for rec, photo, _, evs in done:
         for e in evs:
@@ -212,7 +214,7 @@ def _score_textures(done: list, gap: int, show: Callable | None) -> None:
             frames = []
             for rec, photo, e in chain:
                 mesh = e.preds.get(v, {}).pop("mesh", None)
-                ok = mesh is not None and gap > 0 and photo is not None
+                ok = mesh is not None and photo is not None
                 frames.append({**mesh, "photo": photo.rgb, "number": frame_number(rec)} if ok else None)
             if not any(f is not None for f in frames):
                 continue
