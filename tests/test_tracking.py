@@ -219,3 +219,53 @@ def test_a_hand_that_comes_out_from_behind_another_is_found_beside_it(monkeypatc
     assert fol.passes["beside"] == 1
     fol.relink = 0                                 # without a track waiting, nothing is looked for beside
     assert fol._beside(np.zeros((H, W, 3), np.uint8), 14, at(14)[:1]) == []
+
+
+def test_a_piece_of_a_hand_is_a_fragment_of_the_hand_around_it():
+    from handfit.detect.tracking import fragment
+
+    whole, piece = hand(300, size=100), hand(305, size=30)
+    assert fragment(piece, whole)
+    assert not fragment(whole, piece)                   # the whole is not a piece of its piece
+    assert not fragment(hand(460, size=30), whole)      # a small hand beside it is a hand
+    assert not fragment(hand(305, size=70), whole)      # a hand near its size, in front of it, too
+
+
+def test_a_track_on_a_piece_of_a_hand_continues_on_the_whole_hand(monkeypatch):
+    """On a blurred, small clip the landmark model can answer with the fingers alone, a few
+    times smaller than the hand, and a track then follows that piece. When a later pass finds
+    the whole hand around it, the track continues on the whole hand: no second track starts
+    there (the hard clip's hand 0 had two, 85% of its frames on the first)."""
+    import handfit.detect.evidence as E
+    from handfit.detect.tracking import Follower
+
+    from stand_ins import StandIn
+
+    frame = {"f": 0}
+
+    def at(f):   # the piece in frames 0-4; from frame 5 on, the whole hand around it as well
+        piece = hand(300, size=30)
+        return [piece] if f < 5 else [piece, hand(300, size=100)]
+
+    def look(landmarks_fn, rgb, keypoints, views, **kw):
+        return min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
+
+    class Cascade(StandIn):
+        def detect(self, rgb, mode=None):
+            return at(frame["f"])
+
+    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
+    fol = Follower(Cascade(), views=4, redetect=5)
+    for f in range(8):
+        frame["f"] = f
+        fol.step(np.zeros((H, W, 3), np.uint8))
+    tracks = fol.finish()
+    assert [t.frames for t in tracks] == [list(range(8))]
+    assert [round(hand_size_of(d)) for d in tracks[0].dets[5:]] == [round(hand_size_of(hand(300, size=100)))] * 3
+
+
+def hand_size_of(d) -> float:
+    from handfit.detect.tracking import hand_size
+
+    return hand_size(d.keypoints)

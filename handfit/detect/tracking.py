@@ -35,6 +35,7 @@ from .evidence import majority_side
 
 BIG = 1e9   # the cost of a pair outside the gate, so the assignment never takes it if it can help it
 BESIDE = 2.5   # the square looked in around a found hand, while a track waits, in its box's longer sides
+FRAGMENT = 0.6  # a hand this much smaller than another, its keypoints inside that one's box, is part of it
 
 
 @dataclass
@@ -61,6 +62,17 @@ def predict(trk: Track, f: int) -> np.ndarray:
     prev = np.asarray(trk.dets[-2].keypoints, np.float64)
     v = (last - prev) / (trk.frames[-1] - trk.frames[-2])       # per chosen frame
     return last + v * (f - trk.frames[-1])
+
+
+def fragment(a, b) -> bool:
+    """Detection ``a`` is a piece of hand ``b`` (the landmark model's answer on a blurred or cut
+    crop: the fingers alone, a few times smaller than the hand around them): a's hand size is
+    under :data:`FRAGMENT` of b's and a's keypoints lie within b's box."""
+    if hand_size(a.keypoints) >= FRAGMENT * hand_size(b.keypoints):
+        return False
+    x0, y0, x1, y1 = b.box_xyxy
+    kp = np.asarray(a.keypoints)
+    return bool(((kp[:, 0] >= x0) & (kp[:, 0] <= x1) & (kp[:, 1] >= y0) & (kp[:, 1] <= y1)).all())
 
 
 def cost(trk: Track, f: int, det) -> float:
@@ -207,6 +219,11 @@ class Follower:
             self.passes["cascade"] += 1
             cands += [d for d in found if not any(same_hand(d, c) for c in cands)]
         cands += self._beside(rgb, f, cands)
+        # a piece of a hand found beside the whole of it: a track that followed the piece then
+        # continues on the hand instead of a new track starting there
+        keep = [i for i, d in enumerate(cands) if not any(fragment(d, o) for o in cands if o is not d)]
+        looked = {keep.index(i) for i in looked if i in keep}
+        cands = [cands[i] for i in keep]
         cands = [d if i in looked else gather(self.detector.landmarks, rgb, d, self.views,
                                               box_margin=self.detector.box_margin) for i, d in enumerate(cands)]
         owner = link(self.tracks, f, cands, self.gate, self.max_missed)
