@@ -103,6 +103,10 @@ class TrackStage:
     # A hand that leaves and comes back within this many chosen frames continues its track (the
     # same side, no other hand of that side seen in between); 0: it starts a new one
     relink: int = opt(50, min=0)
+    # While such a hand is away (its track ended within ``relink`` chosen frames), the cascade
+    # runs every this many chosen frames instead of every ``redetect``: the hand is found soon
+    # after it comes back, not up to ``redetect`` frames later
+    wait_redetect: int = opt(2, min=1)
     # The detection mode of those periodic runs (the first frame and a lost track's get
     # FitOptions.detect): they only look for new hands, the tracked ones are looked for anyway
     rescan: str = opt("fast", choices=("fast", "thorough"))

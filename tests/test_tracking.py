@@ -269,3 +269,40 @@ def hand_size_of(d) -> float:
     from handfit.detect.tracking import hand_size
 
     return hand_size(d.keypoints)
+
+
+def test_a_hand_that_left_is_found_soon_after_it_comes_back(monkeypatch):
+    """A hand leaves the frame (frames 3-12) and comes back at 13. While its track waits to be
+    continued, the cascade runs every ``wait_redetect`` frames instead of every ``redetect``:
+    the hand is found at 14 and continues its track. With the cascade every ``redetect`` (here
+    100) frames it would not be found again in this clip."""
+    import handfit.detect.evidence as E
+    from handfit.detect.tracking import Follower
+
+    from stand_ins import StandIn
+
+    frame = {"f": 0}
+
+    def at(f):   # A stays; B is away in frames 3-12
+        return [hand(300, label="right")] + ([hand(450, side="left")] if not 3 <= f <= 12 else [])
+
+    def look(landmarks_fn, rgb, keypoints, views, **kw):
+        d = min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
+        return d if np.linalg.norm(d.keypoints - keypoints, axis=-1).mean() < 40 else None
+
+    class Cascade(StandIn):
+        def detect(self, rgb, mode=None):
+            return at(frame["f"])
+
+    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
+
+    def follow(wait_redetect):
+        fol = Follower(Cascade(), views=4, redetect=100, relink=50, wait_redetect=wait_redetect)
+        for f in range(20):
+            frame["f"] = f
+            fol.step(np.zeros((H, W, 3), np.uint8))
+        return sorted((t.frames for t in fol.finish()), key=len)
+
+    assert follow(2) == [[0, 1, 2] + list(range(14, 20)), list(range(20))]
+    assert follow(None) == [[0, 1, 2], list(range(20))]     # None: every ``redetect`` frames

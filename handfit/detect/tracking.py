@@ -159,7 +159,8 @@ class Follower:
       (:func:`handfit.detect.evidence.look`: the crop upscaled when the hand is small).
     * While a track that ended waits to be continued (``relink``), the crops around the hands
       found are looked in too (:meth:`_beside`): a hand that was hidden behind another comes
-      out beside it.
+      out beside it; and the cascade runs every ``wait_redetect`` chosen frames, so that a hand
+      that left the frame is found soon after it comes back.
     * Detections are linked to tracks by predicted keypoints (:func:`link`), never by side.
     * Every hand that joins a track gets the evidence step (:func:`handfit.detect.evidence.gather`,
       ``views`` views of its crop), so a track carries the same evidence as a photo.
@@ -170,9 +171,11 @@ class Follower:
     majority once :meth:`finish` is called)."""
 
     def __init__(self, detector, views: int, gate: float = 1.0, max_missed: int = 3, redetect: int = 10,
-                 max_hands: int | None = None, rescan: str | None = "fast", relink: int = 0):
+                 max_hands: int | None = None, rescan: str | None = "fast", relink: int = 0,
+                 wait_redetect: int | None = None):
         self.detector, self.views, self.rescan, self.relink = detector, int(views), rescan, int(relink)
         self.gate, self.max_missed, self.redetect = float(gate), int(max_missed), max(int(redetect), 1)
+        self.wait_redetect = self.redetect if wait_redetect is None else max(int(wait_redetect), 1)
         self.max_hands = max_hands
         self.tracks: list[Track] = []
         self.f, self.last_full = 0, None
@@ -188,7 +191,8 @@ class Follower:
         self.f += 1
         live = [i for i, t in enumerate(self.tracks) if f - t.frames[-1] - 1 <= self.max_missed]
         lost = not live or any(self.tracks[i].frames[-1] != f - 1 for i in live)
-        full = lost or self.last_full is None or f - self.last_full >= self.redetect
+        every = self.wait_redetect if self._waiting(f) else self.redetect
+        full = lost or self.last_full is None or f - self.last_full >= every
         cands, mode = [], None
         if full:
             mode = None if lost or self.rescan is None else self.rescan
@@ -244,8 +248,7 @@ class Follower:
         that :func:`relink` joins to the waiting one)"""
         from .passes import map_back, same_hand, square_box_view
 
-        waiting = {majority_side(t.dets) for t in self.tracks
-                   if self.max_missed < f - t.frames[-1] - 1 and f - t.frames[-1] <= self.relink}
+        waiting = self._waiting(f)
         if not waiting or not cands:
             return []
         H, W = rgb.shape[:2]
@@ -259,14 +262,27 @@ class Follower:
         self.passes["beside"] = self.passes.get("beside", 0) + len(new)
         return new
 
+    def _waiting(self, f: int) -> set:
+        """The sides of the tracks that ended (missed more than ``max_missed`` chosen frames)
+        within ``relink`` chosen frames before chosen frame f, and that no track started since
+        continues (a hand of that side found after the end): hands that may come back."""
+        waiting = set()
+        for t in self.tracks:
+            if self.max_missed < f - t.frames[-1] - 1 and f - t.frames[-1] <= self.relink:
+                side = majority_side(t.dets)
+                if not any(u.frames[0] > t.frames[-1] and majority_side(u.dets) == side for u in self.tracks):
+                    waiting.add(side)
+        return waiting
+
     @classmethod
     def for_options(cls, detector, opts) -> "Follower":
         """A Follower with a :class:`handfit.FitOptions`' settings: ``track.views``, ``track.gate``,
-        ``track.max_missed``, ``track.redetect``, ``track.rescan``, ``track.relink`` and ``max_hands``. Every caller
-        that follows a clip (``handfit batch``, ``handfit eval --sequence``) makes it here."""
+        ``track.max_missed``, ``track.redetect``, ``track.rescan``, ``track.relink``, ``track.wait_redetect``
+        and ``max_hands``. Every caller that follows a clip (``handfit batch``, ``handfit eval --sequence``)
+        makes it here."""
         t = opts.track
         return cls(detector, t.views, gate=t.gate, max_missed=t.max_missed, redetect=t.redetect,
-                   max_hands=opts.max_hands, rescan=t.rescan, relink=t.relink)
+                   max_hands=opts.max_hands, rescan=t.rescan, relink=t.relink, wait_redetect=t.wait_redetect)
 
     def skip(self) -> list:
         """A chosen frame without its photo (it could not be read): every track misses it. -> []"""
