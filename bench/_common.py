@@ -235,7 +235,12 @@ class StagedFit:
                 start = self.start(fit, opts) if self.start is not None else None
                 for i, hand in zip(idx, finish(fit, opts, self.res, start=start)):
                     out[i] = hand
+                self.finished(fit, opts)
         return out
+
+    def finished(self, fit, opts) -> None:
+        """Called with each side's fit once its hands are finished (its params the final ones):
+        a seam for probes that look at the final meshes. Does nothing here."""
 
     def __call__(self, images, detections=None, intrinsics=None, options=None, **_):
         """As :func:`handfit.fit_batch` (``options`` a FitOptions): one FitResult per image."""

@@ -37,6 +37,17 @@ def hand(x, y=240.0, side="right", label=None, curl=0.0, size=80.0, score=0.95) 
                      keypoints_z=np.zeros(21), world=np.zeros((21, 3)), image_size=(W, H))
 
 
+def _look_near(at, frame, within: float | None = None):
+    """A stand-in for ``evidence.look``: the current frame's true hand (``at(frame["f"])``) nearest
+    the predicted keypoints, None when it is ``within`` pixels or further from them."""
+    def look(landmarks_fn, rgb, keypoints, views, **kw):
+        d = min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
+        if within is not None and np.linalg.norm(d.keypoints - keypoints, axis=-1).mean() >= within:
+            return None
+        return d
+    return look
+
+
 def _owners(tracks, truth: dict) -> list:
     """Per track, the hands (truth: id(detection) -> hand name) its detections belong to."""
     return [sorted({truth[id(d)] for d in t.dets}) for t in tracks]
@@ -158,8 +169,6 @@ def test_the_follower_looks_for_a_hand_whose_neighbour_is_within_its_gate(monkey
 
     frame = {"f": 0}
 
-    def look(landmarks_fn, rgb, keypoints, views, **kw):   # the true hand nearest the predicted keypoints
-        return min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
 
     class Cascade(StandIn):
         calls = 0
@@ -168,7 +177,7 @@ def test_the_follower_looks_for_a_hand_whose_neighbour_is_within_its_gate(monkey
             Cascade.calls += 1
             return at(frame["f"]) if frame["f"] == 0 else []
 
-    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "look", _look_near(at, frame))
     monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
     fol = Follower(Cascade(), views=4, redetect=100)
     for f in range(8):
@@ -195,9 +204,6 @@ def test_a_hand_that_comes_out_from_behind_another_is_found_beside_it(monkeypatc
     def at(f):   # A stays; B is hidden in frames 3-9
         return [hand(300, label="right")] + ([hand(400, side="left")] if not 3 <= f <= 9 else [])
 
-    def look(landmarks_fn, rgb, keypoints, views, **kw):
-        d = min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
-        return d if np.linalg.norm(d.keypoints - keypoints, axis=-1).mean() < 40 else None
 
     class Hands(StandIn):
         def detect(self, rgb, mode=None):           # the whole frame: B not seen once it was hidden
@@ -207,7 +213,7 @@ def test_a_hand_that_comes_out_from_behind_another_is_found_beside_it(monkeypatc
             return at(frame["f"])
 
     whole = lambda rgb, box, name, grow=1.6, tag="": passes.View(name, rgb, np.eye(3)[:2], False, "frame")  # noqa: E731
-    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "look", _look_near(at, frame, 40))
     monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
     monkeypatch.setattr(passes, "square_box_view", whole)
     fol = Follower(Hands(), views=4, redetect=100, relink=50)
@@ -247,14 +253,12 @@ def test_a_track_on_a_piece_of_a_hand_continues_on_the_whole_hand(monkeypatch):
         piece = hand(300, size=30)
         return [piece] if f < 5 else [piece, hand(300, size=100)]
 
-    def look(landmarks_fn, rgb, keypoints, views, **kw):
-        return min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
 
     class Cascade(StandIn):
         def detect(self, rgb, mode=None):
             return at(frame["f"])
 
-    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "look", _look_near(at, frame))
     monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
     fol = Follower(Cascade(), views=4, redetect=5)
     for f in range(8):
@@ -286,15 +290,12 @@ def test_a_hand_that_left_is_found_soon_after_it_comes_back(monkeypatch):
     def at(f):   # A stays; B is away in frames 3-12
         return [hand(300, label="right")] + ([hand(450, side="left")] if not 3 <= f <= 12 else [])
 
-    def look(landmarks_fn, rgb, keypoints, views, **kw):
-        d = min(at(frame["f"]), key=lambda d: np.linalg.norm(d.keypoints - keypoints, axis=-1).mean())
-        return d if np.linalg.norm(d.keypoints - keypoints, axis=-1).mean() < 40 else None
 
     class Cascade(StandIn):
         def detect(self, rgb, mode=None):
             return at(frame["f"])
 
-    monkeypatch.setattr(E, "look", look)
+    monkeypatch.setattr(E, "look", _look_near(at, frame, 40))
     monkeypatch.setattr(E, "gather", lambda fn, rgb, d, views, **kw: d)
 
     def follow(wait_redetect):

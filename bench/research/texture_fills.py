@@ -293,20 +293,11 @@ class Observer(C.StagedFit):
         super().__init__(res, cache=False)
         self.seen: list = []      # (colour (T,T,3), weight (T,T,1)) per hand
 
-    def hands(self, items, opts):
-        from handfit.fitting.pipeline import SIDE_ORDER, finish, observe_frames
+    def finished(self, fit, opts):
+        from handfit.fitting.pipeline import observe_frames
 
-        items = self.evidence(items, opts)
-        out: list = [None] * len(items)
-        for side in SIDE_ORDER:
-            idx = [i for i, it in enumerate(items) if it.detection.side == side]
-            if idx:
-                fit = self.keypoint(side, [items[i] for i in idx], opts)
-                for i, hand in zip(idx, finish(fit, opts, self.res)):
-                    out[i] = hand
-                fit.seconds = None
-                self.seen.extend(zip(*observe_frames(fit, opts, self.res)))
-        return out
+        fit.seconds = None
+        self.seen.extend(zip(*observe_frames(fit, opts, self.res)))
 
 
 def build_pattern(photos: Path, T: int):
