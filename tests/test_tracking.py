@@ -169,7 +169,6 @@ def test_the_follower_looks_for_a_hand_whose_neighbour_is_within_its_gate(monkey
 
     frame = {"f": 0}
 
-
     class Cascade(StandIn):
         calls = 0
 
@@ -204,7 +203,6 @@ def test_a_hand_that_comes_out_from_behind_another_is_found_beside_it(monkeypatc
     def at(f):   # A stays; B is hidden in frames 3-9
         return [hand(300, label="right")] + ([hand(400, side="left")] if not 3 <= f <= 9 else [])
 
-
     class Hands(StandIn):
         def detect(self, rgb, mode=None):           # the whole frame: B not seen once it was hidden
             return at(frame["f"]) if frame["f"] < 3 else at(frame["f"])[:1]
@@ -224,7 +222,7 @@ def test_a_hand_that_comes_out_from_behind_another_is_found_beside_it(monkeypatc
     assert sorted((t.frames for t in tracks), key=len) == [[0, 1, 2, 10, 11, 12, 13], list(range(14))]
     assert fol.passes["beside"] == 1
     fol.relink = 0                                 # without a track waiting, nothing is looked for beside
-    assert fol._beside(np.zeros((H, W, 3), np.uint8), 14, at(14)[:1]) == []
+    assert fol._beside(np.zeros((H, W, 3), np.uint8), fol._waiting(14), at(14)[:1]) == []
 
 
 def test_a_piece_of_a_hand_is_a_fragment_of_the_hand_around_it():
@@ -243,7 +241,7 @@ def test_a_track_on_a_piece_of_a_hand_continues_on_the_whole_hand(monkeypatch):
     the whole hand around it, the track continues on the whole hand: no second track starts
     there (the hard clip's hand 0 had two, 85% of its frames on the first)."""
     import handfit.detect.evidence as E
-    from handfit.detect.tracking import Follower
+    from handfit.detect.tracking import Follower, hand_size
 
     from stand_ins import StandIn
 
@@ -252,7 +250,6 @@ def test_a_track_on_a_piece_of_a_hand_continues_on_the_whole_hand(monkeypatch):
     def at(f):   # the piece in frames 0-4; from frame 5 on, the whole hand around it as well
         piece = hand(300, size=30)
         return [piece] if f < 5 else [piece, hand(300, size=100)]
-
 
     class Cascade(StandIn):
         def detect(self, rgb, mode=None):
@@ -266,13 +263,8 @@ def test_a_track_on_a_piece_of_a_hand_continues_on_the_whole_hand(monkeypatch):
         fol.step(np.zeros((H, W, 3), np.uint8))
     tracks = fol.finish()
     assert [t.frames for t in tracks] == [list(range(8))]
-    assert [round(hand_size_of(d)) for d in tracks[0].dets[5:]] == [round(hand_size_of(hand(300, size=100)))] * 3
-
-
-def hand_size_of(d) -> float:
-    from handfit.detect.tracking import hand_size
-
-    return hand_size(d.keypoints)
+    whole = round(hand_size(hand(300, size=100).keypoints))
+    assert [round(hand_size(d.keypoints)) for d in tracks[0].dets[5:]] == [whole] * 3
 
 
 def test_a_hand_that_left_is_found_soon_after_it_comes_back(monkeypatch):
@@ -289,7 +281,6 @@ def test_a_hand_that_left_is_found_soon_after_it_comes_back(monkeypatch):
 
     def at(f):   # A stays; B is away in frames 3-12
         return [hand(300, label="right")] + ([hand(450, side="left")] if not 3 <= f <= 12 else [])
-
 
     class Cascade(StandIn):
         def detect(self, rgb, mode=None):

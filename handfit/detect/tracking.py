@@ -191,7 +191,8 @@ class Follower:
         self.f += 1
         live = [i for i, t in enumerate(self.tracks) if f - t.frames[-1] - 1 <= self.max_missed]
         lost = not live or any(self.tracks[i].frames[-1] != f - 1 for i in live)
-        every = self.wait_redetect if self._waiting(f) else self.redetect
+        waiting = self._waiting(f)
+        every = self.wait_redetect if waiting else self.redetect
         full = lost or self.last_full is None or f - self.last_full >= every
         cands, mode = [], None
         if full:
@@ -222,11 +223,11 @@ class Follower:
             self.last_full = f
             self.passes["cascade"] += 1
             cands += [d for d in found if not any(same_hand(d, c) for c in cands)]
-        cands += self._beside(rgb, f, cands)
+        cands += self._beside(rgb, waiting, cands)
         # a piece of a hand found beside the whole of it: a track that followed the piece then
         # continues on the hand instead of a new track starting there
         keep = [i for i, d in enumerate(cands) if not any(fragment(d, o) for o in cands if o is not d)]
-        looked = {keep.index(i) for i in looked if i in keep}
+        looked = {n for n, i in enumerate(keep) if i in looked}
         cands = [cands[i] for i in keep]
         cands = [d if i in looked else gather(self.detector.landmarks, rgb, d, self.views,
                                               box_margin=self.detector.box_margin) for i, d in enumerate(cands)]
@@ -240,15 +241,14 @@ class Follower:
                 out.append((o, d))
         return out
 
-    def _beside(self, rgb: np.ndarray, f: int, cands: list) -> list:
-        """While a hand's track waits to be continued (it ended within ``relink`` chosen frames),
-        the hands found so far are looked around, ``BESIDE`` times their box: a hand that went
-        behind another comes out beside it, where the pass over the whole frame may not see it
-        yet. -> hands of a waiting track's side that are none of ``cands`` (each starts a track
+    def _beside(self, rgb: np.ndarray, waiting: set, cands: list) -> list:
+        """While a hand's track waits to be continued (``waiting``: the sides :meth:`_waiting`
+        gives), the hands found so far are looked around, ``BESIDE`` times their box: a hand that
+        went behind another comes out beside it, where the pass over the whole frame may not see
+        it yet. -> hands of a waiting track's side that are none of ``cands`` (each starts a track
         that :func:`relink` joins to the waiting one)"""
         from .passes import map_back, same_hand, square_box_view
 
-        waiting = self._waiting(f)
         if not waiting or not cands:
             return []
         H, W = rgb.shape[:2]
