@@ -270,6 +270,37 @@ class StagedFit:
         return out
 
 
+def texel_split(photo, target: dict, textures: list, held) -> tuple | None:
+    """Textures scored on one fitted frame, and the first one's error split by what its source
+    holds at the texels the scored pixels read (the texture probes of bench/research/).
+
+    photo (H,W,3) uint8; target: ``K``, ``vertices``, ``faces``, ``uv``, ``uv_faces`` as
+    :func:`handfit.eval.texture.render_albedo` takes them; textures: N (T,T,3) uint8; held
+    (T,T,3) uint8: the source observation's weight, 255 for 1 (its caller's rounding).
+    -> None when no pixel is scored, else (scores (N,) as ``texture_scores`` gives them, the flat
+    colour's score, {"well" (weight >= 0.5), "weak" (0.01-0.5), "filled" (<= 0.01): (pixels,
+    summed error of textures[0], summed error of the photo's mean colour without gain)})"""
+    from handfit.eval.texture import gain_errors, render_albedo
+
+    r = render_albedo(photo, target["K"], target["vertices"], target["faces"], target["uv"], target["uv_faces"],
+                      [*textures, held])
+    if r is None or not bool(r["mask"].any()):
+        return None
+    mask, ph = r["mask"], r["photo"]
+    scores = np.array([float(gain_errors(a[None], ph, mask)[0]) for a in r["albedo"][:-1]])
+    flat = float(gain_errors(mask[..., None].float().expand(-1, -1, -1, 3), ph, mask)[0])
+    m, ph, alb, weight = mask[0], ph[0], r["albedo"][0], r["albedo"][-1][..., 0]
+    mf = m[..., None].float()
+    gain = (alb * ph * mf).sum((0, 1)) / (alb * alb * mf).sum((0, 1)).clamp(min=1e-12)
+    err = (alb * gain - ph).abs().mean(-1)
+    mean_err = (ph - (ph * mf).sum((0, 1)) / mf.sum()).abs().mean(-1)
+    groups = {}
+    for k, sel in (("well", weight >= 0.5), ("weak", (weight > 0.01) & (weight < 0.5)), ("filled", weight <= 0.01)):
+        q = sel & m
+        groups[k] = (float(q.sum()), float(err[q].sum()), float(mean_err[q].sum()))
+    return scores, flat, groups
+
+
 def shaken_pose(params: dict, sigma: float, rng) -> dict:
     """``params`` with Gaussian noise of ``sigma`` radians added to every pose value (a new dict;
     ``params`` unchanged). rng: a numpy Generator."""

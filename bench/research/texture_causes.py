@@ -171,8 +171,6 @@ def _split(frames, alt, gap, split):
     """Per novel pair of the dense texture: the target's scored pixels grouped by the source
     observation's weight at the texel they read (>= 0.5 well seen, (0, 0.5) weakly, 0 filled):
     (pixels, summed error, summed flat error) per group."""
-    from handfit.eval.texture import render_albedo
-
     by_number = {f["number"]: f for f in frames if f is not None}
     for f in frames:
         if f is None:
@@ -183,21 +181,12 @@ def _split(frames, alt, gap, split):
             if t is None:
                 continue
             w8 = (np.clip(a["weight"], 0, 1) * 255).astype(np.uint8)[..., None].repeat(3, -1)
-            r = render_albedo(t["photo"], t["K"], t["vertices"], t["faces"], t["uv"], t["uv_faces"],
-                              [f["texture"], w8])
-            if r is None or not bool(r["mask"].any()):
+            got = C.texel_split(t["photo"], t, [f["texture"]], w8)
+            if got is None:
                 continue
-            m, photo, alb = r["mask"][0], r["photo"][0], r["albedo"][0]
-            weight = r["albedo"][1][..., 0]
-            mf = m[..., None].float()
-            gain = (alb * photo * mf).sum((0, 1)) / (alb * alb * mf).sum((0, 1)).clamp(min=1e-12)
-            err = (alb * gain - photo).abs().mean(-1)
-            flat = (photo - (photo * mf).sum((0, 1)) / mf.sum()).abs().mean(-1)
-            for k, sel in (("well", weight >= 0.5), ("weak", (weight > 0.01) & (weight < 0.5)),
-                           ("filled", weight <= 0.01)):
-                s = sel & m
-                if bool(s.any()):
-                    split[k].append((float(s.sum()), float(err[s].sum()), float(flat[s].sum())))
+            for k, (px, err, flat) in got[2].items():
+                if px:
+                    split[k].append((px, err, flat))
 
 
 

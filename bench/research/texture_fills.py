@@ -368,58 +368,50 @@ def pairs(by_run, gap):
 
 
 def oracles(by_run, photo, gap, palm) -> None:
-    from handfit.eval.texture import render_albedo, texture_scores
+    from handfit.eval.report import texture_table
+    from handfit.eval.sequence import loses_to_flat, texture_summary
 
-    faces, uv, uvf = FT.numpy(), MODEL.uv_coords.double().numpy(), MODEL.uv_faces.numpy()
+    mesh = {"faces": FT.numpy(), "uv": MODEL.uv_coords.double().numpy(), "uv_faces": MODEL.uv_faces.numpy()}
     side = palm.numpy()[..., None]
+
+    def side_means(tex, sel_w):
+        """(T,T,3): each texel the mean of ``tex`` over the texels ``sel_w`` of its side of the hand."""
+        def one(sel):
+            q = sel_w & sel
+            return tex[q].mean(0) if q.sum() > 50 else tex[sel_w].mean(0)
+        return np.where(side > 0, one(side[..., 0] > 0.3), one(side[..., 0] < -0.3))
+
     split = {k: collections.defaultdict(lambda: np.zeros(3)) for k in ("loses", "wins")}
     scores = collections.defaultdict(list)
     for run, s, t in pairs(by_run, gap):
-        img = photo(run, t["number"])
         ws, wt = s["weight"].astype(np.float32)[..., None], t["weight"].astype(np.float32)[..., None]
         S, Tt = s["dense"].astype(np.float32), t["dense"].astype(np.float32)
         a = np.clip(ws, 0, 1)
         b = np.clip(wt, 0, 1) * (ws > 0)
         un = ws[..., 0] <= 0
-
-        def side_means(img_, sel_w):
-            def one(sel):
-                q = sel_w & sel
-                return img_[q].mean(0) if q.sum() > 50 else img_[sel_w].mean(0)
-            return np.where(side > 0, one(side[..., 0] > 0.3), one(side[..., 0] < -0.3))
-
         target_sides = side_means(Tt, wt[..., 0] >= 0.5)
         texs = {"novel": S, "fill oracle": a * S + (1 - a) * Tt, "seen oracle": b * Tt + (1 - b) * S,
                 "side-mean oracle": a * S + (1 - a) * target_sides,
                 "pp side-corrected oracle": np.where(un[..., None], S * target_sides / np.maximum(side_means(S, un), 1), S)}
-        sc, flat = texture_scores(img, t["K"], t["vertices"].astype(np.float64), faces, uv, uvf,
-                                  [u8(x / 255) for x in texs.values()])
-        if not np.isfinite(flat):
+        got = C.texel_split(photo(run, t["number"]), dict(mesh, K=t["K"], vertices=t["vertices"].astype(np.float64)),
+                            [u8(x / 255) for x in texs.values()], u8(np.clip(ws, 0, 1).repeat(3, -1)))
+        if got is None:
             continue
+        sc, flat, groups = got
         for k, v in zip(texs, sc):
             scores[k].append((v, flat))
         # the novel pair's pixels by what the source holds there
-        w8 = u8(np.clip(ws, 0, 1).repeat(3, -1))
-        r = render_albedo(img, t["K"], t["vertices"].astype(np.float64), faces, uv, uvf, [s["dense"], w8])
-        m, ph, alb, held = r["mask"][0], r["photo"][0], r["albedo"][0], r["albedo"][1][..., 0]
-        mf = m[..., None].float()
-        gain = (alb * ph * mf).sum((0, 1)) / (alb * alb * mf).sum((0, 1)).clamp(min=1e-12)
-        err = (alb * gain - ph).abs().mean(-1)
-        ferr = (ph - (ph * mf).sum((0, 1)) / mf.sum()).abs().mean(-1)
-        group = split["loses" if sc[0] > flat * (1 + 1e-5) else "wins"]
-        for k, sel in (("well", held >= 0.5), ("weak", (held > 0.01) & (held < 0.5)), ("filled", held <= 0.01),
-                       ("all", held > -1)):
-            q = sel & m
-            group[k] += [float(q.sum()), float(err[q].sum()), float(ferr[q].sum())]
+        group = split["loses" if loses_to_flat(np.array([[sc[0], flat]]))[0] else "wins"]
+        for k, g in groups.items():
+            group[k] += g
+        group["all"] += np.sum(list(groups.values()), axis=0)
     print("| pairs | source texel | share of pixels | error | flat's error |\n|---|---|---|---|---|")
     for name, group in split.items():
         for k, (px, e, f) in group.items():
             print(f"| {name} | {k} | {px / max(group['all'][0], 1):.2f} | {e / max(px, 1):.4f} | {f / max(px, 1):.4f} |")
-    print("\n| source texture | novel | flat | novel/flat | loses |\n|---|---|---|---|---|")
-    for k, v in scores.items():
-        v = np.array(v)
-        print(f"| {k} | {v[:, 0].mean():.4f} | {v[:, 1].mean():.4f} | {v[:, 0].mean() / v[:, 1].mean():.3f} | "
-              f"{(v[:, 0] > v[:, 1] * (1 + 1e-5)).mean() * 100:.1f}% |")
+    nan = float("nan")
+    print()
+    print(texture_table({k: texture_summary([{"tex_seen": nan, "tex_loo": nan, "tex_loo_flat": nan, "pairs": v}]) for k, v in scores.items()}))
 
 
 def main(argv=None) -> int:

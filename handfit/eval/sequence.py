@@ -281,17 +281,17 @@ def texture_summary(rows: list) -> dict:
     out = {"tex_seen": mean([r["tex_seen"] for r in rows]), "tex_novel": mean(pairs[:, 0]),
            "tex_flat": mean(pairs[:, 1]), "tex_pairs": int(len(pairs))}
     out["tex_novel_vs_flat"] = out["tex_novel"] / out["tex_flat"] if len(pairs) else float("nan")
-    out["tex_novel_loses"] = float(_loses(pairs).mean()) if len(pairs) else float("nan")
+    out["tex_novel_loses"] = float(loses_to_flat(pairs).mean()) if len(pairs) else float("nan")
     loo = np.array([(r["tex_loo"], r["tex_loo_flat"]) for r in rows if np.isfinite(r["tex_loo"])
                     and np.isfinite(r["tex_loo_flat"])], np.float64).reshape(-1, 2)
     if len(loo):
         out.update({"tex_loo": float(loo[:, 0].mean()), "tex_loo_flat": float(loo[:, 1].mean()),
                     "tex_loo_vs_flat": float(loo[:, 0].mean() / loo[:, 1].mean()),
-                    "tex_loo_loses": float(_loses(loo).mean())})
+                    "tex_loo_loses": float(loses_to_flat(loo).mean())})
     return out
 
 
-def _loses(pairs: np.ndarray) -> np.ndarray:
+def loses_to_flat(pairs: np.ndarray) -> np.ndarray:
     """(N,2) (texture's score, flat's) -> (N,) bool: the texture scores worse than flat, by more
     than rounding (a flat texture ties with flat; float32 renders differ in the 7th digit)."""
     return pairs[:, 0] > pairs[:, 1] * (1 + 1e-5)
