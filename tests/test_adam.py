@@ -255,3 +255,52 @@ def test_adam_state_carries_over_between_runs():
     run_adam(b, {"x": 0.1}, terms, max_iters=7, tol=0, min_iters=100)
     torch.testing.assert_close(a["x"], one["x"])
     assert not torch.allclose(b["x"], one["x"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_adam_steps_as_torch_optims_fused_adam(dtype):
+    """FusedAdam gives torch.optim.Adam(fused=True)'s steps bit for bit: per-group rates and
+    epsilons, rates changed between steps, a tensor the loss does not reach, state carried in."""
+    from handfit.fitting.adam import FusedAdam
+
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(3, 4, generator=g, dtype=dtype), torch.randn(5, generator=g, dtype=dtype),
+            torch.randn(2, generator=g, dtype=dtype)]
+    ours = [t.clone().requires_grad_(True) for t in init]
+    ref = [t.clone().requires_grad_(True) for t in init]
+
+    def groups(ps):
+        return [{"params": [ps[0]], "lr": 0.05, "eps": 1e-8}, {"params": [ps[1]], "lr": 0.2, "eps": 1e-3},
+                {"params": [ps[2]], "lr": 0.1, "eps": 1e-8}]
+
+    a, b = FusedAdam(groups(ours)), torch.optim.Adam(groups(ref), fused=True)
+    for it in range(12):
+        for opt, ps in ((a, ours), (b, ref)):
+            for grp in opt.param_groups:
+                grp["lr"] *= 0.9
+            opt.zero_grad(set_to_none=True)
+            loss = (ps[0] - 1).square().sum() * (it + 1) + ps[1].abs().sum()   # ps[2]: never reached
+            loss.backward()
+            opt.step()
+    for x, y in zip(ours, ref):
+        assert torch.equal(x, y)
+    assert ours[2] not in a.state and torch.equal(ours[2], init[2])
+    for x, y in zip(ours[:2], ref[:2]):
+        assert set(a.state[x]) == set(b.state[y])
+        for k in a.state[x]:
+            assert torch.equal(a.state[x][k], b.state[y][k]), k
+
+
+def test_run_adam_does_not_load_torch_dynamo():
+    """A process's first torch.optim optimizer imports torch._dynamo (about a second on the
+    CPU); run_adam must not, or every handfit command pays it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from handfit.fitting.adam import run_adam\n"
+            "p = {'x': torch.zeros(3, 2)}\n"
+            "run_adam(p, {'x': 0.1}, lambda q: {'d': (q['x'] - 1).square().sum(-1)}, max_iters=20)\n"
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

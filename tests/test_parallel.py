@@ -47,3 +47,27 @@ def test_each_raises_the_first_error(monkeypatch):
 
     with pytest.raises(ValueError, match="three"):
         parallel.each(f, range(6))
+
+
+def test_one_torch_thread_inside_the_block_and_as_before_after():
+    import torch
+
+    from handfit.parallel import one_torch_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_torch_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+
+        @one_torch_thread()
+        def inside():
+            return torch.get_num_threads()
+
+        assert inside() == 1 and inside() == 1 and torch.get_num_threads() == 2
+        with pytest.raises(ValueError), one_torch_thread():
+            raise ValueError("restored on errors too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

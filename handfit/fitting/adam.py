@@ -46,6 +46,41 @@ def _fusable(leaves: dict) -> bool:
     return all(v.device.type in ("cpu", "cuda") and v.is_floating_point() for v in leaves.values())
 
 
+class FusedAdam:
+    """``torch.optim.Adam(groups, fused=True)`` for groups of one tensor each, step for step
+    the same kernel and state, without :mod:`torch.optim`: a process's first torch.optim
+    optimizer imports ``torch._dynamo``, about a second on the CPU that every ``handfit``
+    call paid once. ``param_groups`` (dicts with "params", "lr", "eps") and ``state`` (tensor
+    -> {"step", "exp_avg", "exp_avg_sq"}) are laid out as torch.optim's."""
+
+    betas = (0.9, 0.999)
+
+    def __init__(self, groups: list[dict]):
+        self.param_groups = [dict(g) for g in groups]
+        self.state: dict = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:  # as torch.optim: a tensor the loss did not reach keeps its state
+                    continue
+                st = self.state.get(p)
+                if not st:
+                    st = self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                          "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                          "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                torch._foreach_add_([st["step"]], 1)
+                torch._fused_adam_([p], [p.grad], [st["exp_avg"]], [st["exp_avg_sq"]], [], [st["step"]],
+                                   amsgrad=False, lr=g["lr"], beta1=self.betas[0], beta2=self.betas[1],
+                                   weight_decay=0.0, eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
 def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iters: int,
              tol: float = 1e-4, patience: int = 15, min_iters: int = 10,
              on_step: Callable[[int, float], None] | None = None, schedule: LinearSchedule | None = None,
@@ -81,8 +116,8 @@ def run_adam(params: dict, lrs: dict, terms_fn: Callable[[dict], dict], max_iter
     eps_of = eps if isinstance(eps, dict) else {k: eps for k in lrs}
     # fused: one kernel per tensor. The default path runs a dozen small ops per tensor
     # per step, which on the CPU cost as much as a third of a keypoint iteration.
-    opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lr, "eps": eps_of.get(k, 1e-8)}
-                            for k, lr in lrs.items()], fused=_fusable(leaves))
+    groups = [{"params": [leaves[k]], "lr": lr, "eps": eps_of.get(k, 1e-8)} for k, lr in lrs.items()]
+    opt = FusedAdam(groups) if _fusable(leaves) else torch.optim.Adam(groups)
     for k, st in (adam_state or {}).items():
         if k in leaves:
             opt.state[leaves[k]] = {n: v.clone() if torch.is_tensor(v) else v for n, v in st.items()}

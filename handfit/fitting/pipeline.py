@@ -37,6 +37,7 @@ import torch
 
 from ..camera import project
 from ..options import FitOptions, QualityStage
+from ..parallel import one_torch_thread
 from .hands import HandBatch, HandItem, to_batch
 from .resources import Resources
 from .results import FitResult, HandResult, flat_texture
@@ -108,6 +109,7 @@ def _device(opts: FitOptions):
 # -- stages -------------------------------------------------------------------------------------
 
 
+@one_torch_thread()
 def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
     """Stage 1: each uncertain detection's side (:func:`.side.resolve_sides`), from the side
     candidates of its evidence step (:mod:`handfit.detect.evidence`, run before the fit).
@@ -120,6 +122,7 @@ def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
     return [replace(it, detection=d) for it, d in zip(items, dets)]
 
 
+@one_torch_thread()
 def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
                  start: dict | None = None) -> SideFit:
     """Stages 2 and 3 for B photos' hands of one side: initialise, check each start
@@ -467,6 +470,7 @@ def finish_track(fit: SideFit, opts: FitOptions, res: Resources, progress: Progr
     return (done.results(), loo) if leave_one_out else done.results()
 
 
+@one_torch_thread()
 def settle(fit: SideFit, parts: list, opts: FitOptions) -> None:
     """Stage 4c for a track: its frames' dense results (``parts``: the SideFits of
     consecutive chunks of ``fit``'s frames, in order) refined together so that their
@@ -511,6 +515,7 @@ def fit_hands(items: list, opts: FitOptions, res: Resources, progress: ProgressF
     return out
 
 
+@one_torch_thread()
 def fit_track(items: list, opts: FitOptions, res: Resources) -> SideFit:
     """Stages 1-3 for the T frames of one tracked hand (items in frame order, photos not needed).
 
