@@ -11,6 +11,7 @@ OBJ and glTF put the UV origin at the bottom-left, so both get ``vt = (u, 1-v)``
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,21 @@ def write_obj(path, vertices, faces, uv_coords, uv_faces, texture, name: str = "
     lines = [f"# handfit hand mesh: {len(v)} vertices, {len(f)} faces, camera frame (OpenCV), metres",
              f"mtllib {mtl_path.name}", f"o {name}"]
     lines += [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in v]
-    lines += [f"vt {a:.6f} {1.0 - b:.6f}" for a, b in vt]
-    lines.append(f"usemtl {name}")
-    lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f + 1, ft + 1)]
+    lines.append(_uv_and_faces(vt.tobytes(), f.tobytes(), ft.tobytes(), name))
     path.write_text("\n".join(lines) + "\n")
     return {"obj": path, "mtl": mtl_path, "texture": png_path if texture_file is None else Path(texture_file)}
+
+
+@lru_cache(maxsize=4)
+def _uv_and_faces(vt: bytes, f: bytes, ft: bytes, name: str) -> str:
+    """The OBJ's vt, usemtl and f lines from the arrays' bytes (float64 (T,2), int64 (F,3) x2):
+    the same for every frame of a video, so formatted once (a third of a frame's OBJ time)."""
+    vt2 = np.frombuffer(vt, np.float64).reshape(-1, 2)
+    f3, ft3 = np.frombuffer(f, np.int64).reshape(-1, 3) + 1, np.frombuffer(ft, np.int64).reshape(-1, 3) + 1
+    lines = [f"vt {a:.6f} {1.0 - b:.6f}" for a, b in vt2]
+    lines.append(f"usemtl {name}")
+    lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f3, ft3)]
+    return "\n".join(lines)
 
 
 def split_uv_seams(faces, uv_faces):
