@@ -5,6 +5,7 @@
     python bench/timing.py --repeats 12 --device cpu --try "dense.iters=32 dense.fine_iters=4"
     python bench/timing.py --repeats 15 --device cpu --checkout ../base   # this checkout against another
     python bench/timing.py --what detect,keypoint,load
+    python bench/timing.py --what cold --repeats 6 --checkout ../base         # the whole command, fresh processes
 
 ``--what`` (comma list):
 
@@ -22,6 +23,10 @@
   negative photos, 3 repeats after a warm-up: ms per photo per repeat.
 * ``keypoint``: one keypoint-only fit of the image (fast detection, no side check: the
   keypoint stage and what surrounds it), median of 5 after a warm-up.
+* ``cold``: what a user waits for: ``python -m handfit fit IMAGE`` start to end, in a fresh
+  process each time (imports, model and detector loads, the fit, the files), ``--repeats``
+  times; with ``--checkout DIR`` alternating with each DIR's handfit, run by run (the
+  command runs from a temporary folder, so that the checkout on PYTHONPATH is the one imported).
 * ``load``: cold start of the Anny hand from its cache: a fresh process imports
   handfit.models, loads the model and runs one forward; median of 5 processes (the cache
   must exist: any fit builds it once).
@@ -43,7 +48,7 @@ from pathlib import Path
 
 import _common as C
 
-WHAT = ("fit", "detect", "keypoint", "load")
+WHAT = ("fit", "detect", "keypoint", "load", "cold")
 DETECT_SETS = ("freihand", "onehand10k", "panoptic", "tfjs_models", "hamer", "negatives")
 LOAD = """
 import sys, time
@@ -219,6 +224,30 @@ def load_table(args) -> None:
           f"anny imported: {anny_loaded}, warp imported: {warp_loaded}")
 
 
+def cold_table(args) -> None:
+    import tempfile
+    import time
+
+    import handfit
+
+    here = Path(handfit.__file__).resolve().parents[1]
+    dirs = [here] + [d.resolve() for d in args.checkout]
+    image = str(Path(args.image).resolve())
+    times: dict = {d: [] for d in dirs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(max(1, args.repeats)):
+            for d in dirs if i % 2 == 0 else dirs[::-1]:   # a, b, b, a, ...: drift hits both alike
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(d)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "handfit", "fit", image, "-o", str(Path(tmp) / "out"), "-q"],
+                               cwd=tmp, env=env, check=True, capture_output=True)
+                times[d].append(time.perf_counter() - t0)
+    print("| checkout | median s (handfit fit, fresh process) | runs |")
+    print("|---|---|---|")
+    for d in dirs:
+        print(f"| {d} | {statistics.median(times[d]):.2f} | {', '.join(f'{t:.2f}' for t in times[d])} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image", nargs="?", default=str(C.EXAMPLE))
@@ -228,7 +257,7 @@ def main(argv=None):
     ap.add_argument("--try", dest="tries", nargs="+", action="extend", default=[], metavar="'PATH=VALUE ...'",
                     help="fit: settings to time against the default (repeatable)")
     ap.add_argument("--checkout", type=Path, action="append", default=[], metavar="DIR",
-                    help="fit: also time the handfit of this checkout, alternating (repeatable)")
+                    help="fit, cold: also time the handfit of this checkout, alternating (repeatable)")
     ap.add_argument("--limit", type=int, default=None, help="detect: the first N photos")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     C.add_set_option(ap)
@@ -242,7 +271,8 @@ def main(argv=None):
     for t in args.tries or ["-"]:   # a bad setting fails before any timing
         C.fit_options(args.set + [t])
     for w in what:
-        {"fit": fit_table, "detect": detect_table, "keypoint": keypoint_table, "load": load_table}[w](args)
+        {"fit": fit_table, "detect": detect_table, "keypoint": keypoint_table, "load": load_table,
+         "cold": cold_table}[w](args)
 
 
 if __name__ == "__main__":

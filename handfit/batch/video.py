@@ -35,15 +35,15 @@ way is redone from its start.
 
 from __future__ import annotations
 
-import itertools
 import time
+from collections import deque
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HandfitError, ImageError
-from ..parallel import each, workers
+from ..parallel import submit, workers
 from . import store
 
 TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
@@ -359,15 +359,16 @@ def _process_video(unit, job, run_id: str, t0: float, res) -> dict:
         return r.overlay
 
     def overlays(tmp: Path):
-        """Decode the video again and write each chosen frame's folder, a few frames side by
-        side (:func:`handfit.parallel.each`); -> their overlays in frame order, one at a time."""
-        group = []
-        for f, rgb in itertools.chain(decode_chosen(unit.path, frames, vopts), [(None, None)]):
-            if f is not None:
-                group.append((f, rgb))
-            if group and (f is None or len(group) == 2 * workers()):
-                yield from each(lambda fr: save(tmp, *fr), group)
-                group = []
+        """Decode the video again and write each chosen frame's folder on the pool's threads
+        (:func:`handfit.parallel.submit`), a few frames ahead; -> their overlays in frame
+        order, one at a time, so that decoding and encoding overlap the next frames' writing."""
+        ahead: deque = deque()
+        for f, rgb in decode_chosen(unit.path, frames, vopts):
+            ahead.append(submit(save, tmp, f, rgb))
+            if len(ahead) > 2 * workers():
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
     def fill(tmp: Path):
         t2 = time.perf_counter()
