@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HandfitError, ImageError
-from ..parallel import submit, workers
+from ..parallel import each, submit, workers
 from . import store
 
 TEXTURE_NAME = "track{}_texture.png"  # a track's one texture, in the video's folder
@@ -71,14 +71,17 @@ def fit_video_frames(frames: list, tracks: list, opts, res=None) -> list:
     from ..fitting.resources import Resources
 
     res = res or Resources()
-    fits = []
-    for trk in tracks:
+
+    def one(trk):
         items = [HandItem(frame_intrinsics(_hw(frames[f])[1], _hw(frames[f])[0], opts), d, frame=int(frames[f][0]))
                  for f, d in zip(trk.frames, trk.dets)]
-        fit = fit_track(items, opts, res)
+        return fit_track(items, opts, res)
+
+    # the tracks side by side (each on one core: fit_track's ops are too small to share out)
+    fits = each(one, tracks)
+    for trk, fit in zip(tracks, fits):
         trk.side = fit.side
         trk.dets = [it.detection for it in fit.items]
-        fits.append(fit)
     return fits
 
 
