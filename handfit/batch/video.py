@@ -18,8 +18,8 @@ Frames are streamed, never all held in memory. The video is decoded four times
    tracks by predicted keypoints, not by side, and every hand gets the evidence step
    (:mod:`handfit.detect.evidence`: ``views`` views of its crop, for its side and its
    evidence). Only the detections are kept.
-2. **fit** each track (:func:`handfit.fitting.pipeline.fit_track`): the side decided once per
-   track, then :mod:`handfit.fitting.temporal`: the first frame initialised and fitted in
+2. **fit** each track, the tracks side by side (:func:`handfit.fitting.pipeline.fit_track`):
+   the side decided once per track, then :mod:`handfit.fitting.temporal`: the first frame initialised and fitted in
    full, each later frame warm-started from the one before, then all frames refined together
    with one shape and, unless ``--no-smooth`` (``FitOptions.track.smooth`` 0), a penalty on
    accelerations.
