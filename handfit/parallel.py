@@ -86,10 +86,12 @@ def submit(fn, *args):
 def one_torch_thread():
     """torch's CPU ops on one thread inside the block (in the calling thread), as before after it.
 
-    The keypoint, side and temporal stages run thousands of small ops on a few hands' joints:
-    sharing each out over the cores costs more than it saves (a video track's keypoint fit,
-    2 cores: 14.4 s in two threads, 12.1 s in one, identical results). Threads that start
-    inside the block (torch reads its count once per thread) keep one torch thread."""
+    A video track's keypoint and temporal fit runs thousands of small ops on its frames'
+    joints: sharing each out over the cores costs more than it saves (the asl clip's 150
+    frames, 2 cores: 14.4 s in two threads, 12.1 s in one, identical results). Not for a
+    photo batch's stages: there a larger op's result depends on the thread count (two of
+    nine dev photos fitted otherwise). Threads that start inside the block (torch reads its
+    count once per thread) keep one torch thread."""
     import torch
 
     n = torch.get_num_threads()

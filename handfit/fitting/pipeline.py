@@ -109,7 +109,6 @@ def _device(opts: FitOptions):
 # -- stages -------------------------------------------------------------------------------------
 
 
-@one_torch_thread()
 def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
     """Stage 1: each uncertain detection's side (:func:`.side.resolve_sides`), from the side
     candidates of its evidence step (:mod:`handfit.detect.evidence`, run before the fit).
@@ -122,7 +121,6 @@ def decide_sides(items: list, opts: FitOptions, res: Resources) -> list:
     return [replace(it, detection=d) for it, d in zip(items, dets)]
 
 
-@one_torch_thread()
 def keypoint_fit(side: str, items: list, opts: FitOptions, res: Resources, progress: ProgressFn | None = None,
                  start: dict | None = None) -> SideFit:
     """Stages 2 and 3 for B photos' hands of one side: initialise, check each start
