@@ -45,6 +45,14 @@ def _import_path() -> None:
 _import_path()
 
 
+def checkout_env(checkout) -> dict:
+    """This process's environment with ``checkout`` first on PYTHONPATH: a child started with it
+    imports that checkout's handfit (run it from outside the repository: ``python -m`` puts the
+    working directory first)."""
+    given = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout)] + given))
+
+
 def data(*parts: str) -> Path:
     """A path under the data root, e.g. ``data("dev3d")``."""
     return DATA.joinpath(*parts)

@@ -128,8 +128,7 @@ def finished(out: Path, name: str) -> bool | None:
 
 def run(args) -> None:
     if args.checkout:   # the same command in a child whose handfit comes from the checkout
-        given = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.checkout.resolve())] + given))
+        env = C.checkout_env(args.checkout.resolve())
         argv = list(sys.argv[1:])
         i = argv.index("--checkout") if "--checkout" in argv else None
         argv = argv[:i] + argv[i + 2:] if i is not None else [a for a in argv if not a.startswith("--checkout=")]

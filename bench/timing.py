@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -94,9 +93,7 @@ class Child:
     """A ``--serve`` process whose handfit comes from ``checkout`` (through PYTHONPATH)."""
 
     def __init__(self, checkout: Path):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout)] + [p for p in [os.environ.get("PYTHONPATH")]
-                                                                            if p]))
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"], env=env,
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"], env=C.checkout_env(checkout),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.module = json.loads(self.proc.stdout.readline())["handfit"]
 
@@ -214,7 +211,7 @@ def load_table(args) -> None:
     import handfit
 
     here = str(Path(handfit.__file__).resolve().parents[1])   # the children load this handfit
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = C.checkout_env(here)
     times = []
     for _ in range(5):
         out = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, check=True, env=env)
@@ -226,7 +223,6 @@ def load_table(args) -> None:
 
 def cold_table(args) -> None:
     import tempfile
-    import time
 
     import handfit
 
@@ -237,10 +233,9 @@ def cold_table(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(max(1, args.repeats)):
             for d in dirs if i % 2 == 0 else dirs[::-1]:   # a, b, b, a, ...: drift hits both alike
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(d)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
                 t0 = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "handfit", "fit", image, "-o", str(Path(tmp) / "out"), "-q"],
-                               cwd=tmp, env=env, check=True, capture_output=True)
+                               cwd=tmp, env=C.checkout_env(d), check=True, capture_output=True)
                 times[d].append(time.perf_counter() - t0)
     print("| checkout | median s (handfit fit, fresh process) | runs |")
     print("|---|---|---|")

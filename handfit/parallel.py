@@ -88,9 +88,10 @@ def one_torch_thread():
 
     A video track's keypoint and temporal fit runs thousands of small ops on its frames'
     joints: sharing each out over the cores costs more than it saves (the asl clip's 150
-    frames, 2 cores: 14.4 s in two threads, 12.1 s in one, identical results). Not for a
-    photo batch's stages: there a larger op's result depends on the thread count (two of
-    nine dev photos fitted otherwise). Threads that start inside the block (torch reads its
+    frames, 2 cores: 14.4 s in two threads, 12.1 s in one). A few ops round otherwise on one
+    thread: that clip's outputs are identical, dev3d_seq's sequence default moves from
+    7.948 to 7.951 mm, and a track's numbers no longer depend on the machine's cores. Not for
+    a photo batch's stages, whose figures are kept (two of nine dev photos fitted otherwise). Threads that start inside the block (torch reads its
     count once per thread) keep one torch thread."""
     import torch
 
